@@ -1,0 +1,229 @@
+"""Typed node configuration (conf/node.yaml), validated once at load time.
+
+Admins edit YAML; mistakes must surface before the node binds a port, with a message that names
+the key and the problem (``node.port: must be an integer 1-65535, got 'notaport'``). pydantic does
+the tree walking; the validators below phrase the messages.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+EngineName = Literal["auto", "tensorrt", "onnxruntime", "torch"]
+
+# PS3.5 6.2: AE is 16 characters of the default repertoire, no backslash and no control characters.
+_AE_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f]")
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; ``problems`` holds one ``key: message`` each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _ae_title(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be an AE title string, got {value!r}")
+    stripped = value.strip(" ")
+    if not 1 <= len(stripped) <= 16:
+        raise ValueError(f"must be 1-16 characters (PS3.5 AE), got {value!r}")
+    if _AE_FORBIDDEN.search(stripped):
+        raise ValueError(f"must not contain a backslash or control characters, got {value!r}")
+    return stripped
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"must be an integer 1-65535, got {value!r}")
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError(f"must be an integer 1-65535, got {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"must be an integer 1-65535, got {value!r}")
+    return port
+
+
+def _non_negative_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number >= 0, got {value!r}")
+    if value < 0:
+        raise ValueError(f"must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _host(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"must be a host name or IP address, got {value!r}")
+    return value
+
+
+AETitle = Annotated[str, BeforeValidator(_ae_title)]
+Port = Annotated[int, BeforeValidator(_port)]
+Seconds = Annotated[float, BeforeValidator(_non_negative_number)]
+PositiveInt = Annotated[int, BeforeValidator(_positive_int)]
+Host = Annotated[str, BeforeValidator(_host)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSection(_Section):
+    """Our own DICOM identity and where received data lives."""
+
+    ae_title: AETitle = "ICHNET"
+    bind: Host = "127.0.0.1"
+    port: Port = 11112
+    storage_dir: Path = Path("var/ichnet")
+    #: Maximum PDU we receive; 0 = unlimited (PS3.8 D.1). Large PDUs cut per-PDU overhead.
+    max_pdu: Annotated[int, Field(ge=0)] = 0
+    acse_timeout_s: Seconds = 30.0
+    dimse_timeout_s: Seconds = 60.0
+    network_timeout_s: Seconds = 60.0
+    #: Port for Prometheus metrics on ``bind``; null disables the endpoint.
+    metrics_port: Port | None = None
+
+
+class Peer(_Section):
+    """A DICOM peer allowed to send to us; results go back to its host/port."""
+
+    ae_title: AETitle
+    host: Host
+    port: Port
+
+
+class SeriesSection(_Section):
+    """When a series counts as complete."""
+
+    complete_after_s: Seconds = 5.0
+    #: How often the assembler looks for quiet series.
+    poll_interval_s: Seconds = 0.5
+
+
+class SelectionSection(_Section):
+    """Which series are suitable for ICHNet (axial head CT); everything else is skipped with a reason."""
+
+    modalities: tuple[str, ...] = ("CT",)
+    #: Words in BodyPartExamined / StudyDescription / SeriesDescription / ProtocolName that mark a head.
+    head_keywords: tuple[str, ...] = ("HEAD", "BRAIN", "SKULL", "CRANIUM", "CEREBR", "NEURO", "KOPF", "SCHADEL")
+    #: Accept a series with no body-part information at all (many anonymised studies lack it).
+    allow_unlabelled_body_part: bool = True
+    min_slices: PositiveInt = 5
+    max_slices: PositiveInt = 1200
+    max_slice_thickness_mm: Annotated[float, Field(gt=0)] = 10.0
+    #: Largest angle between the slice normal and the patient's foot-head axis (gantry tilt is fine).
+    max_axial_deviation_deg: Annotated[float, Field(gt=0, le=90)] = 35.0
+
+
+class ModelSection(_Section):
+    """Which weights the engines load. ``weights: null`` = the file shipped in the package."""
+
+    weights: Path | None = None
+    #: Expected sha256 of ``weights``; the bundled file is always checked against its manifest.
+    weights_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    #: Slices per encoder/decoder chunk: bounds memory on large series.
+    chunk_slices: PositiveInt = 16
+    #: Where compiled engines (TensorRT plans, ONNX files) are cached; default under storage_dir.
+    cache_dir: Path | None = None
+
+
+class SenderSection(_Section):
+    """Retries for sending results back (transient failures only)."""
+
+    max_attempts: PositiveInt = 8
+    initial_backoff_s: Seconds = 2.0
+    max_backoff_s: Seconds = 300.0
+
+
+class LoggingSection(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class NodeConfig(_Section):
+    """The whole node configuration (../shared/DESIGN.md "Config")."""
+
+    node: NodeSection = NodeSection()
+    peers: tuple[Peer, ...] = ()
+    series: SeriesSection = SeriesSection()
+    selection: SelectionSection = SelectionSection()
+    engine: EngineName = "auto"
+    model: ModelSection = ModelSection()
+    sender: SenderSection = SenderSection()
+    logging: LoggingSection = LoggingSection()
+
+    @model_validator(mode="after")
+    def _unique_peers(self) -> NodeConfig:
+        seen: set[str] = set()
+        for peer in self.peers:
+            if peer.ae_title in seen:
+                raise ValueError(f"peers: AE title {peer.ae_title!r} is listed twice")
+            seen.add(peer.ae_title)
+        return self
+
+    def peer(self, ae_title: str) -> Peer | None:
+        """The configured peer with this calling AE title (trailing spaces ignored), if any."""
+        wanted = ae_title.strip()
+        return next((p for p in self.peers if p.ae_title == wanted), None)
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    key = ""
+    for part in err["loc"]:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    msg = err["msg"]
+    if err["type"] == "value_error":
+        msg = str(err["ctx"]["error"])
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown key (check its spelling and indentation)"
+    elif err["type"] == "missing":
+        msg = "is required"
+    elif "input" in err and not isinstance(err["input"], dict):
+        msg = f"{msg[0].lower()}{msg[1:]}, got {err['input']!r}"
+    return f"{key or '<top level>'}: {msg}"
+
+
+def parse_config(data: Any) -> NodeConfig:
+    """Validate an already-parsed YAML document; raises :class:`ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"<top level>: must be a mapping of sections, got {type(data).__name__}"])
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate a YAML config file; raises :class:`ConfigError` naming every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML ({exc})"]) from None
+    return parse_config(data)

@@ -1,0 +1,1 @@
+"""Series to model input: geometry, Hounsfield units, windows, resampling."""

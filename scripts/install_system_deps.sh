@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the DICOM reference peers the test suite talks to: dcmtk (storescu/echoscu/storescp),
+# Orthanc (a real PACS) and dicom3tools (dciodvfy, the IOD validator). Debian/Ubuntu only.
+set -euo pipefail
+need=()
+command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
+command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+echo "installing Debian packages: ${need[*]}"
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
