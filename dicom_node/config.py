@@ -126,7 +126,16 @@ class SelectionSection(_Section):
 
     modalities: tuple[str, ...] = ("CT",)
     #: Words in BodyPartExamined / StudyDescription / SeriesDescription / ProtocolName that mark a head.
-    head_keywords: tuple[str, ...] = ("HEAD", "BRAIN", "SKULL", "CRANIUM", "CEREBR", "NEURO", "KOPF", "SCHADEL")
+    head_keywords: tuple[str, ...] = (
+        "HEAD",
+        "BRAIN",
+        "SKULL",
+        "CRANIUM",
+        "CEREBR",
+        "NEURO",
+        "KOPF",
+        "SCHADEL",
+    )
     #: Accept a series with no body-part information at all (many anonymised studies lack it).
     allow_unlabelled_body_part: bool = True
     min_slices: PositiveInt = 5
@@ -208,7 +217,9 @@ def parse_config(data: Any) -> NodeConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError([f"<top level>: must be a mapping of sections, got {type(data).__name__}"])
+        raise ConfigError(
+            [f"<top level>: must be a mapping of sections, got {type(data).__name__}"]
+        )
     try:
         return NodeConfig.model_validate(data)
     except ValidationError as exc:

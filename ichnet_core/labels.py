@@ -23,4 +23,8 @@ SEGMENTATION_CLASSES: Final[tuple[str, ...]] = ("non-brain", "brain", "hemorrhag
 NUM_SEGMENTATION_CLASSES: Final[int] = len(SEGMENTATION_CLASSES)
 
 #: The paper's three CT windows (lower, upper) in Hounsfield units: brain, blood/subdural, bone-ish.
-WINDOWS_HU: Final[tuple[tuple[float, float], ...]] = ((-50.0, 150.0), (100.0, 300.0), (250.0, 450.0))
+WINDOWS_HU: Final[tuple[tuple[float, float], ...]] = (
+    (-50.0, 150.0),
+    (100.0, 300.0),
+    (250.0, 450.0),
+)

@@ -34,11 +34,13 @@ class Prediction:
 
     def subject_dict(self) -> dict[str, float]:
         """Subject-level probabilities keyed by class name (result.json ``subject``)."""
-        return {name: float(p) for name, p in zip(CLASS_NAMES, self.subject_probabilities)}
+        return {
+            name: float(p) for name, p in zip(CLASS_NAMES, self.subject_probabilities, strict=True)
+        }
 
     def slice_dicts(self) -> list[dict[str, float]]:
         """Per-slice probabilities keyed by class name, in volume order."""
         return [
-            {name: float(p) for name, p in zip(CLASS_NAMES, row)}
+            {name: float(p) for name, p in zip(CLASS_NAMES, row, strict=True)}
             for row in self.slice_probabilities
         ]
