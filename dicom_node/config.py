@@ -136,6 +136,37 @@ class SelectionSection(_Section):
         "KOPF",
         "SCHADEL",
     )
+    #: Word stems of other body regions (PS3.16 CID 4031 terms, common description words): a series
+    #: whose description names one of these, and no head keyword, is skipped.
+    non_head_keywords: tuple[str, ...] = (
+        "ABD",
+        "CHEST",
+        "THORA",
+        "LUNG",
+        "PULMO",
+        "PELVI",
+        "COLON",
+        "LIVER",
+        "HEPAT",
+        "KIDNEY",
+        "RENAL",
+        "PANCREA",
+        "SPINE",
+        "LUMBAR",
+        "CARDIA",
+        "HEART",
+        "CORONAR",
+        "BREAST",
+        "KNEE",
+        "SHOULDER",
+        "ANKLE",
+        "FOOT",
+        "WRIST",
+        "ELBOW",
+        "EXTREMIT",
+        "BAUCH",
+        "BECKEN",
+    )
     #: Accept a series with no body-part information at all (many anonymised studies lack it).
     allow_unlabelled_body_part: bool = True
     min_slices: PositiveInt = 5
