@@ -1,0 +1,149 @@
+"""result.json: the machine-readable summary of one series (schema in ../shared/DESIGN.md).
+
+Other tools read this file (the CLI's ``infer`` writes it next to seg.dcm and sr.dcm), so the keys
+are a contract: ``study_instance_uid``, ``series_instance_uid``, ``subject`` (probability per
+class name), ``slices`` (one entry per slice in volume order, i.e. along the slice normal, each
+with its ``sop_instance_uid``), ``hemorrhage_volume_ml``, ``engine``, ``model`` {name, version,
+weights_sha256} and ``timings_s`` {volume, inference, results}.
+
+The file is written atomically (temporary file in the same folder, fsync, rename), so a reader
+never sees half a file, even when the node is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dicom_node.results.checks import check_prediction, check_volume_ml
+from dicom_node.results.device import ModelIdentity
+from ichnet_core.imaging.volume import Volume
+from ichnet_core.prediction import Prediction
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock seconds spent per stage of one job (result.json ``timings_s``)."""
+
+    volume: float
+    inference: float
+    results: float
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not math.isfinite(value) or value < 0.0:
+                raise ValueError(f"Timing {name!r} must be finite and >= 0 s; found {value}.")
+
+
+def build_result(
+    volume: Volume,
+    prediction: Prediction,
+    *,
+    hemorrhage_volume_ml: float,
+    engine: str,
+    model: ModelIdentity,
+    timings: Timings,
+) -> dict[str, Any]:
+    """The result.json content for one series, as plain JSON types.
+
+    Parameters
+    ----------
+    volume:
+        The analysed series (UIDs, slice order).
+    prediction:
+        Model output for ``volume``.
+    hemorrhage_volume_ml:
+        Hemorrhage volume in mL, finite and >= 0.
+    engine:
+        Name of the inference engine that ran (e.g. ``"onnxruntime"``).
+    model:
+        Identification of the model.
+    timings:
+        Seconds spent building the volume, inferring and writing results.
+
+    Returns
+    -------
+    dict
+        Exactly the DESIGN.md keys.
+
+    Raises
+    ------
+    ValueError
+        When the prediction does not match the volume, or a value is out of range.
+    """
+    check_prediction(volume, prediction)
+    check_volume_ml(hemorrhage_volume_ml)
+    if not engine:
+        raise ValueError("The engine name of result.json must not be empty.")
+    slices = [
+        {"sop_instance_uid": uid, **probabilities}
+        for uid, probabilities in zip(
+            volume.sop_instance_uids, prediction.slice_dicts(), strict=True
+        )
+    ]
+    return {
+        "study_instance_uid": volume.study_instance_uid,
+        "series_instance_uid": volume.series_instance_uid,
+        "subject": prediction.subject_dict(),
+        "slices": slices,
+        "hemorrhage_volume_ml": float(hemorrhage_volume_ml),
+        "engine": engine,
+        "model": {
+            "name": model.name,
+            "version": model.version,
+            "weights_sha256": model.weights_sha256,
+        },
+        "timings_s": asdict(timings),
+    }
+
+
+def write_result(path: Path, result: Mapping[str, Any]) -> None:
+    """Write ``result`` as JSON to ``path`` atomically.
+
+    The JSON is encoded before anything touches the disk, and with ``allow_nan=False``: NaN is
+    not JSON, and other tools would fail on it later and far from the cause.
+
+    Raises
+    ------
+    ValueError
+        When ``result`` holds NaN or infinity.
+    TypeError
+        When ``result`` holds a value JSON cannot represent.
+    OSError
+        When the folder cannot be written; no partial file is left behind.
+    """
+    text = json.dumps(result, indent=2, allow_nan=False) + "\n"
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    logger.info(
+        "Wrote %s for series %s.", path, result.get("series_instance_uid", "<no series UID>")
+    )
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist a rename: fsync the folder that holds the renamed file (POSIX)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    descriptor = os.open(directory, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

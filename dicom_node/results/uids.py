@@ -1,0 +1,83 @@
+"""UIDs of the result objects, derived rather than random.
+
+The writers take every UID as a parameter. ``ResultUids.derive`` computes them from what defines
+a result (source series, weights, node version), so rerunning a job after a crash or resending a
+result produces the same instances, and a PACS replaces rather than duplicates them.
+
+A derived UID is ``2.25.`` followed by the integer value of a name-based (SHA-1, version 5) UUID,
+the UUID-derived UID form of PS3.5 B.2 and ISO/IEC 9834-8. (pydicom's ``generate_uid`` ignores
+its entropy sources under the ``2.25`` root and returns a random UUID, so it cannot be used.)
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from dicom_node.results.version import software_version
+
+if TYPE_CHECKING:
+    from dicom_node.results.device import ModelIdentity
+
+#: Namespace of every name-based UUID the node derives (a fixed, project-specific UUID).
+UID_NAMESPACE: Final[uuid.UUID] = uuid.UUID("71105d43-0090-43d1-b7c8-5ef5b15f6efc")
+#: Separator of the name parts; a control character cannot occur in a UID or a hex digest.
+_PART_SEPARATOR: Final[str] = "\x1f"
+
+
+def derived_uid(*parts: str) -> str:
+    """A ``2.25`` UID determined by ``parts``: equal parts give equal UIDs, others differ.
+
+    Raises
+    ------
+    ValueError
+        When no part is given.
+    """
+    if not parts:
+        raise ValueError("derived_uid needs at least one name part; found none.")
+    return f"2.25.{uuid.uuid5(UID_NAMESPACE, _PART_SEPARATOR.join(parts)).int}"
+
+
+@dataclass(frozen=True)
+class ResultUids:
+    """Series and SOP Instance UIDs of the SEG and the SR made for one source series."""
+
+    seg_series_instance_uid: str
+    seg_sop_instance_uid: str
+    sr_series_instance_uid: str
+    sr_sop_instance_uid: str
+
+    @classmethod
+    def derive(cls, source_series_instance_uid: str, model: ModelIdentity) -> ResultUids:
+        """Deterministic UIDs for the results of ``model`` on one source series.
+
+        Parameters
+        ----------
+        source_series_instance_uid:
+            Series Instance UID of the analysed CT series.
+        model:
+            The model whose output the objects carry; other weights give other UIDs, and so
+            does another node version.
+
+        Returns
+        -------
+        ResultUids
+            Four distinct UIDs.
+        """
+        base = (source_series_instance_uid, model.weights_sha256, software_version())
+        return cls(
+            seg_series_instance_uid=derived_uid(*base, "seg-series"),
+            seg_sop_instance_uid=derived_uid(*base, "seg-instance"),
+            sr_series_instance_uid=derived_uid(*base, "sr-series"),
+            sr_sop_instance_uid=derived_uid(*base, "sr-instance"),
+        )
+
+
+def segment_tracking_uid(seg_sop_instance_uid: str, segment_number: int) -> str:
+    """Tracking UID of one segment, derived from its SEG instance and segment number.
+
+    The SEG's segment and the SR measurement group that describes it share this UID, which is
+    how TID 1500 consumers link a measurement to its region across objects.
+    """
+    return derived_uid(seg_sop_instance_uid, "segment", str(segment_number))

@@ -1,0 +1,45 @@
+"""Derived UIDs: valid, deterministic, distinct per role and per input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from pydicom.uid import UID
+
+from dicom_node.results.device import ModelIdentity
+from dicom_node.results.uids import ResultUids, derived_uid, segment_tracking_uid
+
+#: PS3.5 9.1: a UID is at most 64 characters.
+MAX_UID_LENGTH = 64
+MODEL = ModelIdentity("ICHNet", "1.0", "c" * 64, trained_on_synthetic_data=True)
+
+
+def test_derived_uid_is_valid_and_depends_only_on_its_parts() -> None:
+    uid = derived_uid("1.2.3", "seg")
+
+    assert UID(uid).is_valid and len(uid) <= MAX_UID_LENGTH
+    assert derived_uid("1.2.3", "seg") == uid
+    assert derived_uid("1.2.3", "sr") != uid
+    assert derived_uid("1.2.3seg") != uid
+
+
+def test_result_uids_are_distinct_and_reproducible() -> None:
+    uids = ResultUids.derive("1.2.840.1", MODEL)
+    values = list(dataclasses.asdict(uids).values())
+
+    assert len(set(values)) == len(values)
+    assert ResultUids.derive("1.2.840.1", MODEL) == uids
+    other_model = dataclasses.replace(MODEL, weights_sha256="d" * 64)
+    assert ResultUids.derive("1.2.840.1", other_model) != uids
+    assert ResultUids.derive("1.2.840.2", MODEL) != uids
+
+
+def test_segment_tracking_uid_differs_per_segment() -> None:
+    assert segment_tracking_uid("2.25.5", 1) != segment_tracking_uid("2.25.5", 2)
+    assert segment_tracking_uid("2.25.5", 1) == segment_tracking_uid("2.25.5", 1)
+
+
+def test_derived_uid_needs_a_part() -> None:
+    with pytest.raises(ValueError, match="at least one name part"):
+        derived_uid()
