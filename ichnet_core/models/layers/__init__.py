@@ -1,0 +1,1 @@
+"""Reusable network blocks (residual/conv blocks, attention gate, ConvLSTM)."""

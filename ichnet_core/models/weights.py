@@ -1,0 +1,448 @@
+"""ICHNet weight files: format, sha256-checked loading, saving, and the bundled default.
+
+A weights file is ``torch.save`` of one dict (read back with ``weights_only=True``, so loading
+never runs pickled code)::
+
+    {"format": "ichnet-weights/1",
+     "model_name": "ichnet",                  # registry name of the variant it was made from
+     "config": {...},                         # ICHNetConfig.to_dict(): the file alone rebuilds it
+     "state_dict": {...},                     # floating tensors stored as float16
+     "metadata": {"version": ..., "trained_on": ..., "description": ..., ...}}
+
+The package ships one default file in ``ichnet_core/models/weights/`` with a ``manifest.json``
+that records its sha256. The bundled file is *always* checked against the manifest; an external
+file is checked against the sha256 the caller expects (node config, CLI). There is no switch to
+turn a check off: a mismatch raises :class:`WeightsError`.
+
+Regenerate the bundled placeholder with::
+
+    python -m ichnet_core.models.weights --init-random \\
+        ichnet_core/models/weights/ichnet_default.pt --update-manifest
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+import torch
+from torch import Tensor
+
+from ichnet_core.models.ichnet import ICHNet, ICHNetConfig
+from ichnet_core.models.registry import DEFAULT_MODEL, create_model
+
+logger = logging.getLogger(__name__)
+
+#: Tag of the weights file format; bump it when the layout of the saved dict changes.
+WEIGHTS_FORMAT: Final[str] = "ichnet-weights/1"
+#: Tag of the manifest format.
+MANIFEST_FORMAT: Final[str] = "ichnet-weights-manifest/1"
+#: Folder of the weights that ship with the package.
+BUNDLED_WEIGHTS_DIR: Final[Path] = Path(__file__).resolve().parent / "weights"
+MANIFEST_PATH: Final[Path] = BUNDLED_WEIGHTS_DIR / "manifest.json"
+#: Metadata every weights file must carry, so result.json and the SR can say what ran.
+REQUIRED_METADATA: Final[tuple[str, ...]] = ("version", "trained_on", "description")
+#: Keys of the saved dict.
+_PAYLOAD_KEYS: Final[frozenset[str]] = frozenset(
+    {"format", "model_name", "config", "state_dict", "metadata"}
+)
+#: Storage precision of floating tensors: halves the file; inference runs in float32 anyway.
+STORAGE_DTYPE: Final[torch.dtype] = torch.float16
+#: Permissions of written files (mkstemp would leave 0600; weights are shared read-only data).
+WRITTEN_FILE_MODE: Final[int] = 0o644
+_SHA256_PATTERN: Final[re.Pattern[str]] = re.compile(r"[0-9a-f]{64}")
+
+#: Seed and wording of the bundled, untrained placeholder.
+RANDOM_INIT_SEED: Final[int] = 0
+RANDOM_INIT_VERSION: Final[str] = "0.0.0+random-init"
+RANDOM_INIT_DESCRIPTION: Final[str] = (
+    "untrained: random initialisation, placeholder until training lands; "
+    "synthetic-data weights will replace it; not for clinical use"
+)
+
+
+class WeightsError(RuntimeError):
+    """A weights file is missing, unreadable, malformed, or not the file that was expected."""
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """A verified weights file, loaded on the CPU.
+
+    Attributes
+    ----------
+    path:
+        Where the file was read from.
+    sha256:
+        Hex sha256 of the file's bytes (result.json ``model.weights_sha256``).
+    model_name:
+        Registry name of the variant the weights were made for.
+    version:
+        Version of the weights (``metadata["version"]``).
+    config:
+        The exact network configuration.
+    state_dict:
+        Read-only parameter mapping as stored (floating tensors in float16).
+    metadata:
+        Read-only provenance: at least ``version``, ``trained_on`` and ``description``.
+    """
+
+    path: Path
+    sha256: str
+    model_name: str
+    version: str
+    config: ICHNetConfig
+    state_dict: Mapping[str, Tensor]
+    metadata: Mapping[str, Any]
+
+    @property
+    def trained_on(self) -> str:
+        """What the weights were trained on, in words."""
+        return str(self.metadata["trained_on"])
+
+    @property
+    def description(self) -> str:
+        """Human description (states plainly when the weights are untrained)."""
+        return str(self.metadata["description"])
+
+
+def sha256_of_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _normalise_sha256(value: str) -> str:
+    normalised = value.strip().lower()
+    if not _SHA256_PATTERN.fullmatch(normalised):
+        raise ValueError(f"expected_sha256 must be 64 hex digits, got {value!r}")
+    return normalised
+
+
+def _read_manifest() -> dict[str, Any]:
+    try:
+        manifest = json.loads(MANIFEST_PATH.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WeightsError(
+            f"cannot read the bundled weights manifest {MANIFEST_PATH}: {exc}"
+        ) from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise WeightsError(
+            f"{MANIFEST_PATH} is not an {MANIFEST_FORMAT!r} manifest "
+            f"(format={manifest.get('format') if isinstance(manifest, dict) else None!r})"
+        )
+    return manifest
+
+
+def _manifest_entry(path: Path) -> Mapping[str, Any] | None:
+    """The manifest entry of ``path`` when it is a bundled file, else ``None``."""
+    if path.resolve().parent != BUNDLED_WEIGHTS_DIR:
+        return None
+    entry = _read_manifest().get("files", {}).get(path.name)
+    if entry is None:
+        raise WeightsError(
+            f"{path} lies in the bundled weights folder but {MANIFEST_PATH.name} does not list it"
+        )
+    return entry
+
+
+def default_weights_path() -> Path:
+    """Path of the bundled default weights, as named by the manifest."""
+    manifest = _read_manifest()
+    name = manifest.get("default")
+    if not isinstance(name, str) or name not in manifest.get("files", {}):
+        raise WeightsError(
+            f"{MANIFEST_PATH} names no listed default weights file (default={name!r})"
+        )
+    return BUNDLED_WEIGHTS_DIR / name
+
+
+def _parse_payload(
+    payload: object, path: Path
+) -> tuple[str, ICHNetConfig, dict[str, Tensor], dict[str, Any]]:
+    if not isinstance(payload, dict):
+        raise WeightsError(f"{path} does not hold a weights dict (found {type(payload).__name__})")
+    if payload.get("format") != WEIGHTS_FORMAT:
+        raise WeightsError(
+            f"{path} has format {payload.get('format')!r}, expected {WEIGHTS_FORMAT!r}"
+        )
+    missing = sorted(_PAYLOAD_KEYS - set(payload))
+    if missing:
+        raise WeightsError(f"{path} lacks the keys {missing}")
+    model_name, state_dict, metadata = (
+        payload["model_name"],
+        payload["state_dict"],
+        payload["metadata"],
+    )
+    if not isinstance(model_name, str) or not model_name:
+        raise WeightsError(f"{path} has no model name (found {model_name!r})")
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(key, str) and isinstance(value, Tensor) for key, value in state_dict.items()
+    ):
+        raise WeightsError(f"{path}: state_dict is not a mapping of names to tensors")
+    if not isinstance(metadata, dict):
+        raise WeightsError(f"{path}: metadata is not a dict (found {type(metadata).__name__})")
+    absent = [key for key in REQUIRED_METADATA if key not in metadata]
+    if absent:
+        raise WeightsError(f"{path}: metadata lacks {absent}")
+    try:
+        config = ICHNetConfig.from_dict(payload["config"])
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{path}: invalid model config: {exc}") from exc
+    return model_name, config, state_dict, metadata
+
+
+def load_weights(path: Path | None = None, expected_sha256: str | None = None) -> ModelWeights:
+    """Read and verify a weights file.
+
+    Parameters
+    ----------
+    path:
+        The file; ``None`` loads the bundled default.
+    expected_sha256:
+        Hex sha256 the file must have. Bundled files are always checked against the manifest
+        whether or not this is given.
+
+    Returns
+    -------
+    ModelWeights
+
+    Raises
+    ------
+    WeightsError
+        Missing or unreadable file, sha256 mismatch, or content that is not a weights file.
+    ValueError
+        ``expected_sha256`` is not 64 hex digits.
+    """
+    expected = _normalise_sha256(expected_sha256) if expected_sha256 is not None else None
+    path = default_weights_path() if path is None else Path(path)
+    entry = _manifest_entry(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+    sha256 = sha256_of_bytes(data)  # hash the very bytes that get loaded
+    if entry is not None and sha256 != entry.get("sha256"):
+        raise WeightsError(
+            f"bundled weights {path} have sha256 {sha256} but {MANIFEST_PATH.name} expects "
+            f"{entry.get('sha256')}: the installation is damaged or the file was replaced"
+        )
+    if expected is not None and sha256 != expected:
+        raise WeightsError(f"weights file {path} has sha256 {sha256}, expected {expected}")
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt archives and unsafe pickles
+        raise WeightsError(f"cannot load weights file {path}: {exc}") from exc
+    model_name, config, state_dict, metadata = _parse_payload(payload, path)
+    if entry is not None and (
+        entry.get("model_name") != model_name or entry.get("version") != metadata["version"]
+    ):
+        raise WeightsError(
+            f"{MANIFEST_PATH.name} lists {path.name} as {entry.get('model_name')!r} "
+            f"{entry.get('version')!r} but the file holds {model_name!r} {metadata['version']!r}"
+        )
+    if entry is None and expected is None:
+        logger.warning("weights %s loaded without an expected sha256: integrity unchecked", path)
+    logger.info(
+        "loaded weights %s: model %s version %s sha256 %s",
+        path,
+        model_name,
+        metadata["version"],
+        sha256,
+    )
+    return ModelWeights(
+        path=path,
+        sha256=sha256,
+        model_name=model_name,
+        version=str(metadata["version"]),
+        config=config,
+        state_dict=MappingProxyType(state_dict),
+        metadata=MappingProxyType(metadata),
+    )
+
+
+def _storage_state_dict(model: ICHNet) -> dict[str, Tensor]:
+    stored: dict[str, Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        value = tensor.detach().to("cpu").clone()
+        if value.is_floating_point():
+            value = value.to(STORAGE_DTYPE)
+            if not torch.isfinite(value).all():
+                raise ValueError(f"{key} does not fit in {STORAGE_DTYPE} (non-finite after cast)")
+        stored[key] = value.contiguous()
+    return stored
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file + fsync + rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, WRITTEN_FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(model: ICHNet, path: Path, *, name: str, metadata: Mapping[str, Any]) -> str:
+    """Write ``model`` as a weights file and return its sha256.
+
+    The bytes do not depend on the path or the time, so the same model gives the same sha256.
+
+    Parameters
+    ----------
+    model:
+        The network; its config is stored with it.
+    path:
+        Destination (parent folders are created).
+    name:
+        Registry name of the variant.
+    metadata:
+        JSON-serialisable provenance with at least ``version``, ``trained_on``, ``description``.
+
+    Raises
+    ------
+    ValueError
+        Empty name, missing or non-JSON metadata, or a weight that overflows float16.
+    """
+    if not name:
+        raise ValueError("save_weights needs a non-empty model name")
+    absent = [key for key in REQUIRED_METADATA if key not in metadata]
+    if absent:
+        raise ValueError(f"weights metadata lacks {absent} (required: {list(REQUIRED_METADATA)})")
+    try:
+        # The JSON round trip also turns str/int subclasses (e.g. torch.__version__) into the
+        # plain types that torch.load(weights_only=True) accepts.
+        plain_metadata = json.loads(json.dumps(dict(metadata)))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"weights metadata must be JSON-serialisable: {exc}") from exc
+    payload = {
+        "format": WEIGHTS_FORMAT,
+        "model_name": name,
+        "config": model.config.to_dict(),
+        "state_dict": _storage_state_dict(model),
+        "metadata": plain_metadata,
+    }
+    buffer = io.BytesIO()  # an in-memory archive: no file name or path ends up in the bytes
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    _atomic_write(Path(path), data)
+    sha256 = sha256_of_bytes(data)
+    logger.info("saved weights %s: model %s sha256 %s", path, name, sha256)
+    return sha256
+
+
+def build_model(weights: ModelWeights) -> ICHNet:
+    """The network of ``weights`` in float32 eval mode, on the CPU.
+
+    Raises
+    ------
+    WeightsError
+        When the state dict does not match the stored config.
+    """
+    model = ICHNet(weights.config)
+    state = {
+        key: value.float() if value.is_floating_point() else value
+        for key, value in weights.state_dict.items()
+    }
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"weights {weights.path} do not fit their own config: {exc}") from exc
+    return model.float().eval()
+
+
+def write_random_weights(
+    path: Path, *, model_name: str = DEFAULT_MODEL, seed: int = RANDOM_INIT_SEED
+) -> str:
+    """Write randomly initialised (untrained) weights of ``model_name``; returns the sha256.
+
+    The global torch RNG is restored afterwards, so callers' random streams are not disturbed.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(model_name)
+    metadata = {
+        "version": RANDOM_INIT_VERSION,
+        "trained_on": f"nothing: random initialisation (torch.manual_seed({seed}))",
+        "description": RANDOM_INIT_DESCRIPTION,
+        "seed": seed,
+        "torch_version": torch.__version__,
+    }
+    return save_weights(model, path, name=model_name, metadata=metadata)
+
+
+def register_bundled_weights(path: Path, *, make_default: bool = True) -> None:
+    """Record a file of the bundled folder in ``manifest.json`` (sha256, name, provenance).
+
+    Raises
+    ------
+    ValueError
+        When ``path`` is not in the bundled weights folder.
+    """
+    path = Path(path).resolve()
+    if path.parent != BUNDLED_WEIGHTS_DIR:
+        raise ValueError(f"{path} is not in the bundled weights folder {BUNDLED_WEIGHTS_DIR}")
+    data = path.read_bytes()
+    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    model_name, _, _, metadata = _parse_payload(payload, path)
+    manifest: dict[str, Any] = (
+        _read_manifest() if MANIFEST_PATH.exists() else {"format": MANIFEST_FORMAT, "files": {}}
+    )
+    manifest["files"][path.name] = {
+        "sha256": sha256_of_bytes(data),
+        "model_name": model_name,
+        "version": metadata["version"],
+        "trained_on": metadata["trained_on"],
+        "description": metadata["description"],
+    }
+    if make_default:
+        manifest["default"] = path.name
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    _atomic_write(MANIFEST_PATH, text.encode("utf-8"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ichnet_core.models.weights --init-random OUT [--update-manifest]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ichnet_core.models.weights", description="Create ICHNet weight files."
+    )
+    parser.add_argument(
+        "--init-random",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="write randomly initialised (untrained) weights to OUT",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="registered variant name")
+    parser.add_argument("--seed", type=int, default=RANDOM_INIT_SEED)
+    parser.add_argument(
+        "--update-manifest",
+        action="store_true",
+        help="record OUT (a bundled file) in manifest.json as the default",
+    )
+    args = parser.parse_args(argv)
+    sha256 = write_random_weights(args.init_random, model_name=args.model, seed=args.seed)
+    if args.update_manifest:
+        register_bundled_weights(args.init_random)
+    print(f"{args.init_random} sha256={sha256}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

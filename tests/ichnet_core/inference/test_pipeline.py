@@ -1,0 +1,89 @@
+"""Shared pre/post-processing: model input, labels at source resolution, hemorrhage volume."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from ichnet_core.imaging.resample import to_model_size
+from ichnet_core.imaging.volume import Volume
+from ichnet_core.imaging.windowing import window_stack
+from ichnet_core.inference.pipeline import (
+    PROCESSING_CHUNK_SLICES,
+    finalize,
+    hemorrhage_volume_ml,
+    prepare_input,
+)
+from ichnet_core.labels import BRAIN, HEMORRHAGE, NON_BRAIN
+
+VolumeFactory = Callable[..., Volume]
+
+
+def test_prepare_input_matches_window_then_resize(make_volume: VolumeFactory) -> None:
+    volume = make_volume(slices=PROCESSING_CHUNK_SLICES + 3)  # more than one chunk
+    x = prepare_input(volume, 32)
+    assert x.shape == (volume.num_slices, 3, 32, 32) and x.dtype == np.float32
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    np.testing.assert_allclose(x, to_model_size(window_stack(volume.hu), 32), atol=1e-6)
+
+
+def _probs(slices: int, size: int) -> np.ndarray:
+    """Hemorrhage in the left half, brain in the right half, non-brain in the top rows."""
+    probs = np.full((slices, 3, size, size), 0.1, dtype=np.float32)
+    probs[:, HEMORRHAGE, :, : size // 2] = 0.8
+    probs[:, BRAIN, :, size // 2 :] = 0.8
+    probs[:, NON_BRAIN, : size // 4] = 0.9
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def test_finalize(make_volume: VolumeFactory) -> None:
+    volume = make_volume(slices=PROCESSING_CHUNK_SLICES + 2, rows=64, columns=96)
+    slices = volume.num_slices
+    slice_logits = np.zeros((slices, 6), dtype=np.float32)
+    slice_logits[0, 0] = 50.0
+    subject_logits = np.linspace(-2, 2, 6, dtype=np.float32)
+    probs = _probs(slices, 32)
+    prediction = finalize(volume, probs, slice_logits, subject_logits, keep_probabilities=True)
+    labels = prediction.labels
+    assert labels.shape == (slices, 64, 96) and labels.dtype == np.uint8
+    assert np.all(labels[:, :8] == NON_BRAIN)
+    assert np.all(labels[:, 20:, :40] == HEMORRHAGE) and np.all(labels[:, 20:, 56:] == BRAIN)
+    assert prediction.slice_probabilities.shape == (slices, 6)
+    assert prediction.slice_probabilities.dtype == np.float32
+    np.testing.assert_allclose(prediction.slice_probabilities[1:], 0.5)
+    assert prediction.slice_probabilities[0, 0] == pytest.approx(1.0)
+    np.testing.assert_allclose(
+        prediction.subject_probabilities, 1 / (1 + np.exp(-subject_logits)), rtol=1e-6
+    )
+    assert prediction.segmentation_probabilities is not None
+    np.testing.assert_array_equal(prediction.segmentation_probabilities, probs)
+    dropped = finalize(volume, probs, slice_logits, subject_logits, keep_probabilities=False)
+    assert dropped.segmentation_probabilities is None
+    np.testing.assert_array_equal(dropped.labels, labels)
+
+
+def test_finalize_rejects_mismatched_shapes(make_volume: VolumeFactory) -> None:
+    volume = make_volume(slices=3)
+    probs, logits, subject = _probs(3, 32), np.zeros((3, 6)), np.zeros(6)
+    with pytest.raises(ValueError, match=r"seg_probs must be \[3, 3, h, w\]"):
+        finalize(volume, probs[:2], logits, subject, keep_probabilities=False)
+    with pytest.raises(ValueError, match=r"slice_logits must be \[3, 6\]"):
+        finalize(volume, probs, logits[:, :5], subject, keep_probabilities=False)
+    with pytest.raises(ValueError, match=r"subject_logits must be \[6\]"):
+        finalize(volume, probs, logits, subject[None], keep_probabilities=False)
+
+
+def test_hemorrhage_volume_with_non_uniform_spacing(make_volume: VolumeFactory) -> None:
+    extents = np.array([4.0, 5.5, 7.0])
+    volume = make_volume(
+        slices=3, rows=10, columns=10, pixel_spacing=(0.5, 0.8), slice_extent_mm=extents
+    )
+    labels = np.full((3, 10, 10), BRAIN, dtype=np.uint8)
+    labels[0, :2, :5] = HEMORRHAGE  # 10 pixels
+    labels[2, :, :3] = HEMORRHAGE  # 30 pixels
+    expected = (10 * 0.4 * 4.0 + 30 * 0.4 * 7.0) / 1000.0
+    assert hemorrhage_volume_ml(labels, volume) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="does not match"):
+        hemorrhage_volume_ml(labels[:2], volume)

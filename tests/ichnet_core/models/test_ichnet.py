@@ -1,0 +1,229 @@
+"""ICHNet: shapes, staging, gradient flow to each head, ablations, hypercolumn, config checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ichnet_core.labels import NUM_CLASSIFICATION_OUTPUTS, NUM_SEGMENTATION_CLASSES
+from ichnet_core.models.ichnet import (
+    HypercolumnHead,
+    ICHNet,
+    ICHNetConfig,
+)
+from ichnet_core.models.layers.blocks import AttentionGate
+
+SIZE = 32
+
+
+def _model(overrides: dict[str, Any], **flags: Any) -> ICHNet:
+    return ICHNet(ICHNetConfig(**{**overrides, **flags}))
+
+
+@pytest.mark.parametrize(("batch", "slices"), [(1, 1), (2, 7), (1, 40)])
+def test_forward_shapes(tiny_overrides: dict[str, Any], batch: int, slices: int) -> None:
+    model = _model(tiny_overrides).eval()
+    with torch.inference_mode():
+        out = model(torch.rand(batch, slices, 3, SIZE, SIZE))
+    assert out.seg_logits is not None and out.slice_logits is not None
+    assert out.subject_logits is not None
+    assert out.seg_logits.shape == (batch, slices, NUM_SEGMENTATION_CLASSES, SIZE, SIZE)
+    assert out.slice_logits.shape == (batch, slices, NUM_CLASSIFICATION_OUTPUTS)
+    assert out.subject_logits.shape == (batch, NUM_CLASSIFICATION_OUTPUTS)
+
+
+def test_stage_shapes(tiny_overrides: dict[str, Any]) -> None:
+    model = _model(tiny_overrides).eval()
+    widths = model.config.widths
+    with torch.inference_mode():
+        features = model.encode(torch.rand(5, 3, SIZE, SIZE))
+        assert [tuple(f.shape) for f in features] == [
+            (5, widths[level], SIZE >> level, SIZE >> level) for level in range(4)
+        ]
+        seq_out, slice_logits, subject_logits = model.recur(features[-1].unflatten(0, (1, 5)))
+        assert seq_out.shape == (1, 5, 2 * model.config.lstm_hidden, SIZE // 8, SIZE // 8)
+        assert slice_logits is not None and slice_logits.shape == (1, 5, 6)
+        assert subject_logits is not None and subject_logits.shape == (1, 6)
+        seg = model.decode(features, seq_out[0])
+        assert seg.shape == (5, 3, SIZE, SIZE)
+        # The skip levels alone are enough (the exported decoder takes no bottleneck input).
+        torch.testing.assert_close(model.decode(features[:3], seq_out[0]), seg)
+
+
+def test_staged_stages_equal_forward(tiny_overrides: dict[str, Any]) -> None:
+    model = _model(tiny_overrides).eval()
+    x = torch.rand(2, 4, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        out = model(x)
+        for b in range(2):
+            features = model.encode(x[b])
+            seq_out, slice_logits, subject_logits = model.recur(features[-1][None])
+            seg = model.decode(features, seq_out[0])
+            torch.testing.assert_close(seg, out.seg_logits[b])
+            torch.testing.assert_close(slice_logits[0], out.slice_logits[b])
+            torch.testing.assert_close(subject_logits[0], out.subject_logits[b])
+
+
+def test_subject_logits_pool_over_slices(tiny_overrides: dict[str, Any]) -> None:
+    model = _model(tiny_overrides).eval()
+    with torch.inference_mode():
+        seq_out = torch.rand(1, 6, 2 * model.config.lstm_hidden, 4, 4)
+        _, subject = model.classifier(seq_out)
+        # Reordering slices changes nothing for the subject head: it sees the slice average.
+        _, shuffled = model.classifier(seq_out[:, torch.randperm(6)])
+    torch.testing.assert_close(subject, shuffled)
+
+
+def _losses(out: Any) -> tuple[Tensor, Tensor]:
+    seg_target = torch.randint(
+        0, NUM_SEGMENTATION_CLASSES, out.seg_logits.shape[:2] + out.seg_logits.shape[3:]
+    )
+    seg_loss = F.cross_entropy(out.seg_logits.flatten(0, 1), seg_target.flatten(0, 1))
+    cls_loss = F.binary_cross_entropy_with_logits(
+        out.slice_logits, torch.randint(0, 2, out.slice_logits.shape).float()
+    ) + F.binary_cross_entropy_with_logits(
+        out.subject_logits, torch.randint(0, 2, out.subject_logits.shape).float()
+    )
+    return seg_loss, cls_loss
+
+
+def _grad_norms(module: nn.Module) -> dict[str, float]:
+    return {
+        name: (0.0 if p.grad is None else float(p.grad.abs().sum()))
+        for name, p in module.named_parameters()
+    }
+
+
+def _reached(model: ICHNet, part: str) -> bool:
+    norms = _grad_norms(getattr(model, part))
+    return all(value > 0 for value in norms.values())
+
+
+def _untouched(model: ICHNet, part: str) -> bool:
+    return all(p.grad is None for p in getattr(model, part).parameters())
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_total_loss_reaches_every_parameter(
+    tiny_overrides: dict[str, Any], attention: bool
+) -> None:
+    model = _model(tiny_overrides, attention=attention).train()
+    seg_loss, cls_loss = _losses(model(torch.rand(2, 3, 3, SIZE, SIZE)))
+    (seg_loss + cls_loss).backward()
+    zero = [name for name, value in _grad_norms(model).items() if value == 0]
+    assert zero == []
+
+
+def test_segmentation_loss_reaches_encoder_lstm_decoder_only(
+    tiny_overrides: dict[str, Any],
+) -> None:
+    model = _model(tiny_overrides).train()
+    seg_loss, _ = _losses(model(torch.rand(1, 3, 3, SIZE, SIZE)))
+    seg_loss.backward()
+    assert (
+        _reached(model, "encoder") and _reached(model, "conv_lstm") and _reached(model, "decoder")
+    )
+    assert _untouched(model, "classifier")
+
+
+def test_classification_loss_reaches_encoder_lstm_heads_only(
+    tiny_overrides: dict[str, Any],
+) -> None:
+    model = _model(tiny_overrides).train()
+    _, cls_loss = _losses(model(torch.rand(1, 3, 3, SIZE, SIZE)))
+    cls_loss.backward()
+    assert _reached(model, "encoder") and _reached(model, "conv_lstm")
+    assert _reached(model, "classifier")
+    assert _untouched(model, "decoder")
+
+
+def test_without_segmentation_branch(tiny_overrides: dict[str, Any]) -> None:
+    model = _model(tiny_overrides, seg_branch=False).eval()
+    assert model.decoder is None
+    assert not any(name.startswith("decoder.") for name in model.state_dict())
+    with torch.inference_mode():
+        out = model(torch.rand(1, 2, 3, SIZE, SIZE))
+        features = model.encode(torch.rand(2, 3, SIZE, SIZE))
+        seq_out = model.recur(features[-1][None])[0]
+        with pytest.raises(RuntimeError, match="seg_branch=False"):
+            model.decode(features, seq_out[0])
+    assert out.seg_logits is None and out.slice_logits is not None
+
+
+def test_without_classification_branch(tiny_overrides: dict[str, Any]) -> None:
+    model = _model(tiny_overrides, cls_branch=False).eval()
+    assert model.classifier is None
+    assert not any(name.startswith("classifier.") for name in model.state_dict())
+    with torch.inference_mode():
+        out = model(torch.rand(1, 2, 3, SIZE, SIZE))
+    assert out.seg_logits is not None
+    assert out.slice_logits is None and out.subject_logits is None
+
+
+def test_attention_flag_removes_gates(tiny_overrides: dict[str, Any]) -> None:
+    gated = _model(tiny_overrides)
+    plain = _model(tiny_overrides, attention=False)
+    assert sum(isinstance(m, AttentionGate) for m in gated.modules()) == 3
+    assert not any(isinstance(m, AttentionGate) for m in plain.modules())
+    assert not any(".gates." in name for name in plain.state_dict())
+
+
+def test_attention_gate_scales_skip_by_coefficients() -> None:
+    gate = AttentionGate(4, 8, 2)
+    x, g = torch.rand(2, 4, 8, 8), torch.rand(2, 8, 4, 4)
+    with torch.no_grad():
+        alpha = gate.coefficients(x, g)
+        gated = gate(x, g)
+    assert alpha.shape == (2, 1, 8, 8)
+    assert float(alpha.min()) > 0 and float(alpha.max()) < 1
+    torch.testing.assert_close(gated, x * alpha)
+
+
+def test_hypercolumn_equals_concatenate_then_1x1() -> None:
+    head = HypercolumnHead((4, 6, 8, 10), 3)
+    levels = [torch.randn(2, c, 32 >> i, 32 >> i) for i, c in enumerate((4, 6, 8, 10))]
+    upsampled = [
+        F.interpolate(f, size=(32, 32), mode="bilinear", align_corners=False) for f in levels
+    ]
+    expected = head.classifier(torch.cat(upsampled, dim=1))
+    torch.testing.assert_close(head(levels, (32, 32)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_input_checks(tiny_overrides: dict[str, Any]) -> None:
+    model = _model(tiny_overrides)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model.encode(torch.rand(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="3 channels"):
+        model.encode(torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\[B, S>=1, 3, H, W\]"):
+        model(torch.rand(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"widths": (8, 16, 32)}, "widths needs 4 positive"),
+        ({"blocks_per_level": (1, 0, 1, 1)}, "blocks_per_level needs 4 positive"),
+        ({"input_size": 60}, "multiple of 8"),
+        ({"lstm_hidden": 0}, "lstm_hidden must be >= 1"),
+        ({"lstm_kernel_size": 2}, "lstm_kernel_size must be odd"),
+        ({"seg_branch": False, "cls_branch": False}, "needs seg_branch or cls_branch"),
+    ],
+)
+def test_config_rejects_invalid_values(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ICHNetConfig(**overrides)
+
+
+def test_config_dict_round_trip() -> None:
+    config = ICHNetConfig(widths=[8, 16, 32, 64], input_size=64, attention=False)  # type: ignore[arg-type]
+    assert config.widths == (8, 16, 32, 64)
+    data = config.to_dict()
+    assert data["widths"] == [8, 16, 32, 64]
+    assert ICHNetConfig.from_dict(data) == config
+    with pytest.raises(ValueError, match="unknown ICHNetConfig keys"):
+        ICHNetConfig.from_dict({**data, "depth": 3})
