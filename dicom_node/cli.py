@@ -1,0 +1,162 @@
+"""``ichnet-node``: serve | infer | demo | check-config (contracts in ../shared/DESIGN.md).
+
+Thin wrappers: each sub-command parses arguments, sets up logging and calls the API that does the
+work, so tests can call the same functions without a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydicom import Dataset, dcmwrite
+
+from dicom_node.config import ConfigError, NodeConfig, load_config
+from dicom_node.results import write_result
+from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
+from ichnet_core.inference.engine import EngineUnavailableError, create_engine
+from ichnet_core.models.weights import WeightsError, load_weights
+
+logger = logging.getLogger(__name__)
+
+#: Exit codes: 0 success, 1 unusable input or configuration, 2 usage (argparse).
+EXIT_OK = 0
+EXIT_UNUSABLE = 1
+
+ENGINE_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Log lines with time, level and module; only the CLI configures logging."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"ichnet-node: error: {message}", file=sys.stderr)
+    return EXIT_UNUSABLE
+
+
+def _config_or_default(path: str | None) -> NodeConfig:
+    return load_config(path) if path else NodeConfig()
+
+
+def _group_by_series(datasets: Sequence[Dataset]) -> dict[str, list[Dataset]]:
+    groups: dict[str, list[Dataset]] = defaultdict(list)
+    for ds in datasets:
+        groups[str(ds.get("SeriesInstanceUID", "<no SeriesInstanceUID>"))].append(ds)
+    return dict(groups)
+
+
+def _write_dataset(dataset: Dataset, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    dcmwrite(tmp, dataset, enforce_file_format=True)
+    tmp.replace(path)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    peers = ", ".join(f"{p.ae_title}@{p.host}:{p.port}" for p in config.peers) or "none"
+    print(
+        f"{args.file}: OK (AE {config.node.ae_title} on {config.node.bind}:{config.node.port}, "
+        f"peers: {peers}, engine: {config.engine})"
+    )
+    return EXIT_OK
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    """Offline analysis of one series in a folder; writes seg.dcm, sr.dcm and result.json."""
+    try:
+        config = _config_or_default(args.config)
+    except ConfigError as exc:
+        return _fail("; ".join(exc.problems))
+    input_dir = Path(args.input_dir)
+    if not input_dir.is_dir():
+        return _fail(f"input folder {input_dir} does not exist")
+    files = [p for p in input_dir.rglob("*") if p.is_file()]
+    datasets, unreadable = read_datasets(files)
+    for line in unreadable:
+        logger.info("ignoring %s", line)
+    if not datasets:
+        return _fail(f"no DICOM files in {input_dir}")
+    groups = _group_by_series(datasets)
+    if args.series:
+        if args.series not in groups:
+            return _fail(f"series {args.series} is not in {input_dir}")
+        datasets = groups[args.series]
+    elif len(groups) > 1:
+        listing = ", ".join(f"{uid} ({len(ds)} files)" for uid, ds in groups.items())
+        return _fail(f"{input_dir} holds {len(groups)} series; choose one with --series: {listing}")
+
+    try:
+        weights = load_weights(config.model.weights, config.model.weights_sha256)
+        engine = create_engine(
+            args.engine or config.engine, weights, chunk_slices=config.model.chunk_slices
+        )
+    except (WeightsError, EngineUnavailableError) as exc:
+        return _fail(str(exc))
+    try:
+        analysis = analyse_series(datasets, engine=engine, weights=weights, rules=config.selection)
+    except SeriesSkipped as exc:
+        return _fail(f"series not analysed: {exc.reason}")
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_dataset(analysis.seg, out_dir / "seg.dcm")
+    _write_dataset(analysis.sr, out_dir / "sr.dcm")
+    write_result(out_dir / "result.json", analysis.result)
+    subject = analysis.result["subject"]
+    print(
+        f"ICH probability {subject['any']:.3f}; hemorrhage {analysis.hemorrhage_volume_ml:.2f} mL; "
+        f"wrote {out_dir / 'seg.dcm'}, {out_dir / 'sr.dcm'}, {out_dir / 'result.json'}"
+    )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ichnet-node",
+        description="ICHNet DICOM node (research software, not a medical device).",
+    )
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check-config", help="validate a node configuration file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    infer = sub.add_parser("infer", help="analyse one series in a folder of DICOM files")
+    infer.add_argument("input_dir")
+    infer.add_argument(
+        "--out", required=True, help="output folder for seg.dcm, sr.dcm, result.json"
+    )
+    infer.add_argument("--engine", choices=ENGINE_CHOICES, default=None)
+    infer.add_argument("--config", default=None, help="node config for selection rules and weights")
+    infer.add_argument(
+        "--series", default=None, help="SeriesInstanceUID when the folder holds several"
+    )
+    infer.set_defaults(func=cmd_infer)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level or "INFO")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""What happens to one complete series: select → volume → infer → SEG + SR + result.json.
+
+Both the node (one job per received series) and ``ichnet-node infer`` (a folder on disk) call
+:func:`analyse_series`; it computes everything in memory and writes nothing, so each caller decides
+where results go (the node's outbox, or the user's output folder). A series that is not suitable
+raises :class:`SeriesSkipped` carrying the one-line reason that ends up in the log and on the job.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pydicom
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+
+from dicom_node.config import SelectionSection
+from dicom_node.results import (
+    ModelIdentity,
+    ResultUids,
+    Timings,
+    build_result,
+    build_seg,
+    build_sr,
+)
+from dicom_node.selection import select_series
+from ichnet_core.imaging.volume import Volume, VolumeError, build_volume
+from ichnet_core.inference.engine import InferenceEngine
+from ichnet_core.inference.pipeline import hemorrhage_volume_ml
+from ichnet_core.models.weights import ModelWeights
+from ichnet_core.prediction import Prediction
+
+logger = logging.getLogger(__name__)
+
+#: Result series get numbers far above what scanners use, so they sort after the source series.
+SEG_SERIES_NUMBER_BASE: Final[int] = 9000
+SR_SERIES_NUMBER_BASE: Final[int] = 9500
+_SERIES_NUMBER_SPAN: Final[int] = 500
+
+
+class SeriesSkipped(Exception):
+    """The series is not suitable for ICHNet; ``reason`` says why in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SeriesAnalysis:
+    """Everything produced for one series, not yet written anywhere."""
+
+    volume: Volume
+    prediction: Prediction
+    hemorrhage_volume_ml: float
+    seg: Dataset
+    sr: Dataset
+    result: dict[str, Any]
+    timings: Timings
+
+
+def model_identity(weights: ModelWeights) -> ModelIdentity:
+    """How the result objects name the model behind ``weights``."""
+    trained_on = weights.trained_on.lower()
+    return ModelIdentity(
+        name="ICHNet",
+        version=weights.version,
+        weights_sha256=weights.sha256,
+        trained_on_synthetic_data="real" not in trained_on,
+    )
+
+
+def read_datasets(paths: Iterable[Path]) -> tuple[list[Dataset], list[str]]:
+    """Read DICOM Part 10 files; returns the datasets and one line per unreadable file.
+
+    Pixel data is read as stored (decoding happens in :func:`build_volume`), so a series is
+    read once for selection and volume building alike.
+    """
+    datasets: list[Dataset] = []
+    problems: list[str] = []
+    for path in sorted(paths):
+        try:
+            datasets.append(pydicom.dcmread(path))
+        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            problems.append(f"{path.name}: not readable as DICOM ({exc})")
+    return datasets, problems
+
+
+def _series_number(source: Dataset, base: int) -> int:
+    number = source.get("SeriesNumber")
+    try:
+        offset = int(number) % _SERIES_NUMBER_SPAN if number is not None else 0
+    except (TypeError, ValueError):
+        offset = 0
+    return base + offset
+
+
+def analyse_series(
+    datasets: Sequence[Dataset],
+    *,
+    engine: InferenceEngine,
+    weights: ModelWeights,
+    rules: SelectionSection,
+) -> SeriesAnalysis:
+    """Run the whole analysis of one series in memory.
+
+    Parameters
+    ----------
+    datasets:
+        The instances of one series, in any order, with pixel data.
+    engine:
+        The inference engine (its ``name`` goes into result.json).
+    weights:
+        The weights the engine runs (model identification, result UIDs).
+    rules:
+        Series selection rules.
+
+    Raises
+    ------
+    SeriesSkipped
+        The selection rules refuse the series, or its volume cannot be built.
+    """
+    selection = select_series(datasets, rules)
+    if not selection.accepted:
+        raise SeriesSkipped(selection.reason)
+
+    started = time.perf_counter()
+    try:
+        volume = build_volume(datasets)
+    except VolumeError as exc:
+        raise SeriesSkipped(f"volume cannot be built: {exc}") from exc
+    built = time.perf_counter()
+    prediction = engine.predict(volume)
+    inferred = time.perf_counter()
+
+    volume_ml = hemorrhage_volume_ml(prediction.labels, volume)
+    model = model_identity(weights)
+    uids = ResultUids.derive(volume.series_instance_uid, model)
+    now = datetime.datetime.now(datetime.timezone.utc).astimezone()
+    source = volume.datasets[0]
+    seg = build_seg(
+        volume,
+        prediction,
+        model,
+        series_instance_uid=uids.seg_series_instance_uid,
+        sop_instance_uid=uids.seg_sop_instance_uid,
+        series_number=_series_number(source, SEG_SERIES_NUMBER_BASE),
+        content_datetime=now,
+    )
+    sr = build_sr(
+        volume,
+        prediction,
+        seg,
+        model,
+        hemorrhage_volume_ml=volume_ml,
+        series_instance_uid=uids.sr_series_instance_uid,
+        sop_instance_uid=uids.sr_sop_instance_uid,
+        series_number=_series_number(source, SR_SERIES_NUMBER_BASE),
+        content_datetime=now,
+    )
+    timings = Timings(
+        volume=built - started,
+        inference=inferred - built,
+        results=time.perf_counter() - inferred,
+    )
+    result = build_result(
+        volume,
+        prediction,
+        hemorrhage_volume_ml=volume_ml,
+        engine=engine.name,
+        model=model,
+        timings=timings,
+    )
+    logger.info(
+        "series %s: ICH p=%.3f, hemorrhage %.2f mL (volume %.2fs, inference %.2fs, results %.2fs)",
+        volume.series_instance_uid,
+        float(prediction.subject_probabilities[0]),
+        volume_ml,
+        timings.volume,
+        timings.inference,
+        timings.results,
+    )
+    return SeriesAnalysis(volume, prediction, volume_ml, seg, sr, result, timings)
