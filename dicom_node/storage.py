@@ -1,0 +1,351 @@
+"""The spool: received instances as DICOM Part 10 files, durable before success is returned.
+
+Layout: ``<storage_dir>/incoming/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
+A C-STORE success tells the sending PACS it may forget the instance, so every file is written
+under a temporary name in its final directory, fsync'ed, renamed over the final name (atomic on
+POSIX) and the directory fsync'ed, in that order, before :meth:`InstanceStore.store` returns.
+A crash at any point leaves either the old complete file or the new complete file, plus at
+worst a stray temporary file that :meth:`InstanceStore.remove_partial_files` clears at startup.
+
+UIDs become path components, so each is checked (digits and dots, at most 64 characters,
+PS3.5 9.1) before it touches the file system: a value such as ``..`` never escapes the spool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+from pydicom import Dataset, dcmwrite
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+
+from dicom_node.status import DataSetMismatchError, OutOfResourcesError
+
+logger = logging.getLogger(__name__)
+
+INCOMING_DIR_NAME: Final[str] = "incoming"
+INSTANCE_SUFFIX: Final[str] = ".dcm"
+#: Temporary files start with a dot and end in ``.partial``: never mistaken for an instance.
+PARTIAL_SUFFIX: Final[str] = ".partial"
+#: PS3.10 7.1: a 128-byte preamble (zeros when unused) followed by the prefix "DICM".
+_PREAMBLE_AND_PREFIX: Final[bytes] = b"\x00" * 128 + b"DICM"
+#: PS3.5 9.1: a UID is at most 64 characters. Components are digit runs separated by single dots;
+#: leading zeros are tolerated (real equipment sends them) but empty components are not, which
+#: also rules out "." and "..".
+UID_MAX_CHARS: Final[int] = 64
+_UID_PATTERN: Final[re.Pattern[str]] = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+_FILE_MODE: Final[int] = 0o644
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """One instance that is durable in the spool; what the rest of the node learns about it.
+
+    Attributes
+    ----------
+    study_instance_uid, series_instance_uid, sop_instance_uid, sop_class_uid:
+        The instance's identity, as validated and used for ``path``.
+    path:
+        The Part 10 file, already fsync'ed and renamed into place.
+    calling_ae_title:
+        The peer's AE title (trailing spaces removed): where results go back.
+    peer_address:
+        IP address of the peer's end of the association.
+    peer_port:
+        TCP port of the peer's end of the association.
+    transfer_syntax_uid:
+        The negotiated transfer syntax the data set was received (and stored) in.
+    received_at:
+        When the instance became durable (timezone-aware UTC).
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: Path
+    calling_ae_title: str
+    peer_address: str
+    peer_port: int
+    transfer_syntax_uid: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class SeriesOnDisk:
+    """A series found in the spool by the startup scan.
+
+    Attributes
+    ----------
+    study_instance_uid, series_instance_uid:
+        The series (the directory names).
+    paths:
+        Its instance files, sorted by name.
+    newest_mtime:
+        Latest modification time (seconds since the epoch) among ``paths``: how long ago the
+        series last grew, so a restart can tell finished series from ones still arriving.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    paths: tuple[Path, ...]
+    newest_mtime: float
+
+
+def check_uid(value: object, keyword: str) -> str:
+    """Return ``value`` as a UID that is safe as a path component, or refuse it.
+
+    Parameters
+    ----------
+    value:
+        The attribute value as decoded (pydicom strips the trailing NULL padding of UI).
+    keyword:
+        The attribute's keyword, for the message.
+
+    Returns
+    -------
+    str
+        The UID.
+
+    Raises
+    ------
+    DataSetMismatchError
+        If the value is empty, longer than 64 characters, or not digits separated by dots.
+    """
+    text = "" if value is None else str(value)
+    if not text:
+        raise DataSetMismatchError(f"{keyword} is empty", error_comment=f"{keyword} is empty")
+    if len(text) > UID_MAX_CHARS or _UID_PATTERN.fullmatch(text) is None:
+        raise DataSetMismatchError(
+            f"{keyword} {text[:80]!r} is not a valid UID (digits and dots, at most "
+            f"{UID_MAX_CHARS} characters)",
+            error_comment=f"{keyword} is not a valid UID",
+        )
+    return text
+
+
+def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
+    """Preamble, ``DICM`` prefix and File Meta Information group (PS3.10 7.1) as bytes.
+
+    Raises
+    ------
+    ValueError
+        If a required File Meta element is missing (pydicom names it).
+    """
+    buffer = DicomBytesIO()
+    # Group 0002 is always Explicit VR Little Endian (PS3.10 7.1).
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_file_meta_info(buffer, file_meta, enforce_standard=True)
+    return _PREAMBLE_AND_PREFIX + buffer.getvalue()
+
+
+def _fsync_directory(directory: Path) -> None:
+    # A rename or a new entry is only durable once the directory itself is flushed (POSIX).
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class InstanceStore:
+    """The incoming spool under ``storage_dir``; safe to use from several association threads.
+
+    Parameters
+    ----------
+    storage_dir:
+        The node's storage directory (``node.storage_dir``); instances go under ``incoming/``.
+        Created on the first write, so a read-only check of the config touches nothing.
+    """
+
+    def __init__(self, storage_dir: Path) -> None:
+        self.storage_dir = Path(storage_dir)
+        self.incoming_dir = self.storage_dir / INCOMING_DIR_NAME
+
+    def path_for(
+        self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
+    ) -> Path:
+        """Where an instance lives; every UID is checked first (see :func:`check_uid`)."""
+        series_dir = self._series_dir(study_instance_uid, series_instance_uid)
+        return series_dir / (check_uid(sop_instance_uid, "SOPInstanceUID") + INSTANCE_SUFFIX)
+
+    def store(
+        self,
+        encoded_dataset: bytes,
+        file_meta: FileMetaDataset,
+        study_instance_uid: str,
+        series_instance_uid: str,
+    ) -> Path:
+        """Write a data set exactly as received, behind its File Meta, and make it durable.
+
+        The data set bytes are not decoded or re-encoded: what the peer sent in the negotiated
+        transfer syntax is what lands on disk. A second instance with the same SOP Instance UID
+        replaces the first atomically (PS3.4 B.4.1 leaves duplicates to the SCP).
+
+        Parameters
+        ----------
+        encoded_dataset:
+            The data set in ``file_meta.TransferSyntaxUID`` (a C-STORE Data Set, no meta).
+        file_meta:
+            File Meta Information; its Media Storage SOP Instance UID names the file.
+        study_instance_uid, series_instance_uid:
+            The directories the instance goes into.
+
+        Returns
+        -------
+        Path
+            The final path, renamed into place and fsync'ed.
+
+        Raises
+        ------
+        DataSetMismatchError
+            If a UID is not usable as a path component.
+        OutOfResourcesError
+            If the file cannot be written durably (disk full, permission, I/O error).
+        """
+        path = self.path_for(
+            study_instance_uid, series_instance_uid, file_meta.MediaStorageSOPInstanceUID
+        )
+        self._write_durably(path, (encode_file_meta(file_meta), encoded_dataset))
+        return path
+
+    def store_dataset(self, dataset: Dataset) -> Path:
+        """Write a pydicom data set (with ``file_meta``) as a Part 10 file, durably.
+
+        For instances that did not arrive over the network (tests, imports). The data set is
+        encoded in ``dataset.file_meta.TransferSyntaxUID``.
+
+        Returns
+        -------
+        Path
+            The final path.
+
+        Raises
+        ------
+        DataSetMismatchError
+            If a UID is missing or not usable as a path component.
+        OutOfResourcesError
+            If the file cannot be written durably.
+        """
+        path = self.path_for(
+            dataset.get("StudyInstanceUID", ""),
+            dataset.get("SeriesInstanceUID", ""),
+            dataset.get("SOPInstanceUID", ""),
+        )
+        buffer = DicomBytesIO()
+        dcmwrite(buffer, dataset, enforce_file_format=True)
+        self._write_durably(path, (buffer.getvalue(),))
+        return path
+
+    def series_paths(self, study_instance_uid: str, series_instance_uid: str) -> list[Path]:
+        """The instance files of one series, sorted by name; empty if the series is unknown."""
+        directory = self._series_dir(study_instance_uid, series_instance_uid)
+        if not directory.is_dir():
+            return []
+        return sorted(p for p in directory.iterdir() if self._is_instance_file(p))
+
+    def iter_series(self) -> Iterator[SeriesOnDisk]:
+        """Every series in the spool with its files and newest mtime (the startup scan).
+
+        Directories whose names are not UIDs and files that are not ``<uid>.dcm`` (temporary
+        files of an interrupted write) are skipped: only complete instances are reported.
+        """
+        if not self.incoming_dir.is_dir():
+            return
+        for study_dir in sorted(self.incoming_dir.iterdir()):
+            if not (study_dir.is_dir() and _UID_PATTERN.fullmatch(study_dir.name)):
+                continue
+            for series_dir in sorted(study_dir.iterdir()):
+                if not (series_dir.is_dir() and _UID_PATTERN.fullmatch(series_dir.name)):
+                    continue
+                paths = sorted(p for p in series_dir.iterdir() if self._is_instance_file(p))
+                if paths:
+                    yield SeriesOnDisk(
+                        study_instance_uid=study_dir.name,
+                        series_instance_uid=series_dir.name,
+                        paths=tuple(paths),
+                        newest_mtime=max(p.stat().st_mtime for p in paths),
+                    )
+
+    def remove_partial_files(self) -> int:
+        """Delete temporary files left by writes a crash interrupted; returns how many.
+
+        Only call this while no association is running (at startup): a temporary file of a
+        write in progress looks the same.
+        """
+        if not self.incoming_dir.is_dir():
+            return 0
+        removed = 0
+        for partial in self.incoming_dir.glob(f"*/*/.*{PARTIAL_SUFFIX}"):
+            partial.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            logger.warning("removed %d partial file(s) of interrupted writes", removed)
+        return removed
+
+    def _series_dir(self, study_instance_uid: str, series_instance_uid: str) -> Path:
+        return (
+            self.incoming_dir
+            / check_uid(study_instance_uid, "StudyInstanceUID")
+            / check_uid(series_instance_uid, "SeriesInstanceUID")
+        )
+
+    @staticmethod
+    def _is_instance_file(path: Path) -> bool:
+        return path.suffix == INSTANCE_SUFFIX and _UID_PATTERN.fullmatch(path.stem) is not None
+
+    def _write_durably(self, path: Path, chunks: tuple[bytes, ...]) -> None:
+        # A unique temporary name: two associations storing the same SOP Instance at once must
+        # not write into each other's file; the last rename wins, both files are complete.
+        partial = path.with_name(f".{path.stem}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
+        try:
+            self._make_directories(path.parent)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            replaced = path.exists()
+            os.replace(partial, path)
+            _fsync_directory(path.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            raise OutOfResourcesError(
+                f"cannot write {path}: {exc.strerror or exc}",
+                error_comment=f"cannot store instance: {exc.strerror or type(exc).__name__}",
+            ) from exc
+        if replaced:
+            logger.warning("SOP Instance %s received again: replaced the stored copy", path.stem)
+
+    def _make_directories(self, directory: Path) -> None:
+        # Create missing levels one by one and fsync each parent, so that after a crash the new
+        # directory entries exist together with the file we are about to report as stored.
+        if directory.is_dir():
+            return
+        missing: list[Path] = []
+        current = directory
+        while not current.is_dir():
+            missing.append(current)
+            current = current.parent
+        for new_dir in reversed(missing):
+            try:
+                new_dir.mkdir()
+            except FileExistsError:
+                continue  # another association created it meanwhile
+            _fsync_directory(new_dir.parent)

@@ -1,0 +1,88 @@
+"""Fixtures for the receiving side: a real node SCP on a free loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.app import start
+from dicom_node.config import NodeConfig, parse_config
+from dicom_node.handlers import ReceiveMonitor
+from dicom_node.metrics import NodeMetrics
+from dicom_node.storage import InstanceStore, StoredInstance
+
+NODE_AE = "ICHNET"
+PEER_AE = "PACS"
+
+
+@dataclass
+class RunningNode:
+    """A started SCP and what it reported; ``stored`` fills as instances become durable."""
+
+    config: NodeConfig
+    store: InstanceStore
+    metrics: NodeMetrics
+    server: ThreadedAssociationServer
+    stored: list[StoredInstance] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.config.node.port
+
+
+NodeFactory = Callable[..., RunningNode]
+
+
+@pytest.fixture
+def start_node(tmp_path: Path, free_port: int) -> Iterator[NodeFactory]:
+    """Start node SCPs (peer ``PACS`` allowed, called AE ``ICHNET``); all shut down afterwards.
+
+    Call it as ``start_node()`` or ``start_node(on_stored=..., store=...)`` to inject a
+    different callback or spool.
+    """
+    servers: list[ThreadedAssociationServer] = []
+
+    def factory(
+        on_stored: Callable[[StoredInstance], None] | None = None,
+        store: InstanceStore | None = None,
+    ) -> RunningNode:
+        config = parse_config(
+            {
+                "node": {
+                    "ae_title": NODE_AE,
+                    "port": free_port,
+                    "storage_dir": str(tmp_path / "storage"),
+                    "acse_timeout_s": 10,
+                    "dimse_timeout_s": 30,
+                    "network_timeout_s": 30,
+                },
+                "peers": [{"ae_title": PEER_AE, "host": "127.0.0.1", "port": 4242}],
+            }
+        )
+        instance_store = store or InstanceStore(config.node.storage_dir)
+        metrics = NodeMetrics()
+        stored: list[StoredInstance] = []
+
+        def record(instance: StoredInstance) -> None:
+            stored.append(instance)
+            if on_stored is not None:
+                on_stored(instance)
+
+        server = start(config, instance_store, record, ReceiveMonitor(metrics))
+        servers.append(server)
+        return RunningNode(config, instance_store, metrics, server, stored)
+
+    yield factory
+    for server in servers:
+        # AE.shutdown() stops the server and aborts associations a failed test left open.
+        server.ae.shutdown()
+
+
+@pytest.fixture
+def node(start_node: NodeFactory) -> RunningNode:
+    """One running node with the default callback (records what was stored)."""
+    return start_node()
