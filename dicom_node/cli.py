@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydicom import Dataset, dcmwrite
 
+from dicom_node.app import NoPeersConfiguredError
 from dicom_node.config import ConfigError, NodeConfig, load_config
 from dicom_node.results import write_result
+from dicom_node.service import NodeService
 from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
 from ichnet_core.inference.engine import EngineUnavailableError, create_engine
 from ichnet_core.models.weights import WeightsError, load_weights
@@ -30,13 +34,28 @@ EXIT_UNUSABLE = 1
 ENGINE_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
+#: Libraries that log every association, C-STORE or copied module at INFO: too much for a node.
+_CHATTY_LOGGERS = ("pynetdicom", "highdicom")
+
+
 def setup_logging(level: str = "INFO") -> None:
-    """Log lines with time, level and module; only the CLI configures logging."""
+    """Log lines with time, level and module; only the CLI configures logging.
+
+    Library warnings (e.g. highdicom's remarks on a source's PatientName) go to the log too, and
+    chatty libraries are held at WARNING unless DEBUG was asked for.
+    """
+    numeric = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=numeric,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger().setLevel(numeric)
+    logging.captureWarnings(True)
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(
+            logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING
+        )
 
 
 def _fail(message: str) -> int:
@@ -73,6 +92,34 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{args.file}: OK (AE {config.node.ae_title} on {config.node.bind}:{config.node.port}, "
         f"peers: {peers}, engine: {config.engine})"
     )
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the node until SIGTERM/SIGINT; then stop gracefully (work in flight is persisted)."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.log_level is None:
+        setup_logging(config.logging.level)
+    try:
+        service = NodeService(config)
+        service.start()
+    except (WeightsError, EngineUnavailableError, NoPeersConfiguredError, OSError) as exc:
+        return _fail(str(exc))
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        logger.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stop.wait()
+    service.stop()
     return EXIT_OK
 
 
@@ -136,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a node configuration file")
     check.add_argument("file")
     check.set_defaults(func=cmd_check_config)
+
+    serve = sub.add_parser("serve", help="run the DICOM node until SIGTERM/SIGINT")
+    serve.add_argument("--config", required=True, help="node configuration (YAML)")
+    serve.set_defaults(func=cmd_serve)
 
     infer = sub.add_parser("infer", help="analyse one series in a folder of DICOM files")
     infer.add_argument("input_dir")

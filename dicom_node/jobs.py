@@ -525,6 +525,17 @@ class JobStore:
             ).fetchall()
         return [_row_to_job(r) for r in rows]
 
+    def latest_job(self, study_instance_uid: str, series_instance_uid: str) -> Job | None:
+        """The series' newest job in any state: the startup spool scan compares its
+        ``last_instance_at`` with the files on disk to find instances no job has seen."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE study_instance_uid = ? "
+                "AND series_instance_uid = ? ORDER BY id DESC LIMIT 1",
+                (study_instance_uid, series_instance_uid),
+            ).fetchone()
+        return _row_to_job(row) if row is not None else None
+
     def list_jobs(self, states: Iterable[JobState | str] | None = None) -> list[Job]:
         """All jobs (or those in ``states``), oldest first."""
         with self._lock:
