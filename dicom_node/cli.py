@@ -172,6 +172,17 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Synthetic head CT through a node on loopback; prints findings, writes an overlay PNG."""
+    from dicom_node.demo import run_demo
+
+    try:
+        run_demo(Path(args.workdir) if args.workdir else None)
+    except (RuntimeError, WeightsError, EngineUnavailableError, OSError) as exc:
+        return _fail(f"demo failed: {exc}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ichnet-node",
@@ -187,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the DICOM node until SIGTERM/SIGINT")
     serve.add_argument("--config", required=True, help="node configuration (YAML)")
     serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run a synthetic head CT through the node on loopback")
+    demo.add_argument(
+        "--workdir", default=None, help="where to keep the demo's files (default: a temp dir)"
+    )
+    demo.set_defaults(func=cmd_demo)
 
     infer = sub.add_parser("infer", help="analyse one series in a folder of DICOM files")
     infer.add_argument("input_dir")

@@ -1,0 +1,206 @@
+"""``ichnet-node demo``: a synthetic head CT through a real node on loopback, SEG + SR back.
+
+Self-contained first run on built-in defaults, with nothing but the Python package installed:
+
+1. the synthetic generator makes a head CT series with a hemorrhage (CT Image Storage);
+2. a small demo PACS (a pynetdicom Storage SCP, AE ``DEMOPACS``) starts on a free port;
+3. the node starts on another free port, with DEMOPACS as its only peer;
+4. DEMOPACS sends the series to the node by C-STORE, the node completes the series, runs
+   ICHNet and sends the DICOM SEG and SR back to DEMOPACS;
+5. the findings, the hemorrhage volume (and the generator's ground truth) and the timings are
+   printed, and an overlay PNG of the slice with the most hemorrhage is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+from PIL import Image
+from pydicom import Dataset, dcmread
+from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom.events import Event
+
+from dicom_node.config import NodeConfig, parse_config
+from dicom_node.results import HEMORRHAGE_SEGMENT_NUMBER
+from dicom_node.service import NodeService
+from ichnet_core.labels import CLASS_NAMES, HEMORRHAGE
+from ichnet_core.synthetic import SyntheticConfig, generate_case, to_datasets
+
+logger = logging.getLogger(__name__)
+
+DEMO_PACS_AE: Final[str] = "DEMOPACS"
+NODE_AE: Final[str] = "ICHNET"
+#: Seed of the demo case: a reproducible study with a hemorrhage.
+DEMO_SEED: Final[int] = 20261126
+#: How long the demo waits for SEG + SR before it gives up.
+RESULT_TIMEOUT_S: Final[float] = 300.0
+SEG_SOP_CLASS: Final[str] = "1.2.840.10008.5.1.4.1.1.66.4"
+#: Brain window for the overlay picture (centre 40, width 80 HU).
+OVERLAY_WINDOW_HU: Final[tuple[float, float]] = (0.0, 80.0)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DemoPacs:
+    """The receiving end: stores what the node sends back and notes when it arrived."""
+
+    directory: Path
+    received: dict[str, Dataset] = field(default_factory=dict)
+    arrived_at: dict[str, float] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def handle_store(self, event: Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        kind = "seg" if ds.SOPClassUID == SEG_SOP_CLASS else "sr"
+        ds.save_as(self.directory / f"{kind}.dcm", enforce_file_format=True)
+        self.received[kind] = ds
+        self.arrived_at[kind] = time.perf_counter()
+        if {"seg", "sr"} <= self.received.keys():
+            self.done.set()
+        return 0x0000
+
+
+def _demo_config(storage_dir: Path, node_port: int, pacs_port: int) -> NodeConfig:
+    return parse_config(
+        {
+            "node": {"ae_title": NODE_AE, "port": node_port, "storage_dir": str(storage_dir)},
+            "peers": [{"ae_title": DEMO_PACS_AE, "host": "127.0.0.1", "port": pacs_port}],
+            "series": {"complete_after_s": 1.0, "poll_interval_s": 0.1},
+        }
+    )
+
+
+def _send_series(datasets: list[Dataset], port: int) -> None:
+    ae = AE(ae_title=DEMO_PACS_AE)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")  # CT Image Storage
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    if not assoc.is_established:
+        raise RuntimeError("the node refused the demo association")
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            if status.get("Status", 0xFFFF) != 0x0000:
+                raise RuntimeError(f"the node answered C-STORE with status {status.get('Status')}")
+    finally:
+        assoc.release()
+
+
+def write_overlay(hu: np.ndarray, labels: np.ndarray, path: Path) -> int:
+    """PNG of the slice with the most hemorrhage: brain window, hemorrhage in red."""
+    index = int(np.argmax((labels == HEMORRHAGE).reshape(labels.shape[0], -1).sum(axis=1)))
+    low, high = OVERLAY_WINDOW_HU
+    grey = (np.clip((hu[index] - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)
+    rgb = np.stack([grey, grey, grey], axis=-1)
+    blood = labels[index] == HEMORRHAGE
+    rgb[blood] = (0.4 * rgb[blood] + 0.6 * np.array([255, 30, 30])).astype(np.uint8)
+    Image.fromarray(rgb).save(path)
+    return index
+
+
+def run_demo(workdir: Path | None = None) -> dict[str, object]:
+    """Run the demo; returns what it printed as a dict (tests use it)."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="ichnet-demo-"))
+    (workdir / "pacs").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    case = generate_case(DEMO_SEED, SyntheticConfig(rows=512, columns=512), hemorrhage=True)
+    datasets = to_datasets(case)
+    generated = time.perf_counter()
+    print(
+        f"synthetic head CT: {len(datasets)} slices 512x512, ground truth: "
+        f"{', '.join(n for n, v in zip(CLASS_NAMES[1:], case.subject_labels[1:], strict=True) if v)}"
+        f", {case.hemorrhage_volume_ml:.1f} mL ({generated - t0:.1f} s)"
+    )
+
+    pacs = DemoPacs(workdir / "pacs")
+    pacs_ae = AE(ae_title=DEMO_PACS_AE)
+    pacs_ae.supported_contexts = StoragePresentationContexts
+    pacs_port = _free_port()
+    pacs_server = pacs_ae.start_server(
+        ("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, pacs.handle_store)]
+    )
+    node = NodeService(_demo_config(workdir / "node", _free_port(), pacs_port))
+    try:
+        node.start()
+        print(f"node {NODE_AE} on 127.0.0.1:{node.port}, demo PACS {DEMO_PACS_AE} on :{pacs_port}")
+        send_start = time.perf_counter()
+        _send_series(datasets, node.port)
+        last_ack = time.perf_counter()
+        print(f"sent {len(datasets)} instances by C-STORE in {last_ack - send_start:.2f} s")
+        if not pacs.done.wait(RESULT_TIMEOUT_S):
+            raise RuntimeError(f"no SEG + SR within {RESULT_TIMEOUT_S:.0f} s; see the log above")
+    finally:
+        node.stop()
+        pacs_server.shutdown()
+
+    result_files = sorted((workdir / "node" / "results").glob("*/result.json"))
+    result = json.loads(result_files[-1].read_text())
+    seg = dcmread(workdir / "pacs" / "seg.dcm")
+    labels = _labels_from_seg(seg, case.hu.shape, [str(ds.SOPInstanceUID) for ds in datasets])
+    overlay_path = workdir / "overlay.png"
+    slice_index = write_overlay(case.hu, labels, overlay_path)
+    arrived = max(pacs.arrived_at.values())
+    summary = {
+        "subject": result["subject"],
+        "hemorrhage_volume_ml": result["hemorrhage_volume_ml"],
+        "ground_truth_volume_ml": case.hemorrhage_volume_ml,
+        "seconds_last_instance_to_results": arrived - last_ack,
+        "timings_s": result["timings_s"],
+        "overlay": str(overlay_path),
+        "pacs_dir": str(workdir / "pacs"),
+    }
+    _print_summary(summary, slice_index)
+    return summary
+
+
+def _labels_from_seg(seg: Dataset, shape: tuple[int, ...], sop_uids: list[str]) -> np.ndarray:
+    """Hemorrhage labels per source slice, read back from the SEG frames the demo PACS received.
+
+    Each frame names its segment and its source slice (PS3.3 C.8.20.3 and C.7.6.16.2.6).
+    """
+    index_of = {uid: i for i, uid in enumerate(sop_uids)}
+    frames = seg.pixel_array.reshape(-1, *shape[1:])
+    labels = np.zeros(shape, dtype=np.uint8)
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        if segment == HEMORRHAGE_SEGMENT_NUMBER and source in index_of:
+            labels[index_of[source]][frame > 0] = HEMORRHAGE
+    return labels
+
+
+def _print_summary(summary: dict[str, object], slice_index: int) -> None:
+    subject = summary["subject"]
+    assert isinstance(subject, dict)
+    print("\nICHNet findings (research software, not a medical device; synthetic-data weights):")
+    for name in CLASS_NAMES:
+        p = float(subject[name])
+        print(f"  {name:>4}: p={p:.3f}  {'PRESENT' if p >= 0.5 else 'absent'}")
+    print(
+        f"  hemorrhage volume: {summary['hemorrhage_volume_ml']:.1f} mL "
+        f"(ground truth {summary['ground_truth_volume_ml']:.1f} mL)"
+    )
+    timings = summary["timings_s"]
+    assert isinstance(timings, dict)
+    print(
+        f"timings: last instance -> SEG+SR at PACS {summary['seconds_last_instance_to_results']:.2f} s "
+        f"(volume {timings['volume']:.2f} s, inference {timings['inference']:.2f} s, "
+        f"results {timings['results']:.2f} s)"
+    )
+    print(
+        f"SEG + SR received in {summary['pacs_dir']}; overlay of slice {slice_index}: {summary['overlay']}"
+    )
