@@ -1,0 +1,162 @@
+"""Table 2 / Table 3 / volume errors on toy predictions with hand-computed answers; the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ichnet_core.labels import BRAIN, HEMORRHAGE, NON_BRAIN
+from ichnet_core.models import create_model
+from training.baselines import create_baseline
+from training.data.case import SegKind
+from training.evaluate import (
+    SUBJECT_FROM_SLICES,
+    CasePrediction,
+    Evaluator,
+    format_markdown,
+    predict_case,
+    write_report,
+)
+
+from .conftest import make_phantom_case
+
+
+def _toy() -> tuple[Evaluator, list]:
+    """Two cases: A bleeds (CPH) on slices 1-2, B is negative."""
+    a = make_phantom_case("toy/a", slices=4, bleed_slices=(1, 2), subtype=0)
+    b = make_phantom_case("toy/b", slices=4, bleed_slices=())
+    evaluator = Evaluator(threshold=0.5)
+    # Case A: subject any 0.8 (TP), CPH 0.3 (FN); slices any [0.1, 0.9, 0.4, 0.6].
+    slices_a = np.zeros((4, 6), np.float32)
+    slices_a[:, 0] = [0.1, 0.9, 0.4, 0.6]
+    labels_a = a.seg.copy()
+    labels_a[2][labels_a[2] == HEMORRHAGE] = BRAIN  # misses the bleed on slice 2
+    prediction_a = CasePrediction(
+        "toy/a", np.array([0.8, 0.3, 0, 0, 0, 0], np.float32), slices_a, labels_a
+    )
+    # Case B: subject any 0.7 (FP); slices any [0.2, 0.2, 0.7, 0.1]; predicts 3 bleed pixels.
+    slices_b = np.zeros((4, 6), np.float32)
+    slices_b[:, 0] = [0.2, 0.2, 0.7, 0.1]
+    labels_b = b.seg.copy()
+    labels_b[0, 20, 20:23] = HEMORRHAGE
+    prediction_b = CasePrediction(
+        "toy/b", np.array([0.7, 0.1, 0, 0, 0, 0], np.float32), slices_b, labels_b
+    )
+    evaluator.add(a, prediction_a)
+    evaluator.add(b, prediction_b)
+    return evaluator, [a, b]
+
+
+def test_tables_match_hand_computed_values() -> None:
+    evaluator, (a, _) = _toy()
+    result = evaluator.result()
+    subject = result.table2["subject"]["any"]
+    assert subject is not None
+    # Subject any: A positive scored 0.8, B negative scored 0.7: TP 1, FP 1.
+    assert (subject.n, subject.positives) == (2, 1)
+    assert subject.accuracy == pytest.approx(0.5)
+    assert subject.sensitivity == pytest.approx(1.0)
+    assert subject.specificity == pytest.approx(0.0)
+    assert subject.f1 == pytest.approx(2 / 3)
+    assert subject.auc == pytest.approx(1.0)
+    # Subject CPH: only A positive, scored 0.3 (< 0.5): sensitivity 0, AUC 1 (0.3 > 0.1).
+    cph = result.table2["subject"]["CPH"]
+    assert cph is not None and cph.sensitivity == 0.0 and cph.auc == pytest.approx(1.0)
+    # Slice any over 8 slices: positives A1, A2 (0.9, 0.4); calls >= 0.5: A1, A3, B2.
+    # TP 1 (A1), FN 1 (A2), FP 2 (A3, B2), TN 4.
+    slices = result.table2["slice"]["any"]
+    assert slices is not None
+    assert slices.accuracy == pytest.approx(5 / 8)
+    assert slices.sensitivity == pytest.approx(0.5)
+    assert slices.specificity == pytest.approx(4 / 6)
+    assert slices.f1 == pytest.approx(2 / (2 + 2 + 1))
+    # AUC: 0.9 beats all 6 negatives; 0.4 beats 0.1, 0.2, 0.2, 0.1 (4 of 6): 10 / 12.
+    assert slices.auc == pytest.approx(10 / 12)
+    # Subtype without any positive: AUC undefined, specificity defined.
+    ivh = result.table2["slice"]["IVH"]
+    assert ivh is not None and ivh.auc is None and ivh.specificity == pytest.approx(1.0)
+
+    # Dice: hemorrhage over A only (half the bleed found: 2 I / (P + T) = 2/3).
+    bleed = int(np.count_nonzero(a.seg == HEMORRHAGE))
+    assert result.table3["hemorrhage"]["dice"] == pytest.approx(
+        2 * (bleed / 2) / (bleed / 2 + bleed)
+    )
+    assert result.table3["hemorrhage"]["n"] == 1
+    assert result.table3["brain"]["n"] == 2 and result.table3["non-brain"]["n"] == 2
+    assert result.table3["brain"]["dice"] < 1.0  # B's 3 false bleed pixels came from brain
+    assert result.table3["mean"]["dice"] == pytest.approx(
+        np.mean([result.table3[k]["dice"] for k in ("non-brain", "brain", "hemorrhage")])
+    )
+    # Volumes: voxel 0.8 x 0.8 x 5 mm = 3.2 uL.
+    voxel_ml = 0.8 * 0.8 * 5.0 / 1000
+    volume = result.volume
+    assert volume is not None
+    assert volume["mean_absolute_error_ml"] == pytest.approx((bleed / 2 + 3) * voxel_ml / 2)
+    assert volume["mean_relative_error"] == pytest.approx(0.5)
+    assert volume["false_positive_ml_in_negative_cases"] == pytest.approx(3 * voxel_ml)
+
+
+def test_hemorrhage_only_truth_scores_only_hemorrhage() -> None:
+    case = make_phantom_case("toy/h", bleed_slices=(1,))
+    only_bleed = np.where(case.seg == HEMORRHAGE, HEMORRHAGE, NON_BRAIN).astype(np.uint8)
+    case = dataclasses.replace(case, seg=only_bleed, seg_kind=SegKind.HEMORRHAGE)
+    evaluator = Evaluator()
+    perfect = make_phantom_case("toy/h", bleed_slices=(1,)).seg  # predicts brain too
+    evaluator.add(case, CasePrediction("toy/h", None, None, perfect))
+    result = evaluator.result()
+    assert result.table3["hemorrhage"]["dice"] == pytest.approx(1.0)
+    assert result.table3["brain"]["n"] == 0 and result.table3["mean"]["dice"] is None
+
+
+def test_report_files_have_the_expected_keys(tmp_path: Path) -> None:
+    evaluator, _ = _toy()
+    result = evaluator.result()
+    paths = write_report(result, tmp_path, title="toy")
+    data = json.loads(paths["json"].read_text())
+    assert set(data) >= {"n_cases", "threshold", "table2", "table3", "hemorrhage_volume"}
+    assert set(data["table2"]) == {"subject", "slice"}
+    assert set(data["table2"]["subject"]) == {"any", "CPH", "IVH", "EDH", "SDH", "SAH"}
+    assert set(data["table2"]["slice"]["any"]) == {
+        "n",
+        "positives",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "auc",
+    }
+    assert set(data["table3"]) == {"non-brain", "brain", "hemorrhage", "mean"}
+    markdown = paths["markdown"].read_text()
+    assert "| slice | any | 8 | 2 | 0.625 | 0.500 | 0.667 | 0.400 | 0.833 |" in markdown
+    assert "| hemorrhage | 0.667 | 1 |" in markdown
+    assert paths["roc_subject"].stat().st_size > 0 and paths["roc_slice"].stat().st_size > 0
+    assert format_markdown(result, "toy") == markdown
+
+
+def test_predict_case_runs_models_with_and_without_heads(tiny_overrides: dict[str, Any]) -> None:
+    case = make_phantom_case(size=40)
+    model = create_model("ichnet", **tiny_overrides).eval()
+    prediction = predict_case(model, case, 32, torch.device("cpu"))
+    assert prediction.labels is not None and prediction.labels.shape == case.hu.shape
+    assert prediction.slice_probabilities is not None
+    assert prediction.slice_probabilities.shape == (4, 6)
+    assert set(prediction.loss_terms) == {
+        "seg",
+        "slice_any",
+        "slice_subtypes",
+        "subject_any",
+        "subject_subtypes",
+    }
+    slices_only = create_baseline("resnet2d", width=4, input_size=32).eval()
+    derived = predict_case(slices_only, case, 32, torch.device("cpu"))
+    assert derived.subject_source == SUBJECT_FROM_SLICES and derived.labels is None
+    assert derived.subject_probabilities is not None and derived.slice_probabilities is not None
+    np.testing.assert_allclose(
+        derived.subject_probabilities, derived.slice_probabilities.max(axis=0)
+    )

@@ -1,0 +1,269 @@
+"""``ichnet-train`` and ``ichnet-eval``: thin argparse wrappers around the typed API.
+
+::
+
+    ichnet-train --config training/configs/cpu_small.yaml [--no-resume] [--max-steps N]
+    ichnet-train compare --config training/configs/compare_cpu.yaml
+    ichnet-train prepare --config training/configs/cpu_small.yaml     # fill the synthetic cache
+    ichnet-train export --checkpoint runs/x/checkpoints/best.pt --out weights.pt --version 1.0.0
+    ichnet-eval --config training/configs/cpu_small.yaml [--checkpoint C | --weights W] [--split test]
+
+Exit status: 0 success, 2 unusable configuration or arguments, 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+import torch
+from tqdm import tqdm
+
+from training.config import ConfigError, TrainConfig, load_config
+from training.data.build import build_split
+from training.data.splits import Split
+from training.evaluate import evaluate_model, format_markdown, write_report
+from training.trainer import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    Trainer,
+    autocast_dtype,
+    load_trained_model,
+    resolve_device,
+)
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK: Final[int] = 0
+EXIT_FAILURE: Final[int] = 1
+EXIT_USAGE: Final[int] = 2
+SUBCOMMANDS: Final[tuple[str, ...]] = ("compare", "prepare", "export")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load(
+    path: Path, output_dir: Path | None, device: str | None, threads: int | None = None
+) -> TrainConfig:
+    config = load_config(path)
+    update: dict[str, object] = {}
+    if output_dir is not None:
+        update["output_dir"] = output_dir
+    if device is not None:
+        update["device"] = device
+    if threads is not None:
+        update["cpu_threads"] = threads
+    return config.model_copy(update=update) if update else config
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="training config (YAML)")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def _fit(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ichnet-train", description="Train ICHNet or a baseline.")
+    _common(parser)
+    parser.add_argument("--output-dir", type=Path, help="override output_dir")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device")
+    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    parser.add_argument("--max-steps", type=int, help="stop after N optimiser steps (timing)")
+    parser.add_argument("--threads", type=int, help="override cpu_threads")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    config = _load(args.config, args.output_dir, args.device, args.threads)
+    summary = Trainer(config, resume=not args.no_resume, max_steps=args.max_steps).fit()
+    print(
+        json.dumps(
+            {
+                "output_dir": str(summary.output_dir),
+                "epochs_completed": summary.epochs_completed,
+                "steps": summary.steps,
+                "best_val_loss": summary.best_val_loss,
+                "last_checkpoint": str(summary.last_checkpoint),
+                "best_checkpoint": str(summary.best_checkpoint)
+                if summary.best_checkpoint
+                else None,
+                "mean_step_time_s": summary.mean_step_time_s,
+                "mean_data_time_s": summary.mean_data_time_s,
+            },
+            indent=2,
+        )
+    )
+    return EXIT_OK
+
+
+def _compare(argv: Sequence[str]) -> int:
+    from training.compare import run_compare
+
+    parser = argparse.ArgumentParser(
+        prog="ichnet-train compare", description="Train and evaluate ICHNet, ablations, baselines."
+    )
+    _common(parser)
+    parser.add_argument("--max-steps", type=int, help="cap each run's optimiser steps")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    print(run_compare(args.config, max_steps=args.max_steps))
+    return EXIT_OK
+
+
+def _prepare(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ichnet-train prepare", description="Generate and cache every case of every split."
+    )
+    _common(parser)
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    config = load_config(args.config)
+    for split in Split:
+        source = build_split(config, split)
+        for index in tqdm(range(len(source)), desc=f"prepare {split.value}"):
+            source.load(index)
+    return EXIT_OK
+
+
+def _export(argv: Sequence[str]) -> int:
+    from training.export import export_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="ichnet-train export", description="Write a checkpoint as a bundled weights file."
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="weights file to write")
+    parser.add_argument("--version", required=True, help="weights version, e.g. 1.0.0+synthetic")
+    parser.add_argument(
+        "--trained-on", default="synthetic head CT from ichnet_core.synthetic (no patient data)"
+    )
+    parser.add_argument(
+        "--description",
+        default="ICHNet trained on synthetic head CT only; research use, not for clinical use",
+    )
+    parser.add_argument("--evaluation", type=Path, help="metrics.json of ichnet-eval to record")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    result = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        version=args.version,
+        trained_on=args.trained_on,
+        description=args.description,
+        evaluation=args.evaluation,
+    )
+    print(
+        json.dumps(
+            {
+                "path": str(result.path),
+                "sha256": result.sha256,
+                "size_bytes": result.size_bytes,
+                "manifest_files_entry": {result.path.name: result.manifest_entry},
+            },
+            indent=2,
+        )
+    )
+    return EXIT_OK
+
+
+Handler = Callable[[Sequence[str]], int]
+
+
+def _run(handler: Handler, argv: Sequence[str]) -> int:
+    """Run a command; configuration problems exit 2, other expected failures exit 1."""
+    try:
+        return handler(argv)
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``ichnet-train`` [compare|prepare|export] ..."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    handlers: dict[str, Handler] = {"compare": _compare, "prepare": _prepare, "export": _export}
+    if args and args[0] in SUBCOMMANDS:
+        return _run(handlers[args[0]], args[1:])
+    return _run(_fit, args)
+
+
+def _evaluate(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ichnet-eval", description="Evaluate a trained model on a held-out split."
+    )
+    _common(parser)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, help="training checkpoint (default: best)")
+    source.add_argument("--weights", type=Path, help="exported weights file instead")
+    parser.add_argument("--weights-sha256", help="expected sha256 of --weights")
+    parser.add_argument("--split", choices=["val", "test"], default="test")
+    parser.add_argument(
+        "--out", type=Path, help="report folder (default: <output_dir>/eval-<split>)"
+    )
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device")
+    parser.add_argument("--threshold", type=float, help="decision threshold (default: config)")
+    parser.add_argument("--threads", type=int, help="override cpu_threads")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    config = _load(args.config, None, args.device, args.threads)
+    if config.cpu_threads is not None:
+        torch.set_num_threads(config.cpu_threads)
+    device = resolve_device(config.device)
+    if args.weights is not None:
+        from ichnet_core.models.weights import build_model, load_weights
+
+        model = build_model(load_weights(args.weights, args.weights_sha256)).to(device)
+        input_size = model.config.input_size
+        what = str(args.weights)
+    else:
+        checkpoints = Path(config.output_dir) / "checkpoints"
+        checkpoint = args.checkpoint or next(
+            (
+                p
+                for p in (checkpoints / BEST_CHECKPOINT, checkpoints / LAST_CHECKPOINT)
+                if p.is_file()
+            ),
+            None,
+        )
+        if checkpoint is None:
+            raise ValueError(f"no checkpoint in {checkpoints}; pass --checkpoint or --weights")
+        model, input_size, _ = load_trained_model(checkpoint, device)
+        what = str(checkpoint)
+    split = Split(args.split)
+    cases = build_split(config, split)
+    if len(cases) == 0:
+        raise ValueError(f"the {split.value} split of {args.config} holds no cases")
+    threshold = args.threshold if args.threshold is not None else config.validation.threshold
+    with torch.inference_mode():
+        result = evaluate_model(
+            model,
+            cases,
+            input_size,
+            device,
+            threshold=threshold,
+            autocast_dtype=autocast_dtype(config.optim.amp, device),
+            progress=config.logging.progress_bar,
+        )
+    out = args.out or Path(config.output_dir) / f"eval-{split.value}"
+    title = f"{what} on the {split.value} split"
+    paths = write_report(result, out, title=title)
+    print(format_markdown(result, title))
+    print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+    return EXIT_OK
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """``ichnet-eval`` --config C [--checkpoint K | --weights W] [--split test]"""
+    return _run(_evaluate, list(sys.argv[1:] if argv is None else argv))

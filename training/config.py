@@ -1,0 +1,266 @@
+"""Typed, frozen training configuration read from YAML (``training/configs/*.yaml``).
+
+Mistakes surface at load time with a message that names the key
+(``optim.lr: must be > 0, got -1``). The split follows nnU-Net's plans idea: *what the data is*
+(``data``) apart from *how to train* (``optim``, ``loss``, ``augment``). Hyperparameters live here,
+never in trainer subclasses.
+
+The config hash (:func:`config_hash`) identifies everything that changes the result of a run;
+settings that only change how long or where it runs (epochs, output folder, threads, workers,
+logging) are left out, so a run can be resumed with more epochs or on another machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from training.data.splits import Split, check_fractions
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class ConfigError(ValueError):
+    """A training config that cannot be used; ``problems`` holds one ``key: message`` each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    """Which network: an ICHNet registry variant or a baseline, plus its options."""
+
+    #: ``ichnet``, ``ichnet_large``, ``ichnet_cls``, ``ichnet_seg``, ``ichnet_no_att`` or a
+    #: baseline ``resnet2d``, ``resnet3d``, ``unet3d``.
+    name: str = "ichnet"
+    #: ICHNetConfig fields (widths, input_size, ...) or baseline options.
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class SyntheticSection(_Section):
+    """Synthetic cases from ``ichnet_core.synthetic``; each split draws from its own seed block."""
+
+    train_cases: Annotated[int, Field(ge=0)] = 64
+    val_cases: Annotated[int, Field(ge=0)] = 8
+    test_cases: Annotated[int, Field(ge=0)] = 16
+    #: First seed used inside each split's block (to draw a fresh set of the same size).
+    seed_offset: Annotated[int, Field(ge=0)] = 0
+    #: SyntheticConfig overrides (rows, columns, negative_fraction, ...).
+    generator: dict[str, Any] = Field(default_factory=dict)
+
+
+SplitName = Literal["train", "val", "test", "auto"]
+
+
+class DatasetSection(_Section):
+    """A public dataset read by one of the loaders in ``training.data``."""
+
+    kind: Literal["rsna", "cq500", "physionet", "nifti"]
+    root: Path
+    #: ``auto`` splits by patient with ``fractions``; otherwise every case goes to that split.
+    split: SplitName = "auto"
+    fractions: dict[Literal["train", "val", "test"], NonNegativeFloat] = Field(
+        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1}
+    )
+    #: Loader keyword arguments (e.g. ``label_map: bhsd`` for ``nifti``).
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DatasetSection:
+        if self.split == "auto":
+            check_fractions({Split(key): value for key, value in self.fractions.items()})
+        return self
+
+
+class DataSection(_Section):
+    """What the model sees."""
+
+    #: Consecutive slices per training sample (the ConvLSTM's sequence length).
+    slices_per_sample: PositiveInt = 16
+    cache_dir: Path = Path("var/cache/training")
+    #: Keep generated synthetic *training* cases as compressed .npz under cache_dir (about 2 MB
+    #: per case at 128x128, 40 MB at 512x512: switch off for large 512x512 sets and generate on
+    #: the fly in the workers). Validation and test cases are always cached.
+    cache_synthetic: bool = True
+    #: Keep prepared (windowed, resized, float16) cases in memory after first use; every
+    #: DataLoader worker keeps its own copy, so only for small sets.
+    cache_in_memory: bool = True
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    synthetic: SyntheticSection | None = SyntheticSection()
+    datasets: tuple[DatasetSection, ...] = ()
+
+
+class AugmentSection(_Section):
+    """The paper's geometric augmentation; one transform per subject."""
+
+    enabled: bool = True
+    rotation_deg: Annotated[float, Field(ge=0, le=180)] = 90.0
+    shear: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    zoom: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    #: Pixels of the model input; the paper's 20 px are at 512x512.
+    shift_px: NonNegativeFloat = 20.0
+    flip_lr: Probability = 0.5
+    flip_ud: Probability = 0.5
+
+
+class OptimSection(_Section):
+    """Adam as in the paper."""
+
+    lr: Annotated[float, Field(gt=0)] = 1e-5
+    #: Learning rate of the uncertainty weights; ``null`` = ``lr``.
+    uncertainty_lr: Annotated[float, Field(gt=0)] | None = None
+    weight_decay: NonNegativeFloat = 0.0
+    batch_size: PositiveInt = 2
+    epochs: PositiveInt = 10
+    #: Clip the global gradient norm; ``null`` = no clipping.
+    grad_clip: Annotated[float, Field(gt=0)] | None = None
+    #: ``auto``: bfloat16/float16 autocast on CUDA, float32 on CPU.
+    amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
+
+
+class LossSection(_Section):
+    uncertainty_weighting: bool = True
+
+
+class ValidationSection(_Section):
+    every_epochs: PositiveInt = 1
+    #: Decision threshold on sigmoid probabilities for accuracy/sensitivity/specificity/F1.
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+
+
+class LoggingSection(_Section):
+    #: Write a row to steps.csv every this many optimiser steps.
+    log_every_steps: PositiveInt = 10
+    #: ``auto``: TensorBoard event files when the tensorboard package is installed.
+    tensorboard: Literal["auto", "off"] = "auto"
+    progress_bar: bool = True
+
+
+class TrainConfig(_Section):
+    """A whole training run."""
+
+    seed: Annotated[int, Field(ge=0)] = 0
+    output_dir: Path = Path("runs/default")
+    #: ``auto`` = CUDA when available.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: torch CPU threads; ``null`` = torch's default (one per core). On a CPU shared with other
+    #: work one thread is often faster than oversubscribed cores.
+    cpu_threads: Annotated[int, Field(ge=1)] | None = None
+    #: Deterministic algorithms (slower on some GPU kernels; warns where none exists).
+    deterministic: bool = True
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    augment: AugmentSection = AugmentSection()
+    optim: OptimSection = OptimSection()
+    loss: LossSection = LossSection()
+    validation: ValidationSection = ValidationSection()
+    logging: LoggingSection = LoggingSection()
+
+    @model_validator(mode="after")
+    def _has_data(self) -> TrainConfig:
+        synthetic = self.data.synthetic
+        if (synthetic is None or synthetic.train_cases == 0) and not any(
+            d.split in ("train", "auto") for d in self.data.datasets
+        ):
+            raise ValueError("data: no training cases (no synthetic train_cases and no dataset)")
+        return self
+
+
+class CompareRun(_Section):
+    """One model of the comparison."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    model: ModelSection
+    #: Deep-merged into the base config (e.g. a different learning rate for a baseline).
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class CompareConfig(_Section):
+    """Which runs to compare, on what."""
+
+    #: Base training config, relative to the compare config file.
+    base: Path
+    output_dir: Path = Path("runs/compare")
+    results_md: Path = Path("docs/results.md")
+    split: Literal["val", "test"] = "test"
+    runs: tuple[CompareRun, ...]
+
+
+def _format_error(err: Any) -> str:
+    key = ""
+    for part in err["loc"]:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    msg = err["msg"]
+    if err["type"] == "value_error":
+        msg = str(err["ctx"]["error"])
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown key (check its spelling and indentation)"
+    elif err["type"] == "missing":
+        msg = "is required"
+    elif "input" in err and not isinstance(err["input"], dict):
+        msg = f"{msg[0].lower()}{msg[1:]}, got {err['input']!r}"
+    return f"{key or '<top level>'}: {msg}"
+
+
+def parse_config(data: Any) -> TrainConfig:
+    """Validate an already-parsed YAML document; raises :class:`ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"<top level>: must be a mapping, got {type(data).__name__}"])
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+
+
+def parse_compare_config(data: Any) -> CompareConfig:
+    """Validate a compare config document; raises :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"<top level>: must be a mapping, got {type(data).__name__}"])
+    try:
+        return CompareConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; unreadable files and bad YAML are :class:`ConfigError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML ({exc})"]) from None
+
+
+def load_config(path: Path) -> TrainConfig:
+    """Read and validate a training config file."""
+    return parse_config(read_yaml(path))
+
+
+def config_hash(config: TrainConfig) -> str:
+    """sha256 of the settings that change what a run computes (see the module docstring)."""
+    excluded = {
+        "output_dir": True,
+        "cpu_threads": True,
+        "optim": {"epochs"},
+        "data": {"num_workers"},
+        "logging": True,
+    }
+    data = config.model_dump(mode="json", exclude=excluded)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

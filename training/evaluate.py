@@ -1,0 +1,383 @@
+"""Held-out evaluation: the paper's Table 2 and Table 3, hemorrhage volume error, ROC curves.
+
+Every case is run whole (all slices, no augmentation) at the model's input size, like the node's
+inference pipeline; segmentation probabilities are resized back to the source matrix before the
+argmax, so Dice and volumes are measured at source resolution with the case's own voxel sizes.
+
+* Table 2: subject- and slice-level accuracy, sensitivity, specificity, F1 (at a threshold) and
+  AUC for ``any`` and each subtype, over the labels that are known.
+* Table 3: Dice of hemorrhage (over cases with labelled hemorrhage), brain and non-brain (over
+  cases with complete segmentations) and their mean.
+* Volume: mean absolute / signed / relative error of the hemorrhage volume in mL.
+
+A model without a subject head (2-D ResNet18) gets subject probabilities as the maximum of its
+slice probabilities; the report says so (``subject_source``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ichnet_core.imaging.resample import to_source_size
+from ichnet_core.labels import BRAIN, CLASS_NAMES, HEMORRHAGE, NON_BRAIN, SEGMENTATION_CLASSES
+from training.data.case import LabelledCase, SegKind
+from training.data.dataset import make_sample, prepare_case
+from training.data.source import CaseSource
+from training.losses import Term, loss_terms
+from training.metrics import (
+    BinaryMetrics,
+    binary_metrics,
+    dice,
+    mean_or_none,
+    roc_curve,
+    volume_errors,
+)
+from training.step import forward_batch
+
+logger = logging.getLogger(__name__)
+
+LEVELS: Final[tuple[str, str]] = ("subject", "slice")
+#: Slices resized back to the source matrix at a time (bounds memory on long series).
+_RESIZE_CHUNK: Final[int] = 16
+SUBJECT_FROM_MODEL: Final[str] = "model"
+SUBJECT_FROM_SLICES: Final[str] = "max_of_slices"
+
+
+@dataclass
+class CasePrediction:
+    """Model outputs for one case; ``None`` where the model has no such head."""
+
+    case_id: str
+    subject_probabilities: np.ndarray | None
+    slice_probabilities: np.ndarray | None
+    labels: np.ndarray | None
+    subject_source: str = SUBJECT_FROM_MODEL
+    loss_terms: dict[str, float] = field(default_factory=dict)
+
+
+def _segmentation_at_source(seg_logits: torch.Tensor, rows: int, columns: int) -> np.ndarray:
+    probabilities = torch.softmax(seg_logits.float(), dim=1).cpu().numpy()
+    labels = np.empty((probabilities.shape[0], rows, columns), dtype=np.uint8)
+    for start in range(0, probabilities.shape[0], _RESIZE_CHUNK):
+        chunk = to_source_size(probabilities[start : start + _RESIZE_CHUNK], rows, columns)
+        labels[start : start + _RESIZE_CHUNK] = chunk.argmax(axis=1)
+    return labels
+
+
+def predict_case(
+    model: nn.Module,
+    case: LabelledCase,
+    input_size: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> CasePrediction:
+    """Run ``model`` on the whole of ``case`` and compute its loss terms on the known labels."""
+    sample = make_sample(prepare_case(case, input_size))
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
+    ):
+        batch = forward_batch(model, [sample], device)
+        terms = {term.value: float(value) for term, value in loss_terms(batch).items()}
+    slice_probabilities = (
+        torch.sigmoid(batch.slice_logits.float()).cpu().numpy()
+        if batch.slice_logits is not None
+        else None
+    )
+    subject_source = SUBJECT_FROM_MODEL
+    if batch.subject_logits is not None:
+        subject_probabilities = torch.sigmoid(batch.subject_logits.float())[0].cpu().numpy()
+    elif slice_probabilities is not None:
+        subject_probabilities = slice_probabilities.max(axis=0)
+        subject_source = SUBJECT_FROM_SLICES
+    else:
+        subject_probabilities = None
+    labels = None
+    if batch.seg_logits is not None:
+        labels = _segmentation_at_source(batch.seg_logits, *case.hu.shape[1:])
+    return CasePrediction(
+        case_id=case.case_id,
+        subject_probabilities=subject_probabilities,
+        slice_probabilities=slice_probabilities,
+        labels=labels,
+        subject_source=subject_source,
+        loss_terms=terms,
+    )
+
+
+@dataclass
+class _Scores:
+    truth: list[np.ndarray] = field(default_factory=list)
+    score: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, truth: np.ndarray, score: np.ndarray) -> None:
+        known = ~np.isnan(truth)
+        self.truth.append(truth[known])
+        self.score.append(score[known])
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.truth:
+            return np.zeros(0), np.zeros(0)
+        return np.concatenate(self.truth), np.concatenate(self.score)
+
+
+@dataclass
+class EvalResult:
+    """Everything the report shows; ``to_dict`` is the JSON written next to the Markdown."""
+
+    n_cases: int
+    threshold: float
+    table2: dict[str, dict[str, BinaryMetrics | None]]
+    table3: dict[str, dict[str, Any]]
+    volume: dict[str, Any] | None
+    subject_source: str | None
+    loss: dict[str, float]
+    roc: dict[str, dict[str, tuple[list[float], list[float]]]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_cases": self.n_cases,
+            "threshold": self.threshold,
+            "table2": {
+                level: {name: m.to_dict() if m is not None else None for name, m in rows.items()}
+                for level, rows in self.table2.items()
+            },
+            "table3": self.table3,
+            "hemorrhage_volume": self.volume,
+            "subject_source": self.subject_source,
+            "loss": self.loss,
+        }
+
+
+class Evaluator:
+    """Accumulates predictions and truths case by case, then computes the tables."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+        self.n_cases = 0
+        self.scores = {level: [_Scores() for _ in CLASS_NAMES] for level in LEVELS}
+        self.dice: dict[str, list[float]] = {name: [] for name in SEGMENTATION_CLASSES}
+        self.false_positive_ml: list[float] = []
+        self.volumes: list[tuple[float, float]] = []
+        self.subject_source: str | None = None
+        self.terms: dict[str, list[float]] = {}
+
+    def add(self, case: LabelledCase, prediction: CasePrediction) -> None:
+        """Score one case."""
+        self.n_cases += 1
+        for name, value in prediction.loss_terms.items():
+            self.terms.setdefault(name, []).append(value)
+        if prediction.subject_probabilities is not None and case.subject_labels is not None:
+            self.subject_source = prediction.subject_source
+            for column, scores in enumerate(self.scores["subject"]):
+                scores.add(
+                    case.subject_labels[column : column + 1],
+                    prediction.subject_probabilities[column : column + 1],
+                )
+        if prediction.slice_probabilities is not None and case.slice_labels is not None:
+            for column, scores in enumerate(self.scores["slice"]):
+                scores.add(case.slice_labels[:, column], prediction.slice_probabilities[:, column])
+        if prediction.labels is None or case.seg is None:
+            return
+        truth_hemorrhage = case.seg == HEMORRHAGE
+        predicted_hemorrhage = prediction.labels == HEMORRHAGE
+        voxel_ml = case.voxel_volumes_ml()
+        true_ml = float(np.dot(truth_hemorrhage.sum(axis=(1, 2)), voxel_ml))
+        predicted_ml = float(np.dot(predicted_hemorrhage.sum(axis=(1, 2)), voxel_ml))
+        self.volumes.append((predicted_ml, true_ml))
+        score = dice(predicted_hemorrhage, truth_hemorrhage)
+        if true_ml > 0 and score is not None:  # labelled bleed: Dice is defined
+            self.dice["hemorrhage"].append(score)
+        else:
+            self.false_positive_ml.append(predicted_ml)
+        if case.seg_kind is SegKind.FULL:
+            for value, name in ((NON_BRAIN, "non-brain"), (BRAIN, "brain")):
+                score = dice(prediction.labels == value, case.seg == value)
+                if score is not None:
+                    self.dice[name].append(score)
+
+    def result(self) -> EvalResult:
+        """The tables over all cases added so far."""
+        table2: dict[str, dict[str, BinaryMetrics | None]] = {}
+        roc: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+        for level in LEVELS:
+            table2[level], roc[level] = {}, {}
+            for name, scores in zip(CLASS_NAMES, self.scores[level], strict=True):
+                truth, score = scores.arrays()
+                table2[level][name] = (
+                    binary_metrics(truth, score, self.threshold) if truth.size else None
+                )
+                if truth.size and 0 < truth.sum() < truth.size:
+                    fpr, tpr = roc_curve(truth, score)
+                    roc[level][name] = (fpr.tolist(), tpr.tolist())
+        table3: dict[str, dict[str, Any]] = {
+            name: {"dice": mean_or_none(values), "n": len(values)}
+            for name, values in self.dice.items()
+        }
+        class_means = [table3[name]["dice"] for name in SEGMENTATION_CLASSES]
+        table3["mean"] = {
+            "dice": float(np.mean(class_means))
+            if all(v is not None for v in class_means)
+            else None,
+            "n": min(table3[name]["n"] for name in SEGMENTATION_CLASSES),
+        }
+        volume = None
+        if self.volumes:
+            predicted, true = np.array(self.volumes).T
+            volume = volume_errors(predicted, true).to_dict()
+            volume["false_positive_ml_in_negative_cases"] = mean_or_none(self.false_positive_ml)
+            volume["n_negative_cases"] = len(self.false_positive_ml)
+        return EvalResult(
+            n_cases=self.n_cases,
+            threshold=self.threshold,
+            table2=table2,
+            table3=table3,
+            volume=volume,
+            subject_source=self.subject_source,
+            loss={name: float(np.mean(values)) for name, values in self.terms.items()},
+            roc=roc,
+        )
+
+
+def evaluate_model(
+    model: nn.Module,
+    cases: CaseSource | Iterable[LabelledCase],
+    input_size: int,
+    device: torch.device,
+    *,
+    threshold: float = 0.5,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+    description: str = "eval",
+) -> EvalResult:
+    """Evaluate ``model`` (put in eval mode) on every case of ``cases``."""
+    was_training = model.training
+    model.eval()
+    evaluator = Evaluator(threshold)
+    total = len(cases) if isinstance(cases, CaseSource) else None
+    try:
+        for case in tqdm(cases, total=total, desc=description, disable=not progress, leave=False):
+            evaluator.add(case, predict_case(model, case, input_size, device, autocast_dtype))
+    finally:
+        model.train(was_training)
+    return evaluator.result()
+
+
+def total_loss(loss: dict[str, float]) -> float | None:
+    """Sum of the mean raw loss terms (model selection; independent of learned weights)."""
+    known = [loss[term.value] for term in Term if term.value in loss]
+    return float(sum(known)) if known else None
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def format_markdown(result: EvalResult, title: str = "Evaluation") -> str:
+    """Table 2, Table 3 and the volume errors as Markdown."""
+    lines = [
+        f"# {title}",
+        "",
+        f"Cases: {result.n_cases}; decision threshold {result.threshold}.",
+        "",
+    ]
+    lines += ["## Table 2: classification", ""]
+    if result.subject_source == SUBJECT_FROM_SLICES:
+        lines += ["Subject level derived as the maximum of the slice probabilities.", ""]
+    header = "| level | class | n | positives | accuracy | sensitivity | specificity | F1 | AUC |"
+    lines += [header, "|" + "---|" * 9]
+    for level, rows in result.table2.items():
+        for name, metrics in rows.items():
+            if metrics is None:
+                lines.append(f"| {level} | {name} | 0 | 0 | n/a | n/a | n/a | n/a | n/a |")
+                continue
+            lines.append(
+                f"| {level} | {name} | {metrics.n} | {metrics.positives} | "
+                f"{_fmt(metrics.accuracy)} | {_fmt(metrics.sensitivity)} | "
+                f"{_fmt(metrics.specificity)} | {_fmt(metrics.f1)} | {_fmt(metrics.auc)} |"
+            )
+    lines += ["", "## Table 3: segmentation (Dice, mean over cases)", ""]
+    lines += ["| class | Dice | cases |", "|---|---|---|"]
+    for name in (*SEGMENTATION_CLASSES, "mean"):
+        row = result.table3[name]
+        lines.append(f"| {name} | {_fmt(row['dice'])} | {row['n']} |")
+    lines += [
+        "",
+        "Hemorrhage Dice over cases with labelled hemorrhage; brain and non-brain over cases "
+        "with complete segmentations; mean = mean of the three.",
+        "",
+        "## Hemorrhage volume",
+        "",
+    ]
+    if result.volume is None:
+        lines.append("No case with both a hemorrhage segmentation and a segmentation output.")
+    else:
+        v = result.volume
+        lines += [
+            "| cases | mean abs. error (mL) | mean error (mL) | mean relative error | "
+            "cases (relative) | false-positive mL in negative cases |",
+            "|---|---|---|---|---|---|",
+            f"| {v['n']} | {_fmt(v['mean_absolute_error_ml'], 2)} | {_fmt(v['mean_error_ml'], 2)} "
+            f"| {_fmt(v['mean_relative_error'])} | {v['n_relative']} | "
+            f"{_fmt(v['false_positive_ml_in_negative_cases'], 2)} |",
+        ]
+    if result.loss:
+        lines += [
+            "",
+            "Mean loss terms: " + ", ".join(f"{k} {v:.4f}" for k, v in result.loss.items()),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_roc(result: EvalResult, path: Path, level: str) -> Path | None:
+    """ROC curves of ``level`` (one per class with both outcomes present) as PNG."""
+    curves = result.roc.get(level, {})
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 5))
+    for name, (fpr, tpr) in curves.items():
+        metrics = result.table2[level][name]
+        auc = metrics.auc if metrics is not None else None
+        axis.plot(fpr, tpr, label=f"{name} (AUC {_fmt(auc)})")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    axis.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC, {level} level")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_report(result: EvalResult, out_dir: Path, title: str = "Evaluation") -> dict[str, Path]:
+    """Write ``metrics.json``, ``tables.md`` and ``roc_<level>.png``; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "metrics.json", "markdown": out_dir / "tables.md"}
+    paths["json"].write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(format_markdown(result, title), encoding="utf-8")
+    for level in LEVELS:
+        png = plot_roc(result, out_dir / f"roc_{level}.png", level)
+        if png is not None:
+            paths[f"roc_{level}"] = png
+    logger.info("wrote evaluation report to %s", out_dir)
+    return paths

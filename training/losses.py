@@ -1,0 +1,230 @@
+"""ICHNet's multi-task loss with masking of unknown labels.
+
+Five terms, as in the paper:
+
+* ``seg``: class-weighted soft Dice (generalised Dice, Sudre et al. 2017, with weights = inverse
+  class volume) on the softmax of the segmentation logits;
+* ``slice_any``, ``slice_subtypes``, ``subject_any``, ``subject_subtypes``: binary cross-entropy
+  on the classification logits (``any`` column / the 5 subtype columns).
+
+They are combined with learned homoscedastic-uncertainty weights (Kendall, Gal & Cipolla, CVPR
+2018): ``total = sum_t exp(-s_t) * L_t + s_t / 2`` with one learned ``s_t = log sigma_t^2`` per
+term (the form for classification likelihoods).
+
+Masking: a label that is unknown contributes nothing. A term with no known label in the batch is
+*absent*: neither it nor its uncertainty regulariser enters the total, so heads without
+supervision get no gradient at all, and ``s_t`` does not drift while its term is missing.
+
+Segmentation labels come in two kinds (:class:`training.data.case.SegKind`): complete
+(non-brain / brain / hemorrhage) and hemorrhage-only (PhysioNet, BHSD, INSTANCE). For the latter
+the Dice runs on the two classes that are known, hemorrhage and "not hemorrhage" (the summed
+non-brain + brain probability), so the loss is blind to how the model splits brain from
+non-brain there and never learns from an invented brain mask.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ichnet_core.labels import HEMORRHAGE, NUM_SEGMENTATION_CLASSES
+from training.data.case import ANY_COLUMN, SUBTYPE_COLUMNS, SegKind
+
+#: Keeps the Dice ratio finite for an empty prediction and target.
+DICE_EPSILON: Final[float] = 1e-6
+#: Class volumes (pixels) below this count as this much when weighting: an absent class gets a
+#: large but finite weight, which penalises predicting it (Sudre et al.).
+MIN_CLASS_VOLUME: Final[float] = 1.0
+
+
+class Term(enum.Enum):
+    """The loss terms, in a fixed order (uncertainty parameters follow it)."""
+
+    SEG = "seg"
+    SLICE_ANY = "slice_any"
+    SLICE_SUBTYPES = "slice_subtypes"
+    SUBJECT_ANY = "subject_any"
+    SUBJECT_SUBTYPES = "subject_subtypes"
+
+
+@dataclass
+class FlatBatch:
+    """Outputs and targets of a batch, flattened over its series (which differ in length).
+
+    Attributes
+    ----------
+    seg_logits:
+        ``[N, 3, H, W]`` for the ``N`` slices of the batch, or ``None`` (no seg branch).
+    slice_logits:
+        ``[N, 6]`` or ``None``.
+    subject_logits:
+        ``[B, 6]`` or ``None``.
+    seg_targets:
+        ``[N, H, W]`` int64 classes.
+    slice_sample:
+        ``[N]`` int64: the sample each slice belongs to.
+    seg_kinds:
+        Per sample, which segmentation classes are known.
+    slice_targets, slice_known:
+        ``[N, 6]``.
+    subject_targets, subject_known:
+        ``[B, 6]``.
+    """
+
+    seg_logits: Tensor | None
+    slice_logits: Tensor | None
+    subject_logits: Tensor | None
+    seg_targets: Tensor
+    slice_sample: Tensor
+    seg_kinds: Sequence[SegKind]
+    slice_targets: Tensor
+    slice_known: Tensor
+    subject_targets: Tensor
+    subject_known: Tensor
+
+
+def masked_bce(logits: Tensor, targets: Tensor, known: Tensor) -> Tensor | None:
+    """Mean BCE-with-logits over the known entries; ``None`` when none is known."""
+    if not bool(known.any()):
+        return None
+    return F.binary_cross_entropy_with_logits(logits[known].float(), targets[known].float())
+
+
+def generalized_dice_loss(
+    probabilities: Tensor, targets: Tensor, slice_sample: Tensor, num_samples: int
+) -> Tensor:
+    """Per-sample generalised Dice loss with inverse-volume class weights.
+
+    Parameters
+    ----------
+    probabilities, targets:
+        ``[n, K, H, W]`` class probabilities and one-hot targets of ``n`` slices.
+    slice_sample:
+        ``[n]`` sample index of each slice (in ``0 .. num_samples - 1``).
+    num_samples:
+        Number of samples the slices belong to.
+
+    Returns
+    -------
+    Tensor
+        ``[num_samples]`` losses in [0, 1]: ``1 - 2 sum_k w_k I_k / sum_k w_k (P_k + G_k)`` over
+        each sample's voxels, with ``w_k = 1 / max(G_k, 1)``.
+    """
+    classes = probabilities.shape[1]
+    per_slice = torch.stack(
+        [
+            (probabilities * targets).sum(dim=(2, 3)),
+            probabilities.sum(dim=(2, 3)),
+            targets.sum(dim=(2, 3)),
+        ]
+    )  # [3, n, K]
+    per_sample = per_slice.new_zeros((3, num_samples, classes)).index_add_(
+        1, slice_sample, per_slice
+    )
+    intersection, predicted, target = per_sample
+    weights = 1.0 / target.clamp(min=MIN_CLASS_VOLUME)
+    numerator = 2.0 * (weights * intersection).sum(dim=1)
+    denominator = (weights * (predicted + target)).sum(dim=1)
+    return 1.0 - numerator / (denominator + DICE_EPSILON)
+
+
+def segmentation_loss(
+    seg_logits: Tensor, seg_targets: Tensor, slice_sample: Tensor, seg_kinds: Sequence[SegKind]
+) -> Tensor | None:
+    """Mean generalised Dice over the samples with segmentation labels; ``None`` if none has."""
+    kinds = list(seg_kinds)
+    kind_of_slice = [kinds[int(i)] for i in slice_sample.tolist()]
+    probabilities = torch.softmax(seg_logits.float(), dim=1)
+    losses: list[Tensor] = []
+    for kind in (SegKind.FULL, SegKind.HEMORRHAGE):
+        rows = torch.tensor(
+            [k is kind for k in kind_of_slice], dtype=torch.bool, device=seg_logits.device
+        )
+        if not bool(rows.any()):
+            continue
+        probs, targets, samples = probabilities[rows], seg_targets[rows], slice_sample[rows]
+        if kind is SegKind.FULL:
+            one_hot = F.one_hot(targets, NUM_SEGMENTATION_CLASSES).permute(0, 3, 1, 2).float()
+        else:
+            hemorrhage = (targets == HEMORRHAGE).float()
+            one_hot = torch.stack([1.0 - hemorrhage, hemorrhage], dim=1)
+            probs = torch.stack([1.0 - probs[:, HEMORRHAGE], probs[:, HEMORRHAGE]], dim=1)
+        per_sample = generalized_dice_loss(probs, one_hot, samples, len(kinds))
+        members = sorted({int(i) for i in samples.tolist()})
+        losses.append(per_sample[members])
+    if not losses:
+        return None
+    return torch.cat(losses).mean()
+
+
+def loss_terms(batch: FlatBatch) -> dict[Term, Tensor]:
+    """Every term the batch has labels and outputs for (absent terms are left out)."""
+    terms: dict[Term, Tensor | None] = {}
+    if batch.seg_logits is not None:
+        terms[Term.SEG] = segmentation_loss(
+            batch.seg_logits, batch.seg_targets, batch.slice_sample, batch.seg_kinds
+        )
+    for logits, targets, known, any_term, subtype_term in (
+        (
+            batch.slice_logits,
+            batch.slice_targets,
+            batch.slice_known,
+            Term.SLICE_ANY,
+            Term.SLICE_SUBTYPES,
+        ),
+        (
+            batch.subject_logits,
+            batch.subject_targets,
+            batch.subject_known,
+            Term.SUBJECT_ANY,
+            Term.SUBJECT_SUBTYPES,
+        ),
+    ):
+        if logits is None:
+            continue
+        terms[any_term] = masked_bce(
+            logits[..., ANY_COLUMN], targets[..., ANY_COLUMN], known[..., ANY_COLUMN]
+        )
+        terms[subtype_term] = masked_bce(
+            logits[..., SUBTYPE_COLUMNS],
+            targets[..., SUBTYPE_COLUMNS],
+            known[..., SUBTYPE_COLUMNS],
+        )
+    return {term: value for term, value in terms.items() if value is not None}
+
+
+class UncertaintyWeighting(nn.Module):
+    """Learned homoscedastic-uncertainty weights, one ``s_t = log sigma_t^2`` per :class:`Term`.
+
+    Parameters
+    ----------
+    learned:
+        ``False`` freezes ``s_t = 0`` (plain sum of the terms), for ablations.
+    """
+
+    def __init__(self, learned: bool = True) -> None:
+        super().__init__()
+        self.learned = learned
+        self.log_variances = nn.Parameter(torch.zeros(len(Term)), requires_grad=learned)
+
+    def forward(self, terms: Mapping[Term, Tensor]) -> Tensor:
+        """``sum_t exp(-s_t) L_t + s_t / 2`` over the present terms (0 when none is)."""
+        if not terms:
+            return self.log_variances.new_zeros(())
+        total = self.log_variances.new_zeros(())
+        order = list(Term)
+        for term, value in terms.items():
+            log_variance = self.log_variances[order.index(term)]
+            total = total + torch.exp(-log_variance) * value + 0.5 * log_variance
+        return total
+
+    def weights(self) -> dict[Term, float]:
+        """Current effective weights ``exp(-s_t)`` (for logs)."""
+        values = torch.exp(-self.log_variances.detach()).tolist()
+        return {term: float(value) for term, value in zip(Term, values, strict=True)}

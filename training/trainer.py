@@ -1,0 +1,488 @@
+"""The training loop: epochs of Adam steps, validation, checkpoints, logs, curves.
+
+Life cycle (nnU-Net style hooks): :meth:`Trainer.fit` runs :meth:`train_epoch`, then
+:meth:`validate` every ``validation.every_epochs``, then :meth:`save_checkpoint` (``last.pt``
+every epoch, ``best.pt`` when the raw validation loss improves) and redraws the curves.
+
+Determinism: the global RNGs are seeded from ``config.seed``; the order of training cases in
+epoch ``e`` and every random crop / transform are drawn from generators seeded by ``(seed, e)``
+and ``(seed, e, case)``, independent of worker processes and of resuming. A resumed run
+continues after the last completed epoch with the saved RNG states.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from training.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from training.config import TrainConfig, config_hash
+from training.data.build import build_split
+from training.data.dataset import CaseDataset, ModelSample, collate_samples
+from training.data.splits import Split
+from training.evaluate import EvalResult, evaluate_model, total_loss
+from training.losses import Term, UncertaintyWeighting, loss_terms
+from training.networks import build_network, input_size_of
+from training.plots import plot_curves
+from training.runlog import RunLog
+from training.step import forward_batch
+from training.transforms import AugmentSettings
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT: Final[str] = "last.pt"
+BEST_CHECKPOINT: Final[str] = "best.pt"
+#: Files and folders of a run (moved aside when a run starts afresh in the same folder).
+_RUN_FILES: Final[tuple[str, ...]] = (
+    "checkpoints",
+    "steps.csv",
+    "metrics.csv",
+    "config.yaml",
+    "curves_loss.png",
+    "curves_validation.png",
+    "tensorboard",
+)
+#: cuBLAS needs this workspace setting for deterministic results (CUDA docs, "Reproducibility").
+_CUBLAS_WORKSPACE: Final[str] = ":4096:8"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA only: bfloat16 where supported (no loss scaling), else float16."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; ask torch for deterministic kernels, or allow fast ones.
+
+    With ``deterministic`` an operation without a deterministic kernel warns instead of failing
+    (measured on an H100: bit-identical kernels cost about 2.3x per step for ICHNet).
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", _CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = deterministic
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)`` in an order shuffled by ``(seed, epoch)``.
+
+    Passing the epoch with each index lets worker processes (which hold their own copy of the
+    dataset) draw the right random crop and transform without any shared state.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        return iter((self.epoch, int(index)) for index in order)
+
+
+class EpochDataset(CaseDataset):
+    """:class:`CaseDataset` indexed by ``(epoch, index)`` pairs from :class:`EpochSampler`."""
+
+    def __getitem__(self, key: int | tuple[int, int]) -> ModelSample:
+        if isinstance(key, int):
+            return super().__getitem__(key)
+        epoch, index = key
+        self.set_epoch(epoch)
+        return super().__getitem__(index)
+
+
+@dataclass
+class TrainSummary:
+    """What a finished (or stopped) run reports."""
+
+    output_dir: Path
+    epochs_completed: int
+    steps: int
+    best_val_loss: float | None
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    mean_step_time_s: float | None
+    mean_data_time_s: float | None
+
+
+class Trainer:
+    """Train the network of ``config``; resumes from ``output_dir/checkpoints/last.pt``.
+
+    Parameters
+    ----------
+    config:
+        The run.
+    resume:
+        Continue from the last checkpoint when one exists (its config hash must match).
+    max_steps:
+        Stop after this many optimiser steps in this process (timing, smoke tests); the
+        checkpoint then records the epoch as incomplete and a resume repeats it.
+    """
+
+    def __init__(
+        self, config: TrainConfig, *, resume: bool = True, max_steps: int | None = None
+    ) -> None:
+        self.config = config
+        self.hash = config_hash(config)
+        self.output_dir = Path(config.output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.max_steps = max_steps
+        self.device = resolve_device(config.device)
+        if config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)
+        seed_everything(config.seed, config.deterministic)
+        self.model = build_network(config.model).to(self.device)
+        self.input_size = input_size_of(self.model)
+        self.weighting = UncertaintyWeighting(config.loss.uncertainty_weighting).to(self.device)
+        optim = config.optim
+        groups: list[dict[str, Any]] = [
+            {"params": list(self.model.parameters()), "weight_decay": optim.weight_decay}
+        ]
+        if config.loss.uncertainty_weighting:
+            groups.append(
+                {
+                    "params": list(self.weighting.parameters()),
+                    "lr": optim.uncertainty_lr or optim.lr,
+                    "weight_decay": 0.0,
+                }
+            )
+        self.optimizer = torch.optim.Adam(groups, lr=optim.lr)
+        self.amp_dtype = autocast_dtype(optim.amp, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.epoch = 0
+        self.step = 0
+        self.best_val_loss: float | None = None
+        self.step_times: list[float] = []
+        self.data_times: list[float] = []
+        if resume and (self.checkpoint_dir / LAST_CHECKPOINT).is_file():
+            self.load(self.checkpoint_dir / LAST_CHECKPOINT)
+        else:
+            self._set_aside_previous_run()
+        self.train_source = build_split(config, Split.TRAIN)
+        self.val_source = build_split(config, Split.VAL)
+        if len(self.train_source) == 0:
+            raise ValueError("no training cases: check data.synthetic and data.datasets")
+        augment = None
+        if config.augment.enabled:
+            a = config.augment
+            augment = AugmentSettings(
+                a.rotation_deg, a.shear, a.zoom, a.shift_px, a.flip_lr, a.flip_ud
+            )
+        self.train_set = EpochDataset(
+            self.train_source,
+            self.input_size,
+            slices_per_sample=config.data.slices_per_sample,
+            augment=augment,
+            seed=config.seed,
+            cache_in_memory=config.data.cache_in_memory,
+        )
+        self.sampler = EpochSampler(len(self.train_set), config.seed)
+        self.loader = DataLoader(
+            self.train_set,
+            batch_size=optim.batch_size,
+            sampler=self.sampler,
+            collate_fn=collate_samples,
+            num_workers=config.data.num_workers,
+            persistent_workers=config.data.num_workers > 0,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.yaml").write_text(
+            yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+        )
+        self.log = RunLog(self.output_dir, tensorboard=config.logging.tensorboard == "auto")
+        logger.info(
+            "training %s on %s (%d parameters, input %d px, amp %s), %d train / %d val cases",
+            config.model.name,
+            self.device,
+            sum(p.numel() for p in self.model.parameters()),
+            self.input_size,
+            self.amp_dtype,
+            len(self.train_source),
+            len(self.val_source),
+        )
+
+    def _set_aside_previous_run(self) -> None:
+        """Move the files of an earlier run in ``output_dir`` to ``previous-<time>/``.
+
+        A fresh start must not append to another run's logs or overwrite its checkpoints, and
+        must not delete them either.
+        """
+        if not self.output_dir.is_dir():
+            return
+        leftovers = [
+            self.output_dir / name for name in _RUN_FILES if (self.output_dir / name).exists()
+        ]
+        if not leftovers:
+            return
+        target = self.output_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+        target.mkdir()
+        for path in leftovers:
+            path.rename(target / path.name)
+        logger.warning("starting afresh: the earlier run's files were moved to %s", target)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict[str, Any]:
+        """The resumable state of the run."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_val_loss": self.best_val_loss,
+            "config_hash": self.hash,
+            "config": self.config.model_dump(mode="json"),
+            "model_name": self.config.model.name,
+            "model_overrides": dict(self.config.model.overrides),
+            "model": self.model.state_dict(),
+            "loss_weighting": self.weighting.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng(),
+            "torch_version": str(torch.__version__),
+        }
+
+    def save_checkpoint(self, name: str) -> Path:
+        path = self.checkpoint_dir / name
+        save_checkpoint(path, self.state())
+        logger.info("saved checkpoint %s (epoch %d, step %d)", path, self.epoch, self.step)
+        return path
+
+    def load(self, path: Path) -> None:
+        """Restore a run saved by :meth:`save_checkpoint` (same config hash required)."""
+        payload = load_checkpoint(path)
+        if payload["config_hash"] != self.hash:
+            raise CheckpointError(
+                f"{path} was written with config hash {payload['config_hash'][:12]}, this config "
+                f"hashes to {self.hash[:12]}: the settings changed; use a new output_dir or "
+                "restore the settings (epochs, workers and logging may change)"
+            )
+        self.model.load_state_dict(payload["model"])
+        self.weighting.load_state_dict(payload["loss_weighting"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scaler.load_state_dict(payload["scaler"])
+        restore_rng(payload["rng"])
+        self.epoch = int(payload["epoch"])
+        self.step = int(payload["step"])
+        self.best_val_loss = payload["best_val_loss"]
+        logger.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    # ------------------------------------------------------------------ loop
+
+    def _steps_left(self, done_here: int) -> bool:
+        return self.max_steps is None or done_here < self.max_steps
+
+    def train_epoch(self, done_here: int) -> tuple[dict[str, float], int, bool]:
+        """One pass over the training cases; returns mean losses, steps done, completed?"""
+        self.model.train()
+        self.sampler.set_epoch(self.epoch)
+        sums: dict[str, list[float]] = {}
+        completed = True
+        progress = tqdm(
+            self.loader,
+            desc=f"epoch {self.epoch + 1}/{self.config.optim.epochs}",
+            disable=not self.config.logging.progress_bar,
+            leave=False,
+        )
+        waited_since = time.perf_counter()
+        for samples in progress:
+            if not self._steps_left(done_here):
+                completed = False
+                break
+            started = time.perf_counter()
+            data_time = started - waited_since
+            self.data_times.append(data_time)
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+            ):
+                batch = forward_batch(self.model, samples, self.device)
+            terms = loss_terms(batch)
+            if not terms:
+                logger.warning(
+                    "batch %s has no usable labels; skipped", [s.case_id for s in samples]
+                )
+                continue
+            loss = self.weighting(terms)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.config.optim.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            elapsed = time.perf_counter() - started
+            self.step_times.append(elapsed)
+            self.step += 1
+            done_here += 1
+            values = {"loss": float(loss.detach())} | {
+                f"loss_{term.value}": float(value.detach()) for term, value in terms.items()
+            }
+            for key, value in values.items():
+                sums.setdefault(key, []).append(value)
+            progress.set_postfix(loss=f"{values['loss']:.4f}")
+            if self.step % self.config.logging.log_every_steps == 0 or self.step == 1:
+                self.log.step(
+                    {
+                        "step": self.step,
+                        "epoch": self.epoch + 1,
+                        **values,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "step_time_s": elapsed,
+                        "data_time_s": data_time,
+                    }
+                )
+            waited_since = time.perf_counter()
+        means = {key: float(np.mean(values)) for key, values in sums.items()}
+        return means, done_here, completed
+
+    def validate(self) -> EvalResult | None:
+        """Evaluate on the validation split (whole series, no augmentation)."""
+        if len(self.val_source) == 0:
+            return None
+        return evaluate_model(
+            self.model,
+            self.val_source,
+            self.input_size,
+            self.device,
+            threshold=self.config.validation.threshold,
+            autocast_dtype=self.amp_dtype,
+            progress=self.config.logging.progress_bar,
+            description="validation",
+        )
+
+    def _epoch_row(
+        self, train: dict[str, float], result: EvalResult | None, seconds: float, steps: int
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": train.get("loss"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_time_s": seconds,
+            "mean_step_time_s": float(np.mean(self.step_times[-steps:])) if steps else None,
+        }
+        for term in Term:
+            row[f"train_loss_{term.value}"] = train.get(f"loss_{term.value}")
+        for term, weight in self.weighting.weights().items():
+            row[f"weight_{term.value}"] = weight
+        if result is not None:
+            row["val_loss"] = total_loss(result.loss)
+            for term in Term:
+                row[f"val_loss_{term.value}"] = result.loss.get(term.value)
+            subject, slices = result.table2["subject"]["any"], result.table2["slice"]["any"]
+            row["val_subject_auc_any"] = subject.auc if subject else None
+            row["val_subject_f1_any"] = subject.f1 if subject else None
+            row["val_slice_auc_any"] = slices.auc if slices else None
+            row["val_dice_hemorrhage"] = result.table3["hemorrhage"]["dice"]
+            row["val_dice_mean"] = result.table3["mean"]["dice"]
+        return row
+
+    def fit(self) -> TrainSummary:
+        """Train until ``optim.epochs`` epochs are complete (or ``max_steps`` is reached)."""
+        done_here = 0
+        best_path = self.checkpoint_dir / BEST_CHECKPOINT
+        last_path = self.checkpoint_dir / LAST_CHECKPOINT
+        try:
+            while self.epoch < self.config.optim.epochs and self._steps_left(done_here):
+                started = time.perf_counter()
+                before = done_here
+                train, done_here, completed = self.train_epoch(done_here)
+                if not completed:
+                    logger.info(
+                        "stopped after %d steps (max_steps) inside epoch %d",
+                        done_here,
+                        self.epoch + 1,
+                    )
+                    last_path = self.save_checkpoint(LAST_CHECKPOINT)
+                    break
+                self.epoch += 1
+                result = None
+                if self.epoch % self.config.validation.every_epochs == 0 or (
+                    self.epoch == self.config.optim.epochs
+                ):
+                    result = self.validate()
+                row = self._epoch_row(
+                    train, result, time.perf_counter() - started, done_here - before
+                )
+                self.log.epoch(row)
+                val_loss = row.get("val_loss")
+                if val_loss is not None and (
+                    self.best_val_loss is None or val_loss < self.best_val_loss
+                ):
+                    self.best_val_loss = float(val_loss)
+                    self.save_checkpoint(BEST_CHECKPOINT)
+                last_path = self.save_checkpoint(LAST_CHECKPOINT)
+                plot_curves(self.output_dir)
+                logger.info(
+                    "epoch %d: train loss %s, val loss %s",
+                    self.epoch,
+                    f"{row['train_loss']:.4f}" if row["train_loss"] is not None else "n/a",
+                    f"{val_loss:.4f}" if val_loss is not None else "n/a",
+                )
+        finally:
+            self.log.close()
+        return TrainSummary(
+            output_dir=self.output_dir,
+            epochs_completed=self.epoch,
+            steps=self.step,
+            best_val_loss=self.best_val_loss,
+            last_checkpoint=last_path,
+            best_checkpoint=best_path if best_path.is_file() else None,
+            mean_step_time_s=float(np.mean(self.step_times)) if self.step_times else None,
+            mean_data_time_s=float(np.mean(self.data_times)) if self.data_times else None,
+        )
+
+
+def load_trained_model(
+    checkpoint: Path, device: torch.device
+) -> tuple[torch.nn.Module, int, TrainConfig]:
+    """The network of a training checkpoint (eval mode) with its input size and config."""
+    payload = load_checkpoint(checkpoint)
+    config = TrainConfig.model_validate(payload["config"])
+    model = build_network(config.model)
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval(), input_size_of(model), config
