@@ -20,6 +20,7 @@ from pydicom import Dataset, dcmwrite
 from dicom_node.app import NoPeersConfiguredError
 from dicom_node.config import ConfigError, NodeConfig, load_config
 from dicom_node.results import write_result
+from dicom_node.selection import select_series
 from dicom_node.service import NodeService
 from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
 from ichnet_core.inference.engine import EngineUnavailableError, create_engine
@@ -147,10 +148,18 @@ def cmd_infer(args: argparse.Namespace) -> int:
         listing = ", ".join(f"{uid} ({len(ds)} files)" for uid, ds in groups.items())
         return _fail(f"{input_dir} holds {len(groups)} series; choose one with --series: {listing}")
 
+    # Refuse an unsuitable series before the model is loaded and an engine prepared (an ONNX
+    # export or TensorRT build takes far longer than reading the headers).
+    selection = select_series(datasets, config.selection)
+    if not selection.accepted:
+        return _fail(f"series not analysed: {selection.reason}")
     try:
         weights = load_weights(config.model.weights, config.model.weights_sha256)
         engine = create_engine(
-            args.engine or config.engine, weights, chunk_slices=config.model.chunk_slices
+            args.engine or config.engine,
+            weights,
+            chunk_slices=config.model.chunk_slices,
+            cache_dir=config.model.cache_dir,
         )
     except (WeightsError, EngineUnavailableError) as exc:
         return _fail(str(exc))

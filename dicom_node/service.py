@@ -17,6 +17,7 @@ SENDING outboxes are resent, and spool files no job has seen get a job.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import pydicom
 from dicom_node import app
 from dicom_node.config import NodeConfig
 from dicom_node.handlers import ReceiveMonitor
-from dicom_node.jobs import Job, JobStore
+from dicom_node.jobs import Job, JobStore, JobStoreError
 from dicom_node.metrics import NodeMetrics, start_metrics_server
 from dicom_node.outbox import Outbox
 from dicom_node.results import write_result
@@ -265,7 +266,20 @@ class NodeService:
                 self._work_ready.wait(IDLE_WAIT_S)
                 self._work_ready.clear()
                 continue
-            self._process(job)
+            try:
+                self._process(job)
+            except Exception as exc:  # the outbox or results folder cannot be written, ...
+                # One job must never end the worker: without it nothing received is analysed.
+                logger.exception("job %d: processing failed", job.id)
+                self._record_failure(job.id, f"processing failed: {type(exc).__name__}: {exc}")
+
+    def _record_failure(self, job_id: int, reason: str) -> None:
+        """Mark a job FAILED; if the queue cannot even record that, the job stays RUNNING and
+        is rerun at the next start."""
+        try:
+            self.jobs.mark_failed(job_id, reason)
+        except (JobStoreError, sqlite3.Error):
+            logger.exception("job %d: cannot record the failure (%s)", job_id, reason)
 
     def _process(self, job: Job) -> None:
         """Analyse one claimed job; leaves it SENDING, SKIPPED or FAILED."""

@@ -30,7 +30,9 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def request(self, method: str, path: str, body: bytes | dict[str, Any] | list[Any] | None = None) -> Any:
+    def request(
+        self, method: str, path: str, body: bytes | dict[str, Any] | list[Any] | None = None
+    ) -> Any:
         """Call the REST API; JSON bodies are encoded, JSON answers decoded."""
         data = json.dumps(body).encode() if isinstance(body, dict | list) else body
         req = urllib.request.Request(self.url + path, data=data, method=method)
@@ -45,7 +47,22 @@ class Orthanc:
 
     def store_to_modality(self, modality: str, resources: list[str]) -> Any:
         """Ask Orthanc to C-STORE resources (study/series/instance IDs) to a configured modality."""
-        return self.request("POST", f"/modalities/{modality}/store", {"Resources": resources, "Synchronous": True})
+        return self.request(
+            "POST", f"/modalities/{modality}/store", {"Resources": resources, "Synchronous": True}
+        )
+
+    def series_of_study(self, study_id: str) -> list[dict[str, Any]]:
+        """The series of an Orthanc study (``/studies/{id}/series``), with their main tags."""
+        series: list[dict[str, Any]] = self.request("GET", f"/studies/{study_id}/series")
+        return series
+
+    def instance_file(self, instance_id: str) -> bytes:
+        """The stored DICOM file of an Orthanc instance, byte for byte."""
+        data: bytes = self.request("GET", f"/instances/{instance_id}/file")
+        return data
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -61,7 +78,12 @@ def orthanc_available() -> bool:
 
 
 def start_orthanc(
-    workdir: Path, *, ae_title: str, dicom_port: int, http_port: int, modalities: dict[str, list[Any]]
+    workdir: Path,
+    *,
+    ae_title: str,
+    dicom_port: int,
+    http_port: int,
+    modalities: dict[str, list[Any]],
 ) -> Orthanc:
     """Start Orthanc with its own storage under ``workdir``; waits until its REST API answers."""
     storage = workdir / "orthanc-db"
@@ -85,8 +107,10 @@ def start_orthanc(
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
     log_path = workdir / "orthanc.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen([ORTHANC_BINARY, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [ORTHANC_BINARY, str(config_path)], stdout=log, stderr=subprocess.STDOUT
+        )
     orthanc = Orthanc(process, ae_title, dicom_port, http_port, log_path)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -1,0 +1,194 @@
+"""A real PACS in the loop: Orthanc sends a head CT to ``ichnet-node serve`` and gets SEG + SR back.
+
+Nothing is simulated: Orthanc (the Debian package) runs on loopback with the node listed in its
+DicomModalities, the node runs as its console script with a YAML config naming Orthanc as its
+peer, the real GE head study is uploaded to Orthanc over REST and Orthanc C-STOREs it to the
+node. The test then waits for the results to appear in the same study at Orthanc, downloads
+them and checks them with dciodvfy (dicom3tools) and highdicom.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from tests.dicom_node.results.conftest import dciodvfy_errors
+from tests.integration.conftest import NODE_AE, NodeFactory, failed_so_far
+from tests.integration.node_process import NodeProcess, reserve_ports, wait_until
+from tests.integration.orthanc import (
+    ORTHANC_BINARY,
+    Orthanc,
+    orthanc_available,
+    start_orthanc,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
+
+logger = logging.getLogger(__name__)
+
+ORTHANC_AE: Final[str] = "ORTHANC"
+#: Orthanc's name for the node in its DicomModalities (REST: /modalities/ichnet/store).
+NODE_MODALITY: Final[str] = "ichnet"
+#: Short quiet period: the series is complete one second after Orthanc's last instance.
+COMPLETE_AFTER_S: Final[float] = 1.0
+#: Quiet period + one inference on a busy 2-core CPU + sending, with a wide margin.
+RESULTS_TIMEOUT_S: Final[float] = 180.0
+#: Tolerance (mm) for positions that went through DS text encoding twice.
+POSITION_TOLERANCE_MM: Final[float] = 1e-3
+
+
+@pytest.fixture
+def orthanc_and_node(
+    tmp_path: Path, node_factory: NodeFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[Orthanc, NodeProcess]]:
+    """Orthanc knowing the node as modality ``ichnet``, and the node knowing Orthanc as its peer."""
+    if not orthanc_available():
+        pytest.skip(f"{ORTHANC_BINARY} not installed (Debian package 'orthanc')")
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (Debian package 'dicom3tools')")
+    dicom_port, http_port = reserve_ports(2)
+    node = node_factory(
+        peers=[{"ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": dicom_port}],
+        complete_after_s=COMPLETE_AFTER_S,
+    )
+    orthanc_dir = tmp_path / "orthanc"
+    orthanc_dir.mkdir()
+    orthanc = start_orthanc(
+        orthanc_dir,
+        ae_title=ORTHANC_AE,
+        dicom_port=dicom_port,
+        http_port=http_port,
+        modalities={NODE_MODALITY: [NODE_AE, "127.0.0.1", node.port]},
+    )
+    try:
+        node.start()
+        yield orthanc, node
+    finally:
+        orthanc.stop()
+        if failed_so_far(request):
+            print(f"\n===== Orthanc log =====\n{orthanc.log()}")
+
+
+def _series_by_modality(orthanc: Orthanc, study_id: str) -> dict[str, list[dict[str, Any]]]:
+    by_modality: dict[str, list[dict[str, Any]]] = {}
+    for series in orthanc.series_of_study(study_id):
+        modality = series["MainDicomTags"].get("Modality", "")
+        by_modality.setdefault(modality, []).append(series)
+    return by_modality
+
+
+def _results_arrived(orthanc: Orthanc, study_id: str) -> dict[str, list[dict[str, Any]]] | None:
+    by_modality = _series_by_modality(orthanc, study_id)
+    return by_modality if "SEG" in by_modality and "SR" in by_modality else None
+
+
+def test_orthanc_sends_a_head_ct_and_gets_seg_and_sr_back(
+    orthanc_and_node: tuple[Orthanc, NodeProcess],
+    head_ct_dir: Path,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    orthanc, node = orthanc_and_node
+    sources = {
+        ds.SOPInstanceUID: ds
+        for ds in (pydicom.dcmread(p) for p in sorted(head_ct_dir.glob("*.dcm")))
+    }
+    uploads = [orthanc.upload(p) for p in sorted(head_ct_dir.glob("*.dcm"))]
+    [study_id] = {u["ParentStudy"] for u in uploads}
+    study_uid = orthanc.request("GET", f"/studies/{study_id}")["MainDicomTags"]["StudyInstanceUID"]
+
+    job = orthanc.store_to_modality(NODE_MODALITY, [study_id])
+    acknowledged = time.monotonic()  # synchronous: every instance was acknowledged by now
+    assert job.get("FailedInstancesCount", 0) == 0, job
+    assert job.get("InstancesCount", len(sources)) == len(sources), job
+
+    arrived = wait_until(
+        lambda: _results_arrived(orthanc, study_id),
+        RESULTS_TIMEOUT_S,
+        "SEG and SR at Orthanc",
+    )
+    latency = time.monotonic() - acknowledged
+    message = (
+        f"last instance acknowledged -> SEG + SR stored at Orthanc: {latency:.2f} s "
+        f"(series.complete_after_s={COMPLETE_AFTER_S:g} s included)"
+    )
+    print(f"\n{message}")
+    logger.info(message)
+    record_property("ack_to_results_at_orthanc_s", round(latency, 3))
+
+    # The node finishes its job (DONE) and has nothing more to send; only then count objects.
+    node.wait_for_log(r"job \d+ SENDING -> DONE", RESULTS_TIMEOUT_S)
+    arrived = _series_by_modality(orthanc, study_id)
+    assert sorted(arrived) == ["CT", "SEG", "SR"], arrived
+    assert [len(s["Instances"]) for s in arrived["SEG"]] == [1], arrived["SEG"]
+    assert [len(s["Instances"]) for s in arrived["SR"]] == [1], arrived["SR"]
+    assert "Traceback" not in node.log(), node.log()
+
+    seg_path = tmp_path / "seg.dcm"
+    sr_path = tmp_path / "sr.dcm"
+    seg_path.write_bytes(orthanc.instance_file(arrived["SEG"][0]["Instances"][0]))
+    sr_path.write_bytes(orthanc.instance_file(arrived["SR"][0]["Instances"][0]))
+
+    baseline: set[str] = set()
+    for path in sorted(head_ct_dir.glob("*.dcm")):
+        baseline |= dciodvfy_errors(path)
+    for name, path in (("SEG", seg_path), ("SR", sr_path)):
+        errors = dciodvfy_errors(path)
+        summary = (
+            f"dciodvfy {name}: {len(errors)} distinct error(s), "
+            f"{len(errors & baseline)} also in the source, new: {sorted(errors - baseline)}"
+        )
+        print(summary)
+        logger.info(summary)
+        assert errors <= baseline, summary
+
+    seg = hd.seg.segread(seg_path)
+    sr = hd.sr.srread(sr_path)
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == study_uid
+    assert seg.SeriesInstanceUID != sr.SeriesInstanceUID
+    assert {seg.SeriesInstanceUID, sr.SeriesInstanceUID}.isdisjoint(
+        {ds.SeriesInstanceUID for ds in sources.values()}
+    )
+    _check_seg_frames(seg, sources)
+    _check_sr_references(sr, seg)
+
+
+def _check_seg_frames(seg: hd.seg.Segmentation, sources: dict[str, pydicom.Dataset]) -> None:
+    """Each frame names one source slice and sits exactly where that slice is."""
+    frames = seg.PerFrameFunctionalGroupsSequence
+    assert len(frames) == int(seg.NumberOfFrames) > 0
+    covered: set[str] = set()
+    for index, frame in enumerate(frames, start=1):
+        [derivation] = frame.DerivationImageSequence
+        [source_image] = derivation.SourceImageSequence
+        uid = source_image.ReferencedSOPInstanceUID
+        assert uid in sources, f"frame {index} references {uid}, not a slice of the study"
+        [plane] = frame.PlanePositionSequence
+        np.testing.assert_allclose(
+            np.asarray(plane.ImagePositionPatient, dtype=float),
+            np.asarray(sources[uid].ImagePositionPatient, dtype=float),
+            atol=POSITION_TOLERANCE_MM,
+            err_msg=f"frame {index} (source {uid})",
+        )
+        covered.add(uid)
+    assert covered == set(sources), "every source slice has frames"
+
+
+def _check_sr_references(sr: hd.sr.Comprehensive3DSR, seg: hd.seg.Segmentation) -> None:
+    """The SR's evidence lists the SEG (its hemorrhage volume measures a SEG segment)."""
+    evidence = {
+        item.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert seg.SOPInstanceUID in evidence
