@@ -246,18 +246,24 @@ class NodeService:
     def _assembler_loop(self) -> None:
         interval = max(0.05, self.config.series.poll_interval_s)
         while not self._stopping.wait(interval):
-            for completed in self.tracker.pop_complete():
-                job = self.jobs.received_job(*completed.key)
-                if job is None:
-                    continue
-                self.jobs.mark_queued(job.id)
-                logger.info(
-                    "series %s complete: %d instance(s), job %d queued",
-                    completed.key.series_instance_uid,
-                    completed.instance_count,
-                    job.id,
-                )
-                self._work_ready.set()
+            try:
+                self._queue_complete_series()
+            except Exception:  # a database hiccup must not end completion for good
+                logger.exception("assembler: could not queue completed series; retrying")
+
+    def _queue_complete_series(self) -> None:
+        for completed in self.tracker.pop_complete():
+            job = self.jobs.received_job(*completed.key)
+            if job is None:
+                continue
+            self.jobs.mark_queued(job.id)
+            logger.info(
+                "series %s complete: %d instance(s), job %d queued",
+                completed.key.series_instance_uid,
+                completed.instance_count,
+                job.id,
+            )
+            self._work_ready.set()
 
     def _worker_loop(self) -> None:
         while not self._stopping.is_set():
@@ -316,9 +322,12 @@ class NodeService:
 
     def _sender_loop(self) -> None:
         while not self._stopping.is_set():
-            for job in self.jobs.due_for_sending(self._clock()):
-                if self._stopping.is_set():
-                    return
-                self.sender.deliver(self.jobs, job, self.config.peer(job.calling_ae))
+            try:
+                for job in self.jobs.due_for_sending(self._clock()):
+                    if self._stopping.is_set():
+                        return
+                    self.sender.deliver(self.jobs, job, self.config.peer(job.calling_ae))
+            except Exception:  # the outbox stays on disk; the next round retries it
+                logger.exception("sender: delivery round failed; retrying")
             self._send_ready.wait(IDLE_WAIT_S)
             self._send_ready.clear()

@@ -67,12 +67,11 @@ class SeriesAnalysis:
 
 def model_identity(weights: ModelWeights) -> ModelIdentity:
     """How the result objects name the model behind ``weights``."""
-    trained_on = weights.trained_on.lower()
     return ModelIdentity(
-        name="ICHNet",
+        name=weights.model_name,
         version=weights.version,
         weights_sha256=weights.sha256,
-        trained_on_synthetic_data="real" not in trained_on,
+        training_data=weights.training_data,
     )
 
 

@@ -44,13 +44,14 @@ def manifest_entry(sha256: str, model_name: str, metadata: dict[str, Any]) -> di
     """The ``manifest.json`` ``files[<name>]`` entry of a weights file.
 
     Same keys as ``ichnet_core.models.weights.register_bundled_weights`` writes: sha256,
-    model_name, version, trained_on, description.
+    model_name, version, trained_on, training_data, description.
     """
     return {
         "sha256": sha256,
         "model_name": model_name,
         "version": str(metadata["version"]),
         "trained_on": str(metadata["trained_on"]),
+        "training_data": str(metadata["training_data"]),
         "description": str(metadata["description"]),
     }
 
@@ -119,6 +120,9 @@ def export_checkpoint(
     metadata: dict[str, Any] = {
         "version": version,
         "trained_on": trained_on,
+        # Machine-readable provenance the result objects rely on: any public dataset in the
+        # training config means real patient images were seen.
+        "training_data": "real" if config.data.datasets else "synthetic",
         "description": description,
         "training_config_hash": payload["config_hash"],
         "training_config": payload["config"],

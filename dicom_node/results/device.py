@@ -29,6 +29,14 @@ _SHA256_PATTERN: Final[re.Pattern[str]] = re.compile(r"[0-9a-f]{64}")
 _LO_MAX_LENGTH: Final[int] = 64
 
 
+#: ``training_data`` values and how the objects phrase them.
+TRAINING_DATA_NOTES: Final[dict[str, str]] = {
+    "none": "untrained random weights (placeholder)",
+    "synthetic": "trained on synthetic data only",
+    "real": "trained on real data",
+}
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     """The model that produced a prediction, as the result objects describe it.
@@ -41,15 +49,16 @@ class ModelIdentity:
         Model version (Algorithm Version, LO).
     weights_sha256:
         SHA-256 of the weights file, 64 lower-case hex digits; identifies the trained model.
-    trained_on_synthetic_data:
-        True when the weights were trained on synthetic phantoms only. Written into every
-        object so nobody mistakes such output for a clinically validated result.
+    training_data:
+        What the weights learned from: ``none`` (random initialisation), ``synthetic``
+        (phantoms only) or ``real``. Written into every object so nobody mistakes such output
+        for a clinically validated result.
     """
 
     name: str
     version: str
     weights_sha256: str
-    trained_on_synthetic_data: bool
+    training_data: str
 
     def __post_init__(self) -> None:
         for field_name in ("name", "version"):
@@ -59,6 +68,11 @@ class ModelIdentity:
                     f"ModelIdentity.{field_name} must be 1 to {_LO_MAX_LENGTH} characters "
                     f"(a DICOM LO value); found {value!r}."
                 )
+        if self.training_data not in TRAINING_DATA_NOTES:
+            raise ValueError(
+                f"ModelIdentity.training_data must be one of {sorted(TRAINING_DATA_NOTES)}; "
+                f"found {self.training_data!r}."
+            )
         if not _SHA256_PATTERN.fullmatch(self.weights_sha256):
             raise ValueError(
                 "ModelIdentity.weights_sha256 must be 64 lower-case hex digits; "
@@ -73,15 +87,13 @@ class ModelIdentity:
     @property
     def training_data_note(self) -> str:
         """Short statement of what the model was trained on."""
-        if self.trained_on_synthetic_data:
-            return "trained on synthetic data only"
-        return "trained on real data"
+        return TRAINING_DATA_NOTES[self.training_data]
 
     def algorithm_parameters(self) -> dict[str, str]:
         """Key/value pairs for Algorithm Parameters (SEG) and TID 4019 parameters (SR)."""
         return {
             "weights_sha256": self.weights_sha256,
-            "trained_on_synthetic_data": "yes" if self.trained_on_synthetic_data else "no",
+            "training_data": self.training_data,
         }
 
 

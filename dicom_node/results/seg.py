@@ -77,9 +77,7 @@ _SEGMENTS: Final[tuple[_SegmentSpec, ...]] = (
 
 def content_description(model: ModelIdentity) -> str:
     """Content Description (LO) that says what the object is and how far to trust it."""
-    if model.trained_on_synthetic_data:
-        return "ICHNet research output; model trained on synthetic data"
-    return "ICHNet research output; not for diagnostic use"
+    return f"ICHNet research output; {model.training_data_note}"
 
 
 def segment_masks(prediction: Prediction) -> np.ndarray:

@@ -52,7 +52,14 @@ MANIFEST_FORMAT: Final[str] = "ichnet-weights-manifest/1"
 BUNDLED_WEIGHTS_DIR: Final[Path] = Path(__file__).resolve().parent / "weights"
 MANIFEST_PATH: Final[Path] = BUNDLED_WEIGHTS_DIR / "manifest.json"
 #: Metadata every weights file must carry, so result.json and the SR can say what ran.
-REQUIRED_METADATA: Final[tuple[str, ...]] = ("version", "trained_on", "description")
+#: What the weights learned from: ``none`` (random initialisation), ``synthetic`` or ``real``.
+TRAINING_DATA_VALUES: Final[tuple[str, ...]] = ("none", "synthetic", "real")
+REQUIRED_METADATA: Final[tuple[str, ...]] = (
+    "version",
+    "trained_on",
+    "training_data",
+    "description",
+)
 #: Keys of the saved dict.
 _PAYLOAD_KEYS: Final[frozenset[str]] = frozenset(
     {"format", "model_name", "config", "state_dict", "metadata"}
@@ -110,6 +117,11 @@ class ModelWeights:
     def trained_on(self) -> str:
         """What the weights were trained on, in words."""
         return str(self.metadata["trained_on"])
+
+    @property
+    def training_data(self) -> str:
+        """``none``, ``synthetic`` or ``real``: the machine-readable kind of ``trained_on``."""
+        return str(self.metadata["training_data"])
 
     @property
     def description(self) -> str:
@@ -195,6 +207,11 @@ def _parse_payload(
     absent = [key for key in REQUIRED_METADATA if key not in metadata]
     if absent:
         raise WeightsError(f"{path}: metadata lacks {absent}")
+    if metadata["training_data"] not in TRAINING_DATA_VALUES:
+        raise WeightsError(
+            f"{path}: metadata training_data must be one of {TRAINING_DATA_VALUES}, "
+            f"found {metadata['training_data']!r}"
+        )
     try:
         config = ICHNetConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as exc:
@@ -325,6 +342,11 @@ def save_weights(model: ICHNet, path: Path, *, name: str, metadata: Mapping[str,
     absent = [key for key in REQUIRED_METADATA if key not in metadata]
     if absent:
         raise ValueError(f"weights metadata lacks {absent} (required: {list(REQUIRED_METADATA)})")
+    if metadata["training_data"] not in TRAINING_DATA_VALUES:
+        raise ValueError(
+            f"weights metadata training_data must be one of {TRAINING_DATA_VALUES}, "
+            f"found {metadata['training_data']!r}"
+        )
     try:
         # The JSON round trip also turns str/int subclasses (e.g. torch.__version__) into the
         # plain types that torch.load(weights_only=True) accepts.
@@ -380,6 +402,7 @@ def write_random_weights(
     metadata = {
         "version": RANDOM_INIT_VERSION,
         "trained_on": f"nothing: random initialisation (torch.manual_seed({seed}))",
+        "training_data": "none",
         "description": RANDOM_INIT_DESCRIPTION,
         "seed": seed,
         "torch_version": torch.__version__,
@@ -409,6 +432,7 @@ def register_bundled_weights(path: Path, *, make_default: bool = True) -> None:
         "model_name": model_name,
         "version": metadata["version"],
         "trained_on": metadata["trained_on"],
+        "training_data": metadata["training_data"],
         "description": metadata["description"],
     }
     if make_default:

@@ -43,7 +43,7 @@ MODEL = ModelIdentity(
     name="ICHNet",
     version="0.1.0-test",
     weights_sha256="0123456789abcdef" * 4,
-    trained_on_synthetic_data=True,
+    training_data="synthetic",
 )
 
 

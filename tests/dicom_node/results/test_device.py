@@ -16,7 +16,7 @@ SHA_B = "b" * 64
 
 
 def _model(sha: str = SHA_A, synthetic: bool = True) -> ModelIdentity:
-    return ModelIdentity("ICHNet", "1.0", sha, trained_on_synthetic_data=synthetic)
+    return ModelIdentity("ICHNet", "1.0", sha, training_data="synthetic" if synthetic else "real")
 
 
 def test_device_uid_is_a_valid_uid_determined_by_the_weights() -> None:
@@ -47,8 +47,8 @@ def test_algorithm_identification_says_whether_training_data_were_synthetic() ->
     synthetic = segmentation_algorithm(_model(synthetic=True))[0]
     real = segmentation_algorithm(_model(synthetic=False))[0]
 
-    assert "trained_on_synthetic_data=yes" in synthetic.AlgorithmParameters
-    assert "trained_on_synthetic_data=no" in real.AlgorithmParameters
+    assert "training_data=synthetic" in synthetic.AlgorithmParameters
+    assert "training_data=real" in real.AlgorithmParameters
 
 
 @pytest.mark.parametrize(
@@ -64,4 +64,4 @@ def test_invalid_identity_is_rejected(kwargs: dict[str, str], message: str) -> N
     fields = {"name": "ICHNet", "version": "1.0", "weights_sha256": SHA_A, **kwargs}
 
     with pytest.raises(ValueError, match=message):
-        ModelIdentity(**fields, trained_on_synthetic_data=False)
+        ModelIdentity(**fields, training_data="real")

@@ -12,7 +12,7 @@ from dicom_node.results.uids import ResultUids, derived_uid, segment_tracking_ui
 
 #: PS3.5 9.1: a UID is at most 64 characters.
 MAX_UID_LENGTH = 64
-MODEL = ModelIdentity("ICHNet", "1.0", "c" * 64, trained_on_synthetic_data=True)
+MODEL = ModelIdentity("ICHNet", "1.0", "c" * 64, training_data="synthetic")
 
 
 def test_derived_uid_is_valid_and_depends_only_on_its_parts() -> None:

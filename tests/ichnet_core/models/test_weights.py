@@ -28,7 +28,12 @@ from ichnet_core.models.weights import (
     save_weights,
 )
 
-METADATA = {"version": "1.2.3", "trained_on": "unit-test noise", "description": "test weights"}
+METADATA = {
+    "version": "1.2.3",
+    "trained_on": "unit-test noise",
+    "training_data": "none",
+    "description": "test weights",
+}
 MAX_BUNDLED_BYTES = 5 * 2**20
 
 
@@ -138,12 +143,19 @@ def test_state_dict_not_matching_config_raises(saved: tuple[Path, str]) -> None:
 
 
 def test_save_checks_metadata_and_range(tiny_model: ICHNet, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"lacks \['trained_on'\]"):
+    with pytest.raises(ValueError, match=r"lacks \['trained_on', 'training_data'\]"):
         save_weights(
             tiny_model,
             tmp_path / "m.pt",
             name="ichnet",
             metadata={"version": "1", "description": "d"},
+        )
+    with pytest.raises(ValueError, match="training_data must be one of"):
+        save_weights(
+            tiny_model,
+            tmp_path / "m.pt",
+            name="ichnet",
+            metadata={**METADATA, "training_data": "phantoms"},
         )
     with pytest.raises(ValueError, match="JSON-serialisable"):
         save_weights(
