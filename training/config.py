@@ -98,6 +98,10 @@ class DataSection(_Section):
     #: DataLoader worker keeps its own copy, so only for small sets.
     cache_in_memory: bool = True
     num_workers: Annotated[int, Field(ge=0)] = 0
+    #: Share of training runs of a series with labelled bleeding that are placed to contain a
+    #: bleeding slice (the rest are placed uniformly). Most runs of a positive series would
+    #: otherwise hold no blood at all, and small bleeds would be seen too rarely to learn.
+    lesion_run_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     synthetic: SyntheticSection | None = SyntheticSection()
     datasets: tuple[DatasetSection, ...] = ()
 

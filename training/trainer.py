@@ -218,6 +218,7 @@ class Trainer:
             augment=augment,
             seed=config.seed,
             cache_in_memory=config.data.cache_in_memory,
+            lesion_run_fraction=config.data.lesion_run_fraction,
         )
         self.sampler = EpochSampler(len(self.train_set), config.seed)
         self.loader = DataLoader(

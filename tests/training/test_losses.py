@@ -41,17 +41,14 @@ def test_generalized_dice_is_zero_for_a_perfect_prediction_and_matches_hand_valu
     target = torch.zeros(1, 2, 2, 2)
     target[0, 0] = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     target[0, 1] = 1.0 - target[0, 0]
-    sample = torch.zeros(1, dtype=torch.long)
-    assert generalized_dice_loss(target, target, sample, 1).item() == pytest.approx(0.0, abs=1e-6)
+    assert generalized_dice_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
 
     # Predict 0.5 everywhere: class 0 has G=3, I=1.5, P=2; class 1 has G=1, I=0.5, P=2.
     half = torch.full_like(target, 0.5)
     numerator = 2 * (1.5 / 3 + 0.5 / 1)
     denominator = (2 + 3) / 3 + (2 + 1) / 1
     expected = 1 - numerator / denominator
-    assert generalized_dice_loss(half, target, sample, 1).item() == pytest.approx(
-        expected, rel=1e-5
-    )
+    assert generalized_dice_loss(half, target).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_hemorrhage_only_dice_ignores_the_brain_versus_non_brain_split() -> None:
@@ -188,3 +185,16 @@ def test_empty_batch_terms_give_zero_total() -> None:
     )
     assert loss_terms(batch) == {}
     assert UncertaintyWeighting()({}).item() == 0.0
+
+
+def test_generalized_dice_gives_a_class_absent_from_the_batch_no_weight() -> None:
+    # One 4x4 slice of brain only; the prediction puts 0.1 on hemorrhage everywhere.
+    target = torch.zeros(1, 3, 4, 4)
+    target[0, 1] = 1.0
+    prediction = torch.zeros(1, 3, 4, 4)
+    prediction[0, 1] = 0.9
+    prediction[0, 2] = 0.1
+    # Only brain is present: 1 - 2 * (0.9 * 16) / (0.9 * 16 + 16) = 1 - 1.8 / 1.9.
+    assert generalized_dice_loss(prediction, target).item() == pytest.approx(
+        1 - 1.8 / 1.9, rel=1e-5
+    )

@@ -28,7 +28,13 @@ from torch.utils.data import Dataset
 from ichnet_core.imaging.resample import to_model_size
 from ichnet_core.imaging.windowing import NUM_WINDOWS, window_stack
 from ichnet_core.labels import NUM_CLASSIFICATION_OUTPUTS, NUM_SEGMENTATION_CLASSES
-from training.data.case import LabelledCase, SegKind, subject_from_slices, unknown_labels
+from training.data.case import (
+    ANY_COLUMN,
+    LabelledCase,
+    SegKind,
+    subject_from_slices,
+    unknown_labels,
+)
 from training.data.source import CaseSource
 from training.transforms import AugmentSettings, apply_affine, sample_params
 
@@ -189,6 +195,26 @@ def make_sample(
     )
 
 
+def choose_run(
+    prepared: PreparedCase, length: int, rng: np.random.Generator, lesion_run_fraction: float
+) -> int:
+    """First slice of a random run of ``length`` slices (``length < prepared.num_slices``).
+
+    With probability ``lesion_run_fraction``, and when the slice labels show bleeding, the run
+    is placed uniformly among the positions that contain a randomly chosen bleeding slice;
+    otherwise uniformly over the series.
+    """
+    last_start = prepared.num_slices - length
+    labels = prepared.slice_labels
+    if labels is not None and rng.random() < lesion_run_fraction:
+        bleeding = np.flatnonzero(labels[:, ANY_COLUMN] == 1)
+        if bleeding.size:
+            target = int(rng.choice(bleeding))
+            low, high = max(0, target - length + 1), min(target, last_start)
+            return int(rng.integers(low, high + 1))
+    return int(rng.integers(0, last_start + 1))
+
+
 class CaseDataset(Dataset[ModelSample]):
     """Training or validation samples from a :class:`CaseSource`.
 
@@ -206,6 +232,9 @@ class CaseDataset(Dataset[ModelSample]):
         Base of the per-sample random generators ``(seed, epoch, index)``.
     cache_in_memory:
         Keep prepared cases (float16) in memory after their first use.
+    lesion_run_fraction:
+        Probability that a training run of a series with bleeding slices is placed to contain
+        one of them (:func:`choose_run`).
     """
 
     def __init__(
@@ -217,6 +246,7 @@ class CaseDataset(Dataset[ModelSample]):
         augment: AugmentSettings | None = None,
         seed: int = 0,
         cache_in_memory: bool = False,
+        lesion_run_fraction: float = 0.0,
     ) -> None:
         if slices_per_sample is not None and slices_per_sample < 1:
             raise ValueError(f"slices_per_sample must be >= 1, got {slices_per_sample}")
@@ -227,6 +257,7 @@ class CaseDataset(Dataset[ModelSample]):
         self.seed = int(seed)
         self.epoch = 0
         self.cache_in_memory = cache_in_memory
+        self.lesion_run_fraction = float(lesion_run_fraction)
         self._cache: dict[int, PreparedCase] = {}
 
     def __len__(self) -> int:
@@ -251,7 +282,7 @@ class CaseDataset(Dataset[ModelSample]):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         start, stop = 0, prepared.num_slices
         if self.slices_per_sample is not None and prepared.num_slices > self.slices_per_sample:
-            start = int(rng.integers(0, prepared.num_slices - self.slices_per_sample + 1))
+            start = choose_run(prepared, self.slices_per_sample, rng, self.lesion_run_fraction)
             stop = start + self.slices_per_sample
         return make_sample(prepared, start, stop, rng, self.augment)
 

@@ -17,6 +17,8 @@ from training.data.case import (
 )
 from training.data.dataset import (
     CaseDataset,
+    PreparedCase,
+    choose_run,
     make_sample,
     prepare_case,
     resize_labels,
@@ -122,3 +124,27 @@ def test_dataset_runs_are_deterministic_and_differ_by_epoch() -> None:
         sample = dataset[0]
         assert sample.subject_known[0]
         assert bool(sample.subject_targets[0]) == bool(sample.slice_targets[:, 0].any())
+
+
+def _prepared_with_bleeding(num_slices: int, bleeding: list[int]) -> PreparedCase:
+    labels = np.zeros((num_slices, 6), dtype=np.float32)
+    labels[bleeding, 0] = 1.0
+    return PreparedCase(
+        case_id="runs",
+        image=np.zeros((num_slices, 3, 4, 4), dtype=np.float16),
+        seg=None,
+        seg_kind=SegKind.NONE,
+        slice_labels=labels,
+        subject_labels=labels.max(axis=0),
+    )
+
+
+def test_choose_run_places_runs_on_bleeding_when_asked() -> None:
+    prepared = _prepared_with_bleeding(40, [30])
+    rng = np.random.default_rng(0)
+    starts = [choose_run(prepared, 8, rng, lesion_run_fraction=1.0) for _ in range(200)]
+    assert all(start <= 30 < start + 8 for start in starts)
+    assert len(set(starts)) == 8  # every placement that covers slice 30 occurs
+    uniform = [choose_run(prepared, 8, rng, lesion_run_fraction=0.0) for _ in range(400)]
+    assert min(uniform) == 0 and max(uniform) == 32
+    assert sum(start <= 30 < start + 8 for start in uniform) < 200
