@@ -129,12 +129,18 @@ def generalized_dice_loss(probabilities: Tensor, targets: Tensor) -> Tensor:
 
 
 def segmentation_loss(
-    seg_logits: Tensor, seg_targets: Tensor, slice_sample: Tensor, seg_kinds: Sequence[SegKind]
+    seg_logits: Tensor,
+    seg_targets: Tensor,
+    slice_sample: Tensor,
+    seg_kinds: Sequence[SegKind],
+    ce_weight: float = 0.0,
 ) -> Tensor | None:
     """Generalised Dice over the slices with segmentation labels; ``None`` if none has.
 
     Samples with full 3-class labels and samples with hemorrhage-only labels form separate
-    pools (their classes differ); the loss is the mean of the pools present.
+    pools (their classes differ); the loss is the mean of the pools present. ``ce_weight`` > 0
+    adds that much voxel-wise cross-entropy over the same known classes (3-class softmax CE, or
+    binary CE on the hemorrhage probability for hemorrhage-only labels).
     """
     kinds = list(seg_kinds)
     kind_of_slice = [kinds[int(i)] for i in slice_sample.tolist()]
@@ -149,22 +155,33 @@ def segmentation_loss(
         probs, targets = probabilities[rows], seg_targets[rows]
         if kind is SegKind.FULL:
             one_hot = F.one_hot(targets, NUM_SEGMENTATION_CLASSES).permute(0, 3, 1, 2).float()
+            ce = F.cross_entropy(seg_logits[rows].float(), targets) if ce_weight else None
         else:
             hemorrhage = (targets == HEMORRHAGE).float()
             one_hot = torch.stack([1.0 - hemorrhage, hemorrhage], dim=1)
+            ce = (
+                F.binary_cross_entropy(probs[:, HEMORRHAGE].clamp(1e-6, 1 - 1e-6), hemorrhage)
+                if ce_weight
+                else None
+            )
             probs = torch.stack([1.0 - probs[:, HEMORRHAGE], probs[:, HEMORRHAGE]], dim=1)
-        losses.append(generalized_dice_loss(probs, one_hot))
+        loss = generalized_dice_loss(probs, one_hot)
+        losses.append(loss if ce is None else loss + ce_weight * ce)
     if not losses:
         return None
     return torch.stack(losses).mean()
 
 
-def loss_terms(batch: FlatBatch) -> dict[Term, Tensor]:
+def loss_terms(batch: FlatBatch, *, seg_ce_weight: float = 0.0) -> dict[Term, Tensor]:
     """Every term the batch has labels and outputs for (absent terms are left out)."""
     terms: dict[Term, Tensor | None] = {}
     if batch.seg_logits is not None:
         terms[Term.SEG] = segmentation_loss(
-            batch.seg_logits, batch.seg_targets, batch.slice_sample, batch.seg_kinds
+            batch.seg_logits,
+            batch.seg_targets,
+            batch.slice_sample,
+            batch.seg_kinds,
+            ce_weight=seg_ce_weight,
         )
     for logits, targets, known, any_term, subtype_term in (
         (

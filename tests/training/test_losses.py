@@ -198,3 +198,15 @@ def test_generalized_dice_gives_a_class_absent_from_the_batch_no_weight() -> Non
     assert generalized_dice_loss(prediction, target).item() == pytest.approx(
         1 - 1.8 / 1.9, rel=1e-5
     )
+
+
+def test_segmentation_cross_entropy_is_added_only_when_weighted() -> None:
+    torch.manual_seed(3)
+    logits = torch.randn(2, 3, 6, 6)
+    targets = torch.randint(0, 3, (2, 6, 6))
+    samples = torch.zeros(2, dtype=torch.long)
+    kinds = [SegKind.FULL]
+    dice_only = segmentation_loss(logits, targets, samples, kinds)
+    with_ce = segmentation_loss(logits, targets, samples, kinds, ce_weight=0.5)
+    expected = dice_only + 0.5 * torch.nn.functional.cross_entropy(logits, targets)
+    assert with_ce.item() == pytest.approx(expected.item(), rel=1e-6)
