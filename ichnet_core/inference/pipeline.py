@@ -10,16 +10,19 @@ three float32 class probabilities would otherwise need about 1 GB at once.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
-from scipy.special import expit
 
 from ichnet_core.imaging.resample import to_model_size, to_source_size
-from ichnet_core.imaging.volume import Volume
 from ichnet_core.imaging.windowing import NUM_WINDOWS, window_stack
+from ichnet_core.inference.staged import NetworkOutput
 from ichnet_core.labels import HEMORRHAGE, NUM_CLASSIFICATION_OUTPUTS, NUM_SEGMENTATION_CLASSES
 from ichnet_core.prediction import Prediction
+
+if TYPE_CHECKING:  # imaging.volume imports pydicom; engines must import without it (GPU bench)
+    from ichnet_core.imaging.volume import Volume
 
 #: Slices pre-/post-processed together; bounds the temporary full-resolution arrays.
 PROCESSING_CHUNK_SLICES: Final[int] = 16
@@ -107,6 +110,8 @@ def finalize(
         raise ValueError(
             f"subject_logits must be [{NUM_CLASSIFICATION_OUTPUTS}], got {subject_logits.shape}"
         )
+    from scipy.special import expit  # imported here: the engines must import without scipy
+
     labels = np.empty((slices, rows, columns), dtype=np.uint8)
     for start in _chunks(slices, PROCESSING_CHUNK_SLICES):
         stop = start + PROCESSING_CHUNK_SLICES
@@ -117,6 +122,36 @@ def finalize(
         slice_probabilities=expit(slice_logits).astype(np.float32),
         subject_probabilities=expit(subject_logits).astype(np.float32),
         segmentation_probabilities=seg_probs if keep_probabilities else None,
+    )
+
+
+def run_pipeline(
+    volume: Volume,
+    run_network: Callable[[np.ndarray], NetworkOutput],
+    input_size: int,
+    *,
+    keep_probabilities: bool,
+) -> Prediction:
+    """:func:`prepare_input`, the engine's network, then :func:`finalize`: every engine's predict.
+
+    Parameters
+    ----------
+    volume:
+        The series.
+    run_network:
+        The engine's network on ``[S, 3, input_size, input_size]``.
+    input_size:
+        The model's square input size.
+    keep_probabilities:
+        Keep the model-resolution softmax in the prediction.
+    """
+    output = run_network(prepare_input(volume, input_size))
+    return finalize(
+        volume,
+        output.seg_probs,
+        output.slice_logits,
+        output.subject_logits,
+        keep_probabilities=keep_probabilities,
     )
 
 

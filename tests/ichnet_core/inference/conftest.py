@@ -7,44 +7,47 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from ichnet_core.export import ExportedModel, cached_export
 from ichnet_core.imaging.volume import Volume
-from ichnet_core.models.registry import create_model
-from ichnet_core.models.weights import ModelWeights, load_weights, save_weights
-
-TINY_OVERRIDES = {
-    "widths": (4, 8, 8, 8),
-    "blocks_per_level": (1, 1, 1, 1),
-    "input_size": 32,
-    "lstm_hidden": 4,
-}
-
-
-def _tiny_weights(folder: Path, name: str, **flags: bool) -> ModelWeights:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = create_model(name, **TINY_OVERRIDES, **flags)
-    path = folder / f"{name}.pt"
-    sha256 = save_weights(
-        model,
-        path,
-        name=name,
-        metadata={"version": "test", "trained_on": "nothing", "description": "tiny test weights"},
-    )
-    return load_weights(path, expected_sha256=sha256)
+from ichnet_core.models.weights import ModelWeights
+from tests.ichnet_core.inference.tiny import make_tiny_weights, session_cache_dir
 
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> ModelWeights:
     """Random tiny ICHNet weights (32x32 input), saved and verified like real ones."""
-    return _tiny_weights(tmp_path_factory.mktemp("weights"), "ichnet")
+    return make_tiny_weights(tmp_path_factory.mktemp("weights"), "ichnet")
 
 
 @pytest.fixture(scope="session")
 def tiny_cls_weights(tmp_path_factory: pytest.TempPathFactory) -> ModelWeights:
     """Tiny weights without the segmentation branch."""
-    return _tiny_weights(tmp_path_factory.mktemp("weights_cls"), "ichnet_cls")
+    return make_tiny_weights(tmp_path_factory.mktemp("weights_cls"), "ichnet_cls")
+
+
+@pytest.fixture(scope="session")
+def decisive_weights(tmp_path_factory: pytest.TempPathFactory) -> ModelWeights:
+    """Tiny weights whose outputs spread over [0, 1] like a trained model's (parity tests)."""
+    return make_tiny_weights(tmp_path_factory.mktemp("weights_decisive"), decisive=True)
+
+
+@pytest.fixture(scope="session")
+def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's engine cache (ONNX exports are made once and reused)."""
+    return session_cache_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_weights: ModelWeights, engine_cache: Path) -> ExportedModel:
+    """The staged ONNX export of :func:`tiny_weights`, made once per session."""
+    return cached_export(tiny_weights, engine_cache)
+
+
+@pytest.fixture(scope="session")
+def decisive_export(decisive_weights: ModelWeights, engine_cache: Path) -> ExportedModel:
+    """The staged ONNX export of :func:`decisive_weights`, made once per session."""
+    return cached_export(decisive_weights, engine_cache)
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
-"""Engine factory: names, auto selection with its logged reasons, unavailable engines."""
+"""Engine factory: names, the optimised torch engine, auto selection by measurement and its log."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -10,32 +12,93 @@ from ichnet_core.inference import (
     EngineName,
     EngineUnavailableError,
     InferenceEngine,
+    NetworkEngine,
     create_engine,
 )
-from ichnet_core.inference.torch_engine import TorchEngine
+from ichnet_core.inference.engine import AUTO_DECISION_FILE
+from ichnet_core.inference.onnx_engine import OnnxRuntimeEngine
+from ichnet_core.inference.torch_engine import TorchEngine, TorchSettings
 from ichnet_core.models.weights import ModelWeights
 
-
-def test_torch_engine_by_name(tiny_weights: ModelWeights) -> None:
-    engine = create_engine("torch", tiny_weights, chunk_slices=3)
-    assert isinstance(engine, TorchEngine) and isinstance(engine, InferenceEngine)
-    assert engine.name == "torch" and engine.chunk_slices == 3
+ENGINE_LOGGER = "ichnet_core.inference.engine"
 
 
-def test_auto_picks_torch_and_says_why(
+def test_torch_engine_by_name_is_the_optimised_one(
     tiny_weights: ModelWeights, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="ichnet_core.inference.engine"):
-        engine = create_engine(EngineName.AUTO.value, tiny_weights)
-    assert engine.name == "torch"
-    assert "tensorrt unavailable" in caplog.text and "onnxruntime unavailable" in caplog.text
-    assert "using torch" in caplog.text
+    with caplog.at_level(logging.INFO, logger=ENGINE_LOGGER):
+        engine = create_engine("torch", tiny_weights, chunk_slices=3)
+    assert f"{engine.description} warmed up in" in caplog.text
+    assert isinstance(engine, TorchEngine) and isinstance(engine, InferenceEngine)
+    assert isinstance(engine, NetworkEngine)
+    assert engine.name == "torch" and engine.chunk_slices == 3
+    assert engine.settings == TorchSettings.optimized(engine.device)
 
 
-@pytest.mark.parametrize("name", ["onnxruntime", "tensorrt"])
-def test_not_yet_implemented_engines_are_unavailable(tiny_weights: ModelWeights, name: str) -> None:
-    with pytest.raises(EngineUnavailableError, match=f"the {name} engine is not implemented"):
-        create_engine(name, tiny_weights)
+def test_onnxruntime_by_name_exports_into_the_cache(
+    tiny_weights: ModelWeights, engine_cache: Path
+) -> None:
+    engine = create_engine("onnxruntime", tiny_weights, chunk_slices=2, cache_dir=engine_cache)
+    assert isinstance(engine, OnnxRuntimeEngine) and engine.name == "onnxruntime"
+    assert engine.exported.directory.parent == engine_cache / "onnx"
+
+
+def test_auto_measures_then_reuses_its_decision(
+    tiny_weights: ModelWeights,
+    engine_cache: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A cache of its own for the decision file; the ONNX export comes from the session cache.
+    cache = tmp_path / "cache"
+    (cache / "onnx").mkdir(parents=True)
+    for export in (engine_cache / "onnx").iterdir():
+        (cache / "onnx" / export.name).symlink_to(export)
+    with caplog.at_level(logging.INFO, logger=ENGINE_LOGGER):
+        engine = create_engine(EngineName.AUTO.value, tiny_weights, cache_dir=cache)
+    decision = json.loads((cache / AUTO_DECISION_FILE).read_text())
+    timings = decision["timings_s"]
+    assert set(timings) == {"torch", "onnxruntime"}
+    assert engine.name == decision["choice"] == min(timings, key=timings.__getitem__)
+    assert "tensorrt unavailable" in caplog.text
+    assert f"using {engine.name}" in caplog.text and "probe" in caplog.text
+    assert decision["context"]["weights_sha256"] == tiny_weights.sha256
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=ENGINE_LOGGER):
+        again = create_engine(EngineName.AUTO.value, tiny_weights, cache_dir=cache)
+    assert again.name == engine.name
+    assert "measured earlier on this machine" in caplog.text
+
+
+def test_auto_decision_for_other_weights_is_not_reused(
+    tiny_weights: ModelWeights, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = {
+        "format": "ichnet-auto-engine/1",
+        "context": {"weights_sha256": "0" * 64},
+        "choice": "torch",
+        "timings_s": {"torch": 0.0},
+    }
+    (cache / AUTO_DECISION_FILE).write_text(json.dumps(stale))
+    with caplog.at_level(logging.INFO, logger=ENGINE_LOGGER):
+        create_engine("auto", tiny_weights, cache_dir=cache)
+    assert "measured earlier" not in caplog.text
+    assert json.loads((cache / AUTO_DECISION_FILE).read_text())["context"]["weights_sha256"] == (
+        tiny_weights.sha256
+    )
+
+
+def test_tensorrt_unavailable_says_why(tiny_weights: ModelWeights) -> None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(EngineUnavailableError, match="tensorrt is not installed"):
+            create_engine("tensorrt", tiny_weights)
+    else:
+        pytest.skip("tensorrt is installed here; tests/.../test_tensorrt_engine.py covers it")
 
 
 def test_invalid_arguments(tiny_weights: ModelWeights) -> None:

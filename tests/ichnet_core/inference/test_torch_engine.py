@@ -1,8 +1,10 @@
-"""PyTorch reference engine on synthetic volumes: shapes, ranges, chunking invariance, staging."""
+"""PyTorch engine: the reference on synthetic volumes (shapes, ranges, chunking, staging) and the
+optimised settings (batch-norm folding, CPU feature detection, device checks)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +12,13 @@ import torch
 
 from ichnet_core.imaging.volume import Volume
 from ichnet_core.inference.pipeline import prepare_input
-from ichnet_core.inference.torch_engine import TorchEngine
+from ichnet_core.inference.torch_engine import (
+    Precision,
+    TorchEngine,
+    TorchSettings,
+    cpu_supports_bf16,
+    fold_batch_norms,
+)
 from ichnet_core.models.weights import ModelWeights
 
 VolumeFactory = Callable[..., Volume]
@@ -121,3 +129,60 @@ def test_cuda_matches_cpu(tiny_weights: ModelWeights, make_volume: VolumeFactory
     np.testing.assert_allclose(
         on_cuda.subject_probabilities, on_cpu.subject_probabilities, atol=1e-3
     )
+
+
+def test_fold_batch_norms_keeps_the_function(decisive_weights: ModelWeights) -> None:
+    engine = TorchEngine(decisive_weights, device="cpu")
+    folded = fold_batch_norms(engine.model)
+    assert not [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [m for m in engine.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 32, 32, generator=generator)
+    seq_out = torch.rand(3, 8, 4, 4, generator=generator)  # ConvLSTM output: 2 x 4 channels
+    with torch.inference_mode():
+        expected, actual = engine.model.encode(x), folded.encode(x)
+        for a, b in zip(actual, expected, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            folded.decode(expected, seq_out),
+            engine.model.decode(expected, seq_out),
+            atol=1e-4,
+            rtol=1e-5,
+        )
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu avx512f avx512_bf16 amx_tile", True),
+        ("fpu amx_bf16", True),
+        ("fpu avx512f avx2", False),
+    ],
+)
+def test_cpu_supports_bf16_reads_the_flags(tmp_path: Path, flags: str, expected: bool) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n")
+    assert cpu_supports_bf16(cpuinfo) is expected
+
+
+def test_optimized_settings_follow_the_device() -> None:
+    cpu = TorchSettings.optimized("cpu")
+    assert cpu.channels_last and cpu.fold_batch_norm and not cpu.cuda_graphs
+    assert cpu.precision is (Precision.BF16 if cpu_supports_bf16() else Precision.FP32)
+    cuda = TorchSettings.optimized("cuda")
+    assert cuda.precision is Precision.FP16 and cuda.cuda_graphs
+    assert TorchSettings.reference().describe() == "fp32"
+    assert cuda.describe() == "fp16+channels_last+fold_bn+cuda_graphs"
+
+
+def test_settings_the_cpu_cannot_run(tiny_weights: ModelWeights) -> None:
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        TorchEngine(tiny_weights, device="cpu", settings=TorchSettings(Precision.FP16))
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        TorchEngine(tiny_weights, device="cpu", settings=TorchSettings(cuda_graphs=True))
+
+
+def test_optimized_engine_reports_its_settings(tiny_weights: ModelWeights) -> None:
+    engine = TorchEngine.optimized(tiny_weights, device="cpu", precision=Precision.FP32)
+    assert engine.settings.precision is Precision.FP32 and engine.settings.channels_last
+    assert engine.description == "torch cpu fp32+channels_last+fold_bn"

@@ -66,7 +66,12 @@ def make_tiny_weights(
         model,
         path,
         name=name,
-        metadata={"version": "test", "trained_on": "nothing", "training_data": "none", "description": "tiny test weights"},
+        metadata={
+            "version": "test",
+            "trained_on": "nothing",
+            "training_data": "none",
+            "description": "tiny test weights",
+        },
     )
     return load_weights(path, expected_sha256=sha256)
 
