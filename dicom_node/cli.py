@@ -18,7 +18,7 @@ from pathlib import Path
 from pydicom import Dataset, dcmwrite
 
 from dicom_node.app import NoPeersConfiguredError
-from dicom_node.config import ConfigError, NodeConfig, load_config
+from dicom_node.config import ConfigError, NodeConfig, engine_cache_dir, load_config
 from dicom_node.results import write_result
 from dicom_node.selection import select_series
 from dicom_node.service import NodeService
@@ -79,6 +79,22 @@ def _write_dataset(dataset: Dataset, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     dcmwrite(tmp, dataset, enforce_file_format=True)
     tmp.replace(path)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the staged ONNX graphs (encoder, recurrence, decoder) of the configured weights."""
+    from ichnet_core.export import ExportError, export_staged
+
+    try:
+        config = _config_or_default(args.config)
+        weights = load_weights(config.model.weights, config.model.weights_sha256)
+        exported = export_staged(weights, Path(args.out), opset=args.opset)
+    except ConfigError as exc:
+        return _fail("; ".join(exc.problems))
+    except (WeightsError, ExportError, ValueError) as exc:
+        return _fail(str(exc))
+    print(f"exported {weights.model_name} (sha256 {weights.sha256[:12]}) to {exported.directory}")
+    return EXIT_OK
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -159,7 +175,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             args.engine or config.engine,
             weights,
             chunk_slices=config.model.chunk_slices,
-            cache_dir=config.model.cache_dir,
+            cache_dir=engine_cache_dir(config),
         )
     except (WeightsError, EngineUnavailableError) as exc:
         return _fail(str(exc))
@@ -207,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the DICOM node until SIGTERM/SIGINT")
     serve.add_argument("--config", required=True, help="node configuration (YAML)")
     serve.set_defaults(func=cmd_serve)
+
+    export = sub.add_parser("export", help="export the model as staged ONNX graphs")
+    export.add_argument("--out", required=True, help="output folder for the ONNX graphs")
+    export.add_argument("--config", default=None, help="node config naming the weights")
+    export.add_argument(
+        "--opset", type=int, default=None, help="ONNX opset (default: the exporter's)"
+    )
+    export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="run a synthetic head CT through the node on loopback")
     demo.add_argument(

@@ -227,6 +227,14 @@ class NodeConfig(_Section):
         return next((p for p in self.peers if p.ae_title == wanted), None)
 
 
+def engine_cache_dir(config: NodeConfig) -> Path:
+    """Where engines keep exports and measurements: ``model.cache_dir`` or under storage_dir.
+
+    Without a persistent cache, ``engine: auto`` would export and measure on every run.
+    """
+    return Path(config.model.cache_dir or Path(config.node.storage_dir) / "engine-cache")
+
+
 def _format_error(err: dict[str, Any]) -> str:
     key = ""
     for part in err["loc"]:

@@ -27,7 +27,7 @@ from typing import Final
 import pydicom
 
 from dicom_node import app
-from dicom_node.config import NodeConfig
+from dicom_node.config import NodeConfig, engine_cache_dir
 from dicom_node.handlers import ReceiveMonitor
 from dicom_node.jobs import Job, JobStore, JobStoreError
 from dicom_node.metrics import NodeMetrics, start_metrics_server
@@ -79,7 +79,7 @@ class NodeService:
             config.engine,
             self.weights,
             chunk_slices=config.model.chunk_slices,
-            cache_dir=config.model.cache_dir or storage_dir / "engine-cache",
+            cache_dir=engine_cache_dir(config),
         )
         self.store = InstanceStore(storage_dir)
         self.jobs = JobStore.for_storage_dir(storage_dir)

@@ -33,3 +33,10 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def engine_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ``model.cache_dir`` for every node of the session: ``engine: auto`` exports the ONNX
+    graphs and measures the engines once, not once per test."""
+    return tmp_path_factory.mktemp("engine-cache")

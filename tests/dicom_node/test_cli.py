@@ -64,12 +64,25 @@ def restore_logging() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def head_infer(
-    head_ct_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    head_ct_dir: Path, tmp_path_factory: pytest.TempPathFactory, engine_cache_dir: Path
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
     """``ichnet-node infer`` on the real head study, run once for the module."""
-    out_dir = tmp_path_factory.mktemp("infer") / "out"
+    work = tmp_path_factory.mktemp("infer")
+    out_dir = work / "out"
+    config = work / "node.yaml"
+    config.write_text(
+        f"node: {{storage_dir: {work / 'var'}}}\nmodel: {{cache_dir: {engine_cache_dir}}}\n"
+    )
     completed = subprocess.run(
-        [*node_command(), "infer", str(head_ct_dir), "--out", str(out_dir)],
+        [
+            *node_command(),
+            "infer",
+            str(head_ct_dir),
+            "--out",
+            str(out_dir),
+            "--config",
+            str(config),
+        ],
         capture_output=True,
         text=True,
         timeout=INFER_TIMEOUT_S,

@@ -76,13 +76,6 @@ def result_peer() -> Iterator[ResultPeer]:
     server.shutdown()
 
 
-@pytest.fixture(scope="module")
-def engine_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One engine cache for the module, as a node keeps one across restarts: what ``engine:
-    auto`` prepares (exported models, its decision) is made once, not per test."""
-    return tmp_path_factory.mktemp("engine-cache")
-
-
 @pytest.fixture
 def service(
     tmp_path: Path, free_port: int, result_peer: ResultPeer, engine_cache_dir: Path

@@ -35,12 +35,6 @@ def failed_so_far(request: pytest.FixtureRequest) -> bool:
     )
 
 
-@pytest.fixture(scope="session")
-def engine_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``model.cache_dir`` of every node in the session (see :func:`write_node_config`)."""
-    return tmp_path_factory.mktemp("engine-cache")
-
-
 @pytest.fixture
 def node_factory(
     tmp_path: Path, request: pytest.FixtureRequest, engine_cache_dir: Path
