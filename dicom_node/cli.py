@@ -202,7 +202,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from dicom_node.demo import run_demo
 
     try:
-        run_demo(Path(args.workdir) if args.workdir else None)
+        run_demo(Path(args.workdir))
     except (RuntimeError, WeightsError, EngineUnavailableError, OSError) as exc:
         return _fail(f"demo failed: {exc}")
     return EXIT_OK
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a synthetic head CT through the node on loopback")
     demo.add_argument(
-        "--workdir", default=None, help="where to keep the demo's files (default: a temp dir)"
+        "--workdir", default="var/demo", help="where to keep the demo's files (default: var/demo)"
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +41,8 @@ DEMO_PACS_AE: Final[str] = "DEMOPACS"
 NODE_AE: Final[str] = "ICHNET"
 #: Seed of the demo case: a reproducible study with a hemorrhage.
 DEMO_SEED: Final[int] = 20261126
+#: Where the demo keeps its files unless told otherwise (relative to the working directory).
+DEFAULT_WORKDIR: Final[Path] = Path("var/demo")
 #: How long the demo waits for SEG + SR before it gives up.
 RESULT_TIMEOUT_S: Final[float] = 300.0
 SEG_SOP_CLASS: Final[str] = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -75,10 +77,11 @@ class DemoPacs:
         return 0x0000
 
 
-def _demo_config(storage_dir: Path, node_port: int, pacs_port: int) -> NodeConfig:
+def _demo_config(workdir: Path, node_port: int, pacs_port: int) -> NodeConfig:
     return parse_config(
         {
-            "node": {"ae_title": NODE_AE, "port": node_port, "storage_dir": str(storage_dir)},
+            "node": {"ae_title": NODE_AE, "port": node_port, "storage_dir": str(workdir / "node")},
+            "model": {"cache_dir": str(workdir / "engine-cache")},
             "peers": [{"ae_title": DEMO_PACS_AE, "host": "127.0.0.1", "port": pacs_port}],
             "series": {"complete_after_s": 1.0, "poll_interval_s": 0.1},
         }
@@ -112,9 +115,15 @@ def write_overlay(hu: np.ndarray, labels: np.ndarray, path: Path) -> int:
     return index
 
 
-def run_demo(workdir: Path | None = None) -> dict[str, object]:
-    """Run the demo; returns what it printed as a dict (tests use it)."""
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="ichnet-demo-"))
+def run_demo(workdir: Path = DEFAULT_WORKDIR) -> dict[str, object]:
+    """Run the demo in ``workdir``; returns what it printed as a dict (tests use it).
+
+    The node's spool and the demo PACS start empty on every run; the engine cache (ONNX
+    export, engine measurements) is kept, so only the first run pays for it.
+    """
+    workdir = Path(workdir)
+    for leftover in ("node", "pacs"):
+        shutil.rmtree(workdir / leftover, ignore_errors=True)
     (workdir / "pacs").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     case = generate_case(DEMO_SEED, SyntheticConfig(rows=512, columns=512), hemorrhage=True)
@@ -133,7 +142,7 @@ def run_demo(workdir: Path | None = None) -> dict[str, object]:
     pacs_server = pacs_ae.start_server(
         ("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, pacs.handle_store)]
     )
-    node = NodeService(_demo_config(workdir / "node", _free_port(), pacs_port))
+    node = NodeService(_demo_config(workdir, _free_port(), pacs_port))
     try:
         node.start()
         print(f"node {NODE_AE} on 127.0.0.1:{node.port}, demo PACS {DEMO_PACS_AE} on :{pacs_port}")
