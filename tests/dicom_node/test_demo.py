@@ -1,0 +1,34 @@
+"""``ichnet-node demo``: a synthetic study through a real node on loopback, SEG + SR back."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import highdicom as hd
+import pytest
+from PIL import Image
+
+from dicom_node.demo import run_demo
+from ichnet_core.labels import CLASS_NAMES
+
+
+@pytest.mark.integration
+def test_demo_round_trip(tmp_path: Path, engine_cache_dir: Path) -> None:
+    # Reuse the session's engine cache so the ONNX export is not made again for the demo.
+    shutil.copytree(engine_cache_dir, tmp_path / "engine-cache", dirs_exist_ok=True)
+    summary = run_demo(tmp_path)
+
+    pacs = Path(str(summary["pacs_dir"]))
+    seg = hd.seg.segread(pacs / "seg.dcm")
+    sr = hd.sr.srread(pacs / "sr.dcm")
+    assert seg.SegmentationType == "BINARY"
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID
+    subject = summary["subject"]
+    assert isinstance(subject, dict) and set(subject) == set(CLASS_NAMES)
+    assert all(0.0 <= float(p) <= 1.0 for p in subject.values())
+    assert float(summary["ground_truth_volume_ml"]) > 0.0  # the demo case has a hemorrhage
+    assert float(summary["hemorrhage_volume_ml"]) >= 0.0
+    assert float(summary["seconds_last_instance_to_results"]) > 0.0
+    with Image.open(str(summary["overlay"])) as overlay:
+        assert overlay.size == (512, 512)
