@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -29,7 +28,7 @@ from ichnet_core.export import (
     cached_export,
 )
 from ichnet_core.inference.engine import DEFAULT_CHUNK_SLICES, EngineName, EngineUnavailableError
-from ichnet_core.inference.pipeline import run_pipeline
+from ichnet_core.inference.pipeline import PipelineEngine
 from ichnet_core.inference.staged import (
     DEFAULT_SKIP_CACHE_BYTES,
     NetworkOutput,
@@ -38,9 +37,7 @@ from ichnet_core.inference.staged import (
 )
 
 if TYPE_CHECKING:
-    from ichnet_core.imaging.volume import Volume
     from ichnet_core.models.weights import ModelWeights
-    from ichnet_core.prediction import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +107,7 @@ class _OrtRunner:
         return sum(f.nbytes for f in features)
 
 
-class OnnxRuntimeEngine:
+class OnnxRuntimeEngine(PipelineEngine):
     """Runs the staged ONNX export of ICHNet with ONNX Runtime.
 
     Parameters
@@ -221,18 +218,3 @@ class OnnxRuntimeEngine:
         return run_staged(
             self._runner, x, chunk_slices=self.chunk_slices, skip_cache_bytes=self.skip_cache_bytes
         )
-
-    def predict(self, volume: Volume, *, keep_probabilities: bool = False) -> Prediction:
-        """Segmentation and classification of ``volume`` (see :class:`InferenceEngine`)."""
-        started = time.perf_counter()
-        prediction = run_pipeline(
-            volume, self.run_network, self.input_size, keep_probabilities=keep_probabilities
-        )
-        logger.info(
-            "%s: series %s, %d slices in %.2f s",
-            self.description,
-            volume.series_instance_uid,
-            volume.num_slices,
-            time.perf_counter() - started,
-        )
-        return prediction

@@ -10,6 +10,8 @@ three float32 class probabilities would otherwise need about 1 GB at once.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -20,6 +22,8 @@ from ichnet_core.imaging.windowing import NUM_WINDOWS, window_stack
 from ichnet_core.inference.staged import NetworkOutput
 from ichnet_core.labels import HEMORRHAGE, NUM_CLASSIFICATION_OUTPUTS, NUM_SEGMENTATION_CLASSES
 from ichnet_core.prediction import Prediction
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # imaging.volume imports pydicom; engines must import without it (GPU bench)
     from ichnet_core.imaging.volume import Volume
@@ -153,6 +157,35 @@ def run_pipeline(
         output.subject_logits,
         keep_probabilities=keep_probabilities,
     )
+
+
+class PipelineEngine:
+    """Base of the staged engines: ``predict`` = :func:`run_pipeline` around ``run_network``.
+
+    Subclasses provide ``run_network``, ``input_size`` and ``description``; only how the network
+    executes differs between engines, never the pre- and post-processing.
+    """
+
+    description: str
+    input_size: int
+
+    def run_network(self, x: np.ndarray) -> NetworkOutput:
+        raise NotImplementedError
+
+    def predict(self, volume: Volume, *, keep_probabilities: bool = False) -> Prediction:
+        """Segmentation and classification of ``volume`` (see ``InferenceEngine``)."""
+        started = time.perf_counter()
+        prediction = run_pipeline(
+            volume, self.run_network, self.input_size, keep_probabilities=keep_probabilities
+        )
+        logger.info(
+            "%s: series %s, %d slices in %.2f s",
+            self.description,
+            volume.series_instance_uid,
+            volume.num_slices,
+            time.perf_counter() - started,
+        )
+        return prediction
 
 
 def hemorrhage_volume_ml(labels: np.ndarray, volume: Volume) -> float:

@@ -57,7 +57,7 @@ from ichnet_core.inference.engine import (
     EngineName,
     EngineUnavailableError,
 )
-from ichnet_core.inference.pipeline import run_pipeline
+from ichnet_core.inference.pipeline import PipelineEngine
 from ichnet_core.inference.staged import (
     DEFAULT_SKIP_CACHE_BYTES,
     NetworkOutput,
@@ -66,9 +66,7 @@ from ichnet_core.inference.staged import (
 )
 
 if TYPE_CHECKING:
-    from ichnet_core.imaging.volume import Volume
     from ichnet_core.models.weights import ModelWeights
-    from ichnet_core.prediction import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +254,7 @@ class _TrtRunner:
         return sum(t.numel() * t.element_size() for t in features)
 
 
-class TensorRTEngine:
+class TensorRTEngine(PipelineEngine):
     """Runs ICHNet as three TensorRT FP16 engines (see the module docstring).
 
     Parameters
@@ -441,18 +439,3 @@ class TensorRTEngine:
                 chunk_slices=self.chunk_slices,
                 skip_cache_bytes=self.skip_cache_bytes,
             )
-
-    def predict(self, volume: Volume, *, keep_probabilities: bool = False) -> Prediction:
-        """Segmentation and classification of ``volume`` (see :class:`InferenceEngine`)."""
-        started = time.perf_counter()
-        prediction = run_pipeline(
-            volume, self.run_network, self.input_size, keep_probabilities=keep_probabilities
-        )
-        logger.info(
-            "%s: series %s, %d slices in %.2f s",
-            self.description,
-            volume.series_instance_uid,
-            volume.num_slices,
-            time.perf_counter() - started,
-        )
-        return prediction

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ichnet_core.inference.engine import DEFAULT_CHUNK_SLICES, EngineName
-from ichnet_core.inference.pipeline import run_pipeline
+from ichnet_core.inference.pipeline import PipelineEngine
 from ichnet_core.inference.staged import (
     DEFAULT_SKIP_CACHE_BYTES,
     NetworkOutput,
@@ -50,8 +49,7 @@ from ichnet_core.models.layers.blocks import ResidualBlock
 from ichnet_core.models.weights import ModelWeights, build_model
 
 if TYPE_CHECKING:
-    from ichnet_core.imaging.volume import Volume
-    from ichnet_core.prediction import Prediction
+    pass
 
 __all__ = [
     "DEFAULT_SKIP_CACHE_BYTES",
@@ -320,7 +318,7 @@ class _TorchRunner:
         return sum(t.numel() * t.element_size() for t in features)
 
 
-class TorchEngine:
+class TorchEngine(PipelineEngine):
     """Runs ICHNet with PyTorch.
 
     Parameters
@@ -430,18 +428,3 @@ class TorchEngine:
                 chunk_slices=self.chunk_slices,
                 skip_cache_bytes=self.skip_cache_bytes,
             )
-
-    def predict(self, volume: Volume, *, keep_probabilities: bool = False) -> Prediction:
-        """Segmentation and classification of ``volume`` (see :class:`InferenceEngine`)."""
-        started = time.perf_counter()
-        prediction = run_pipeline(
-            volume, self.run_network, self.input_size, keep_probabilities=keep_probabilities
-        )
-        logger.info(
-            "%s: series %s, %d slices in %.2f s",
-            self.description,
-            volume.series_instance_uid,
-            volume.num_slices,
-            time.perf_counter() - started,
-        )
-        return prediction
