@@ -24,6 +24,8 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmwrite
 
+from dicom_node.durable import fsync_directory
+
 logger = logging.getLogger(__name__)
 
 #: Name of the outbox folder inside ``storage_dir``.
@@ -32,15 +34,6 @@ OUTBOX_DIR_NAME = "outbox"
 RESULT_SUFFIX = ".dcm"
 #: Files being written start with this and are never listed as pending.
 TEMP_PREFIX = "."
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or unlink inside ``path`` durable (POSIX: fsync the directory)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def pending_files(job_dir: str | Path) -> list[Path]:
@@ -65,7 +58,7 @@ def acknowledge(path: str | Path) -> None:
     """The peer stored ``path``: delete it, durably, so it is never sent again."""
     path = Path(path)
     path.unlink()
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
 
 
 def remove_if_empty(job_dir: str | Path) -> bool:
@@ -80,7 +73,7 @@ def remove_if_empty(job_dir: str | Path) -> bool:
         return True
     except OSError:
         return False
-    _fsync_dir(job_dir.parent)
+    fsync_directory(job_dir.parent)
     return True
 
 
@@ -115,7 +108,7 @@ class Outbox:
             logger.info("job %d: removing results of an interrupted earlier run", job_id)
             shutil.rmtree(job_dir)
         job_dir.mkdir()
-        _fsync_dir(self.root)
+        fsync_directory(self.root)
         return job_dir
 
     def add(self, job_id: int, dataset: Dataset, name: str) -> Path:
@@ -150,7 +143,7 @@ class Outbox:
             fh.flush()
             os.fsync(fh.fileno())
         temp.replace(final)
-        _fsync_dir(job_dir)
+        fsync_directory(job_dir)
         logger.debug(
             "job %d: result %s written (SOP instance %s)",
             job_id,

@@ -29,6 +29,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 
+from dicom_node.durable import fsync_directory
 from dicom_node.status import DataSetMismatchError, OutOfResourcesError
 
 logger = logging.getLogger(__name__)
@@ -148,15 +149,6 @@ def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
     buffer.is_implicit_VR = False
     write_file_meta_info(buffer, file_meta, enforce_standard=True)
     return _PREAMBLE_AND_PREFIX + buffer.getvalue()
-
-
-def _fsync_directory(directory: Path) -> None:
-    # A rename or a new entry is only durable once the directory itself is flushed (POSIX).
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class InstanceStore:
@@ -322,7 +314,7 @@ class InstanceStore:
                 os.close(fd)
             replaced = path.exists()
             os.replace(partial, path)
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
@@ -348,4 +340,4 @@ class InstanceStore:
                 new_dir.mkdir()
             except FileExistsError:
                 continue  # another association created it meanwhile
-            _fsync_directory(new_dir.parent)
+            fsync_directory(new_dir.parent)

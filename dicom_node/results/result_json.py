@@ -20,14 +20,18 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from dicom_node.durable import fsync_directory
 from dicom_node.results.checks import check_prediction, check_volume_ml
 from dicom_node.results.device import ModelIdentity
 from ichnet_core.imaging.volume import Volume
 from ichnet_core.prediction import Prediction
 
 logger = logging.getLogger(__name__)
+
+#: Permissions of result.json (rw-r--r--), like any other file the node writes.
+RESULT_FILE_MODE: Final[int] = 0o644
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ def write_result(path: Path, result: Mapping[str, Any]) -> None:
     path = Path(path)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # mkstemp creates 0600; result.json is a report for admins and tools, not a secret.
+        os.fchmod(descriptor, RESULT_FILE_MODE)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -133,17 +139,7 @@ def write_result(path: Path, result: Mapping[str, Any]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     logger.info(
         "Wrote %s for series %s.", path, result.get("series_instance_uid", "<no series UID>")
     )
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Persist a rename: fsync the folder that holds the renamed file (POSIX)."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    descriptor = os.open(directory, flags)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
