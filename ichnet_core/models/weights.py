@@ -14,10 +14,10 @@ that records its sha256. The bundled file is *always* checked against the manife
 file is checked against the sha256 the caller expects (node config, CLI). There is no switch to
 turn a check off: a mismatch raises :class:`WeightsError`.
 
-Regenerate the bundled placeholder with::
+The bundled file comes from ``ichnet-train export`` (see docs/model_card.md for the command);
+a randomly initialised file for experiments can be written with::
 
-    python -m ichnet_core.models.weights --init-random \\
-        ichnet_core/models/weights/ichnet_default.pt --update-manifest
+    python -m ichnet_core.models.weights --init-random OUT.pt
 """
 
 from __future__ import annotations
