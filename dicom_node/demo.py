@@ -103,14 +103,28 @@ def _send_series(datasets: list[Dataset], port: int) -> None:
         assoc.release()
 
 
-def write_overlay(hu: np.ndarray, labels: np.ndarray, path: Path) -> int:
-    """PNG of the slice with the most hemorrhage: brain window, hemorrhage in red."""
-    index = int(np.argmax((labels == HEMORRHAGE).reshape(labels.shape[0], -1).sum(axis=1)))
+def write_overlay(hu: np.ndarray, labels: np.ndarray, truth: np.ndarray, path: Path) -> int:
+    """PNG of the slice with the most predicted hemorrhage (else the most true hemorrhage).
+
+    Brain window; predicted hemorrhage tinted red, the generator's true hemorrhage outlined in
+    yellow, so a miss is as visible as a hit.
+    """
+    predicted = (labels == HEMORRHAGE).reshape(labels.shape[0], -1).sum(axis=1)
+    actual = (truth == HEMORRHAGE).reshape(truth.shape[0], -1).sum(axis=1)
+    index = int(np.argmax(predicted if predicted.any() else actual))
     low, high = OVERLAY_WINDOW_HU
     grey = (np.clip((hu[index] - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)
     rgb = np.stack([grey, grey, grey], axis=-1)
     blood = labels[index] == HEMORRHAGE
     rgb[blood] = (0.4 * rgb[blood] + 0.6 * np.array([255, 30, 30])).astype(np.uint8)
+    true_blood = truth[index] == HEMORRHAGE
+    outline = true_blood & ~(
+        np.roll(true_blood, 1, 0)
+        & np.roll(true_blood, -1, 0)
+        & np.roll(true_blood, 1, 1)
+        & np.roll(true_blood, -1, 1)
+    )
+    rgb[outline] = (255, 220, 0)
     Image.fromarray(rgb).save(path)
     return index
 
@@ -161,7 +175,7 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR) -> dict[str, object]:
     seg = dcmread(workdir / "pacs" / "seg.dcm")
     labels = _labels_from_seg(seg, case.hu.shape, [str(ds.SOPInstanceUID) for ds in datasets])
     overlay_path = workdir / "overlay.png"
-    slice_index = write_overlay(case.hu, labels, overlay_path)
+    slice_index = write_overlay(case.hu, labels, case.labels, overlay_path)
     arrived = max(pacs.arrived_at.values())
     summary = {
         "subject": result["subject"],
