@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from ichnet_core.config_errors import format_validation_error
+
 EngineName = Literal["auto", "tensorrt", "onnxruntime", "torch"]
 
 # PS3.5 6.2: AE is 16 characters of the default repertoire, no backslash and no control characters.
@@ -235,22 +237,6 @@ def engine_cache_dir(config: NodeConfig) -> Path:
     return Path(config.model.cache_dir or Path(config.node.storage_dir) / "engine-cache")
 
 
-def _format_error(err: dict[str, Any]) -> str:
-    key = ""
-    for part in err["loc"]:
-        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
-    msg = err["msg"]
-    if err["type"] == "value_error":
-        msg = str(err["ctx"]["error"])
-    elif err["type"] == "extra_forbidden":
-        msg = "unknown key (check its spelling and indentation)"
-    elif err["type"] == "missing":
-        msg = "is required"
-    elif "input" in err and not isinstance(err["input"], dict):
-        msg = f"{msg[0].lower()}{msg[1:]}, got {err['input']!r}"
-    return f"{key or '<top level>'}: {msg}"
-
-
 def parse_config(data: Any) -> NodeConfig:
     """Validate an already-parsed YAML document; raises :class:`ConfigError`."""
     if data is None:
@@ -262,7 +248,7 @@ def parse_config(data: Any) -> NodeConfig:
     try:
         return NodeConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+        raise ConfigError([format_validation_error(e) for e in exc.errors()]) from None
 
 
 def load_config(path: str | Path) -> NodeConfig:

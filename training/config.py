@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ichnet_core.config_errors import format_validation_error
 from training.data.splits import Split, check_fractions
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -207,22 +208,6 @@ class CompareConfig(_Section):
     runs: tuple[CompareRun, ...]
 
 
-def _format_error(err: Any) -> str:
-    key = ""
-    for part in err["loc"]:
-        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
-    msg = err["msg"]
-    if err["type"] == "value_error":
-        msg = str(err["ctx"]["error"])
-    elif err["type"] == "extra_forbidden":
-        msg = "unknown key (check its spelling and indentation)"
-    elif err["type"] == "missing":
-        msg = "is required"
-    elif "input" in err and not isinstance(err["input"], dict):
-        msg = f"{msg[0].lower()}{msg[1:]}, got {err['input']!r}"
-    return f"{key or '<top level>'}: {msg}"
-
-
 def parse_config(data: Any) -> TrainConfig:
     """Validate an already-parsed YAML document; raises :class:`ConfigError`."""
     if data is None:
@@ -232,7 +217,7 @@ def parse_config(data: Any) -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+        raise ConfigError([format_validation_error(e) for e in exc.errors()]) from None
 
 
 def parse_compare_config(data: Any) -> CompareConfig:
@@ -242,7 +227,7 @@ def parse_compare_config(data: Any) -> CompareConfig:
     try:
         return CompareConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+        raise ConfigError([format_validation_error(e) for e in exc.errors()]) from None
 
 
 def read_yaml(path: Path) -> Any:
