@@ -16,11 +16,9 @@ import numpy as np
 import torch
 
 from ichnet_core.models.registry import DEFAULT_MODEL, create_model
-from ichnet_core.models.weights import ModelWeights, load_weights, save_weights
+from ichnet_core.models.weights import ModelWeights, load_weights, save_weights, spread_outputs
 
 SEED: Final[int] = 0
-SEG_HEAD_GAIN: Final[float] = 40.0
-CLS_HEAD_GAIN: Final[float] = 20.0
 
 
 def make_weights(
@@ -36,16 +34,7 @@ def make_weights(
         torch.manual_seed(SEED)
         model = create_model(model_name, input_size=input_size, **overrides)
         if decisive:
-            with torch.no_grad():
-                for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-                    norm.running_mean.uniform_(-0.2, 0.2)
-                    norm.running_var.uniform_(0.5, 2.0)
-                heads = [(model.decoder.head.classifier, SEG_HEAD_GAIN)]
-                heads += [(model.classifier.slice_fc, CLS_HEAD_GAIN)]
-                heads += [(model.classifier.subject_fc, CLS_HEAD_GAIN)]
-                for layer, gain in heads:
-                    layer.weight.mul_(gain)
-                    layer.bias.mul_(gain)
+            spread_outputs(model)
     tag = "decisive" if decisive else "random"
     path = Path(folder) / f"{model_name}-{input_size}-{tag}.pt"
     sha256 = save_weights(

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ichnet_core.models.registry import create_model
-from ichnet_core.models.weights import ModelWeights, load_weights, save_weights
+from ichnet_core.models.weights import ModelWeights, load_weights, save_weights, spread_outputs
 
 TINY_OVERRIDES: Final[dict[str, object]] = {
     "widths": (4, 8, 8, 8),
@@ -23,29 +23,6 @@ TINY_OVERRIDES: Final[dict[str, object]] = {
 }
 #: Name of the engine cache folder under pytest's session temp root.
 CACHE_DIR_NAME: Final[str] = "engine-cache"
-#: Output-head gains of the "decisive" weights (see :func:`make_tiny_weights`).
-SEG_HEAD_GAIN: Final[float] = 40.0
-CLS_HEAD_GAIN: Final[float] = 20.0
-
-
-def _make_decisive(model: torch.nn.Module) -> None:
-    """Give a random network a trained-like output range.
-
-    A freshly initialised ICHNet outputs nearly uniform class probabilities (standard deviation
-    about 0.01), so any arithmetic error shrinks to nothing after the softmax and a parity test
-    would pass whatever the precision. Random batch-norm statistics and larger output heads
-    spread the probabilities over [0, 1] (standard deviation about 0.44), like a trained model.
-    """
-    with torch.no_grad():
-        for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            norm.running_mean.uniform_(-0.2, 0.2)
-            norm.running_var.uniform_(0.5, 2.0)
-        heads = [(model.decoder.head.classifier, SEG_HEAD_GAIN)]
-        heads += [(model.classifier.slice_fc, CLS_HEAD_GAIN)]
-        heads += [(model.classifier.subject_fc, CLS_HEAD_GAIN)]
-        for layer, gain in heads:
-            layer.weight.mul_(gain)
-            layer.bias.mul_(gain)
 
 
 def make_tiny_weights(
@@ -53,14 +30,14 @@ def make_tiny_weights(
 ) -> ModelWeights:
     """Random tiny weights of variant ``name`` (32x32 input), saved and verified like real ones.
 
-    ``decisive`` spreads the outputs like a trained model's (:func:`_make_decisive`; needs both
+    ``decisive`` spreads the outputs like a trained model's (:func:`spread_outputs`; needs both
     branches): what precision and parity tests need.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = create_model(name, **TINY_OVERRIDES, **flags)
         if decisive:
-            _make_decisive(model)
+            spread_outputs(model)
     path = folder / f"{name}{'-decisive' if decisive else ''}.pt"
     sha256 = save_weights(
         model,
