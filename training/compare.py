@@ -55,7 +55,7 @@ def load_compare_config(path: Path) -> tuple[CompareConfig, dict[str, Any]]:
 
 def run_config(compare: CompareConfig, base: dict[str, Any], run: CompareRun) -> TrainConfig:
     """The training config of one run."""
-    data = _merge(base, run.overrides)
+    data = _merge(_merge(base, compare.overrides), run.overrides)
     data["model"] = run.model.model_dump(mode="json")
     data["output_dir"] = str(compare.output_dir / run.name)
     return parse_config(data)

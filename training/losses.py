@@ -128,19 +128,28 @@ def generalized_dice_loss(probabilities: Tensor, targets: Tensor) -> Tensor:
     return 1.0 - numerator / (denominator + DICE_EPSILON)
 
 
+def _weighted_bce(probability: Tensor, target: Tensor, positive_weight: float) -> Tensor:
+    """BCE on probabilities, positives weighted ``positive_weight``; weighted mean (as CE's)."""
+    weights = torch.where(target > 0, positive_weight, 1.0)
+    bce = F.binary_cross_entropy(probability.clamp(1e-6, 1 - 1e-6), target, reduction="none")
+    return (weights * bce).sum() / weights.sum()
+
+
 def segmentation_loss(
     seg_logits: Tensor,
     seg_targets: Tensor,
     slice_sample: Tensor,
     seg_kinds: Sequence[SegKind],
     ce_weight: float = 0.0,
+    ce_hemorrhage_weight: float = 1.0,
 ) -> Tensor | None:
     """Generalised Dice over the slices with segmentation labels; ``None`` if none has.
 
     Samples with full 3-class labels and samples with hemorrhage-only labels form separate
     pools (their classes differ); the loss is the mean of the pools present. ``ce_weight`` > 0
     adds that much voxel-wise cross-entropy over the same known classes (3-class softmax CE, or
-    binary CE on the hemorrhage probability for hemorrhage-only labels).
+    binary CE on the hemorrhage probability for hemorrhage-only labels); in it a hemorrhage voxel
+    counts ``ce_hemorrhage_weight`` times as much as any other (weighted mean).
     """
     kinds = list(seg_kinds)
     kind_of_slice = [kinds[int(i)] for i in slice_sample.tolist()]
@@ -155,12 +164,18 @@ def segmentation_loss(
         probs, targets = probabilities[rows], seg_targets[rows]
         if kind is SegKind.FULL:
             one_hot = F.one_hot(targets, NUM_SEGMENTATION_CLASSES).permute(0, 3, 1, 2).float()
-            ce = F.cross_entropy(seg_logits[rows].float(), targets) if ce_weight else None
+            class_weights = torch.ones(NUM_SEGMENTATION_CLASSES, device=seg_logits.device)
+            class_weights[HEMORRHAGE] = ce_hemorrhage_weight
+            ce = (
+                F.cross_entropy(seg_logits[rows].float(), targets, weight=class_weights)
+                if ce_weight
+                else None
+            )
         else:
             hemorrhage = (targets == HEMORRHAGE).float()
             one_hot = torch.stack([1.0 - hemorrhage, hemorrhage], dim=1)
             ce = (
-                F.binary_cross_entropy(probs[:, HEMORRHAGE].clamp(1e-6, 1 - 1e-6), hemorrhage)
+                _weighted_bce(probs[:, HEMORRHAGE], hemorrhage, ce_hemorrhage_weight)
                 if ce_weight
                 else None
             )
@@ -172,7 +187,9 @@ def segmentation_loss(
     return torch.stack(losses).mean()
 
 
-def loss_terms(batch: FlatBatch, *, seg_ce_weight: float = 0.0) -> dict[Term, Tensor]:
+def loss_terms(
+    batch: FlatBatch, *, seg_ce_weight: float = 0.0, seg_ce_hemorrhage_weight: float = 1.0
+) -> dict[Term, Tensor]:
     """Every term the batch has labels and outputs for (absent terms are left out)."""
     terms: dict[Term, Tensor | None] = {}
     if batch.seg_logits is not None:
@@ -182,6 +199,7 @@ def loss_terms(batch: FlatBatch, *, seg_ce_weight: float = 0.0) -> dict[Term, Te
             batch.slice_sample,
             batch.seg_kinds,
             ce_weight=seg_ce_weight,
+            ce_hemorrhage_weight=seg_ce_hemorrhage_weight,
         )
     for logits, targets, known, any_term, subtype_term in (
         (

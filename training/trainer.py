@@ -339,7 +339,11 @@ class Trainer:
                 self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
             ):
                 batch = forward_batch(self.model, samples, self.device)
-            terms = loss_terms(batch, seg_ce_weight=self.config.loss.seg_ce_weight)
+            terms = loss_terms(
+                batch,
+                seg_ce_weight=self.config.loss.seg_ce_weight,
+                seg_ce_hemorrhage_weight=self.config.loss.seg_ce_hemorrhage_weight,
+            )
             if not terms:
                 logger.warning(
                     "batch %s has no usable labels; skipped", [s.case_id for s in samples]

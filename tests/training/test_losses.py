@@ -210,3 +210,40 @@ def test_segmentation_cross_entropy_is_added_only_when_weighted() -> None:
     with_ce = segmentation_loss(logits, targets, samples, kinds, ce_weight=0.5)
     expected = dice_only + 0.5 * torch.nn.functional.cross_entropy(logits, targets)
     assert with_ce.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_hemorrhage_weight_scales_blood_voxels_in_the_cross_entropy() -> None:
+    torch.manual_seed(4)
+    logits = torch.randn(2, 3, 6, 6)
+    targets = torch.randint(0, 2, (2, 6, 6))
+    targets[0, 1:3, 1:3] = HEMORRHAGE
+    samples = torch.zeros(2, dtype=torch.long)
+    kinds = [SegKind.FULL]
+    dice_only = segmentation_loss(logits, targets, samples, kinds)
+    weighted = segmentation_loss(
+        logits, targets, samples, kinds, ce_weight=1.0, ce_hemorrhage_weight=10.0
+    )
+    # Hand computation: per-voxel CE, blood voxels weighted 10, weighted mean.
+    per_voxel = -torch.log_softmax(logits, dim=1).gather(1, targets[:, None])[:, 0]
+    weights = torch.where(targets == HEMORRHAGE, 10.0, 1.0)
+    expected = dice_only + (weights * per_voxel).sum() / weights.sum()
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_hemorrhage_weight_applies_to_hemorrhage_only_labels() -> None:
+    torch.manual_seed(5)
+    logits = torch.randn(1, 3, 4, 4)
+    targets = torch.zeros(1, 4, 4, dtype=torch.long)
+    targets[0, 0, :2] = HEMORRHAGE
+    samples = torch.zeros(1, dtype=torch.long)
+    kinds = [SegKind.HEMORRHAGE]
+    dice_only = segmentation_loss(logits, targets, samples, kinds)
+    weighted = segmentation_loss(
+        logits, targets, samples, kinds, ce_weight=1.0, ce_hemorrhage_weight=3.0
+    )
+    p = torch.softmax(logits, dim=1)[:, HEMORRHAGE]
+    blood = targets == HEMORRHAGE
+    per_voxel = torch.where(blood, -torch.log(p), -torch.log1p(-p))
+    weights = torch.where(blood, 3.0, 1.0)
+    expected = dice_only + (weights * per_voxel).sum() / weights.sum()
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-5)
