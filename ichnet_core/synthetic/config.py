@@ -62,6 +62,11 @@ class SyntheticConfig:
         by ``sqrt(5 / thickness)`` and by ``512 / columns`` (a coarser pixel averages more).
     psf_sigma_px:
         Gaussian in-plane blur of the reconstruction kernel, in pixels.
+    cupping_hu:
+        Brightening of brain at the inner table (residual beam hardening), fading over ~6 mm.
+        Scanners differ widely: the real GE study in ../shared/data is ~15 HU brighter 2-4 mm
+        inside the inner table than 12-20 mm inside at the vertex. With at most 6 HU, a model
+        trained on the generator called that band a 48 mL subdural haematoma (docs/results.md).
     streak_probability:
         Chance of beam-hardening streaks and the dark band between the petrous bones.
     incidental_probability:
@@ -86,6 +91,7 @@ class SyntheticConfig:
     hemorrhage_volume_ml: FloatRange = (0.3, 80.0)
     noise_sd_hu: FloatRange = (3.0, 10.0)
     psf_sigma_px: FloatRange = (0.35, 0.9)
+    cupping_hu: FloatRange = (0.0, 25.0)
     streak_probability: float = 0.7
     incidental_probability: float = 0.3
 
@@ -105,6 +111,7 @@ class SyntheticConfig:
         _check_range("hemorrhage_volume_ml", self.hemorrhage_volume_ml, 0.05, 200.0)
         _check_range("noise_sd_hu", self.noise_sd_hu, 0.0, 40.0)
         _check_range("psf_sigma_px", self.psf_sigma_px, 0.0, 3.0)
+        _check_range("cupping_hu", self.cupping_hu, 0.0, 60.0)
         for name in (
             "slice_overlap_probability",
             "gantry_tilt_probability",

@@ -7,7 +7,7 @@
   projection), stronger in thin slices and in the skull base, where the petrous bones starve
   the detector.
 * Beam hardening: the dark Hounsfield bar between the petrous bones, streaks from dense bone,
-  and the slight brightening of brain next to the skull (cupping correction residue).
+  and the brightening of brain next to the skull (cupping correction residue).
 * Storage: signed int16 with intercept 0 or unsigned 12-bit with intercept -1024, slope 1, and
   padding outside the reconstruction circle.
 """
@@ -119,7 +119,7 @@ def sample_scanner(
         skull_base_noise_gain=float(rng.uniform(0.1, 0.8)),
         psf_sigma_px=float(rng.uniform(*config.psf_sigma_px)),
         sharpen=sharpen,
-        cupping_hu=float(rng.uniform(0.0, 6.0)),
+        cupping_hu=float(rng.uniform(*config.cupping_hu)),
         streaks=bool(rng.random() < config.streak_probability),
         bar_hu=float(rng.uniform(5.0, 20.0)),
         bar_width_mm=float(rng.uniform(4.0, 10.0)),

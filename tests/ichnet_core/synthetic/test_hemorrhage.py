@@ -33,6 +33,7 @@ CLEAN = SyntheticConfig(
     columns=192,
     noise_sd_hu=(0.0, 0.0),
     psf_sigma_px=(0.0, 0.0),
+    cupping_hu=(0.0, 0.0),
     streak_probability=0.0,
 )
 #: Small lesions cause no midline shift, so the negative twin is the same head.
