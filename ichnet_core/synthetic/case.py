@@ -215,7 +215,7 @@ def _render_visible(
     wanted: tuple[str, ...],
     config: SyntheticConfig,
     incidentals: Incidentals,
-    cupping_hu: float,
+    cupping_params: tuple[float, float],
     rng: np.random.Generator,
 ) -> RenderedSeries:
     """Plan and render until exactly the wanted subtypes are visible (a lesion between slices or
@@ -227,7 +227,7 @@ def _render_visible(
             plan = plan_hemorrhages(
                 rng, anatomy, planes, wanted, config.hemorrhage_volume_ml, growth
             )
-        rendered = render_series(geometry, anatomy, plan, incidentals, cupping_hu)
+        rendered = render_series(geometry, anatomy, plan, incidentals, cupping_params)
         present = {s for s, m in zip(SUBTYPES, rendered.subtype_masks, strict=True) if m.any()}
         if present == set(wanted):
             return rendered
@@ -300,7 +300,15 @@ def generate_case(
     planes = _planes(geometry)
 
     rendered = _render_visible(
-        seed, geometry, anatomy, planes, wanted, config, incidentals, scanner.cupping_hu, lesion_rng
+        seed,
+        geometry,
+        anatomy,
+        planes,
+        wanted,
+        config,
+        incidentals,
+        (scanner.cupping_hu, scanner.cupping_mm),
+        lesion_rng,
     )
     hu = apply_scanner(rendered.hu, geometry, scanner, rng("noise"))
     slice_labels, subject_labels = label_summary(rendered.subtype_masks)

@@ -62,11 +62,13 @@ class SyntheticConfig:
         by ``sqrt(5 / thickness)`` and by ``512 / columns`` (a coarser pixel averages more).
     psf_sigma_px:
         Gaussian in-plane blur of the reconstruction kernel, in pixels.
-    cupping_hu:
-        Brightening of brain at the inner table (residual beam hardening), fading over ~6 mm.
-        Scanners differ widely: the real GE study in ../shared/data is ~15 HU brighter 2-4 mm
-        inside the inner table than 12-20 mm inside at the vertex. With at most 6 HU, a model
-        trained on the generator called that band a 48 mL subdural haematoma (docs/results.md).
+    cupping_hu, cupping_mm:
+        Brightening of brain at the inner table (residual beam hardening and partial volume of
+        the skull cut tangentially), HU at the table and exponential fade length. Scanners
+        differ widely: at the vertex the real GE study in ../shared/data is 51-60 HU 2-4 mm
+        inside the inner table, 45-56 HU 4-6 mm inside and 36-44 HU 12-20 mm inside. With at
+        most 6 HU over 6 mm, a model trained on the generator called that band a 48 mL subdural
+        haematoma (docs/results.md).
     streak_probability:
         Chance of beam-hardening streaks and the dark band between the petrous bones.
     incidental_probability:
@@ -91,7 +93,8 @@ class SyntheticConfig:
     hemorrhage_volume_ml: FloatRange = (0.3, 80.0)
     noise_sd_hu: FloatRange = (3.0, 10.0)
     psf_sigma_px: FloatRange = (0.35, 0.9)
-    cupping_hu: FloatRange = (0.0, 25.0)
+    cupping_hu: FloatRange = (0.0, 30.0)
+    cupping_mm: FloatRange = (4.0, 15.0)
     streak_probability: float = 0.7
     incidental_probability: float = 0.3
 
@@ -112,6 +115,7 @@ class SyntheticConfig:
         _check_range("noise_sd_hu", self.noise_sd_hu, 0.0, 40.0)
         _check_range("psf_sigma_px", self.psf_sigma_px, 0.0, 3.0)
         _check_range("cupping_hu", self.cupping_hu, 0.0, 60.0)
+        _check_range("cupping_mm", self.cupping_mm, 0.5, 40.0)
         for name in (
             "slice_overlap_probability",
             "gantry_tilt_probability",

@@ -78,7 +78,7 @@ def _render_chunk(
     anatomy: Anatomy,
     plan: HemorrhagePlan,
     incidentals: Incidentals,
-    cupping_hu: float,
+    cupping_params: tuple[float, float],
     k0: int,
     k1: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -106,7 +106,7 @@ def _render_chunk(
     paint_old_lesions(brain_pts, cb, fields, anatomy, incidentals)
     fractions = paint_hemorrhages(box, cb, fields, plan, anatomy)
     paint_spots(brain_pts, fields, incidentals)
-    fields.hu += cupping(cb.depth, cupping_hu)
+    fields.hu += cupping(cb.depth, *cupping_params)
     a_box = a_cav[idx]
     paint(hu[idx], a_box, fields.hu)
     fractions *= a_box
@@ -124,9 +124,12 @@ def render_series(
     anatomy: Anatomy,
     plan: HemorrhagePlan,
     incidentals: Incidentals,
-    cupping_hu: float = 0.0,
+    cupping_params: tuple[float, float] = (0.0, 1.0),
 ) -> RenderedSeries:
-    """Ideal densities and ground truth of every slice (no blur, noise or streaks yet)."""
+    """Ideal densities and ground truth of every slice (no blur, noise or streaks yet).
+
+    ``cupping_params`` = (HU at the inner table, fade length in mm) of the residual beam hardening.
+    """
     s, rows, cols = geometry.num_slices, geometry.rows, geometry.columns
     hu = np.empty((s, rows, cols), dtype=np.float32)
     labels = np.empty((s, rows, cols), dtype=np.uint8)
@@ -135,7 +138,7 @@ def render_series(
     for k0 in range(0, s, step):
         k1 = min(s, k0 + step)
         h, lab, m = _render_chunk(
-            geometry.grid(k0, k1), geometry, anatomy, plan, incidentals, cupping_hu, k0, k1
+            geometry.grid(k0, k1), geometry, anatomy, plan, incidentals, cupping_params, k0, k1
         )
         hu[k0:k1], labels[k0:k1], masks[:, k0:k1] = h, lab, m
     fov = geometry.fov_mask()

@@ -79,6 +79,7 @@ class ScannerParams:
     psf_sigma_px: float
     sharpen: float
     cupping_hu: float
+    cupping_mm: float
     streaks: bool
     bar_hu: float
     bar_width_mm: float
@@ -120,6 +121,7 @@ def sample_scanner(
         psf_sigma_px=float(rng.uniform(*config.psf_sigma_px)),
         sharpen=sharpen,
         cupping_hu=float(rng.uniform(*config.cupping_hu)),
+        cupping_mm=float(rng.uniform(*config.cupping_mm)),
         streaks=bool(rng.random() < config.streak_probability),
         bar_hu=float(rng.uniform(5.0, 20.0)),
         bar_width_mm=float(rng.uniform(4.0, 10.0)),
@@ -135,9 +137,10 @@ def sample_scanner(
     )
 
 
-def cupping(depth_mm: np.ndarray, amount_hu: float) -> np.ndarray:
-    """Brightening of brain next to the inner table (residual beam hardening), HU to add."""
-    return (amount_hu * np.exp(-np.maximum(depth_mm, 0.0) / 6.0)).astype(np.float32)
+def cupping(depth_mm: np.ndarray, amount_hu: float, length_mm: float) -> np.ndarray:
+    """Brightening of brain next to the inner table (residual beam hardening), HU to add;
+    ``amount_hu`` at the table, fading as ``exp(-depth / length_mm)``."""
+    return (amount_hu * np.exp(-np.maximum(depth_mm, 0.0) / length_mm)).astype(np.float32)
 
 
 def blur(hu: np.ndarray, params: ScannerParams) -> np.ndarray:
