@@ -25,7 +25,7 @@ from ichnet_core.synthetic.geometry import (
 from ichnet_core.synthetic.hemorrhage import HemorrhagePlan, SlicePlanes, plan_hemorrhages
 from ichnet_core.synthetic.incidental import Incidentals, sample_incidentals
 from ichnet_core.synthetic.render import RenderedSeries, apply_scanner, render_series
-from ichnet_core.synthetic.scanner import StorageConvention, sample_scanner
+from ichnet_core.synthetic.scanner import Cupping, StorageConvention, sample_scanner
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def _render_visible(
     wanted: tuple[str, ...],
     config: SyntheticConfig,
     incidentals: Incidentals,
-    cupping_params: tuple[float, float],
+    cupping: Cupping,
     rng: np.random.Generator,
 ) -> RenderedSeries:
     """Plan and render until exactly the wanted subtypes are visible (a lesion between slices or
@@ -227,7 +227,7 @@ def _render_visible(
             plan = plan_hemorrhages(
                 rng, anatomy, planes, wanted, config.hemorrhage_volume_ml, growth
             )
-        rendered = render_series(geometry, anatomy, plan, incidentals, cupping_params)
+        rendered = render_series(geometry, anatomy, plan, incidentals, cupping)
         present = {s for s, m in zip(SUBTYPES, rendered.subtype_masks, strict=True) if m.any()}
         if present == set(wanted):
             return rendered
@@ -307,7 +307,7 @@ def generate_case(
         wanted,
         config,
         incidentals,
-        (scanner.cupping_hu, scanner.cupping_mm),
+        scanner.cupping,
         lesion_rng,
     )
     hu = apply_scanner(rendered.hu, geometry, scanner, rng("noise"))

@@ -25,12 +25,12 @@ from ichnet_core.synthetic.incidental import (
 from ichnet_core.synthetic.points import GridPoints, Points
 from ichnet_core.synthetic.scanner import (
     PETROUS_APICES,
+    Cupping,
     ScannerParams,
     add_noise,
     add_ring,
     add_streaks,
     blur,
-    cupping,
     finish,
 )
 from ichnet_core.synthetic.shapes import alpha, paint
@@ -78,7 +78,7 @@ def _render_chunk(
     anatomy: Anatomy,
     plan: HemorrhagePlan,
     incidentals: Incidentals,
-    cupping_params: tuple[float, float],
+    cupping: Cupping,
     k0: int,
     k1: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -106,7 +106,7 @@ def _render_chunk(
     paint_old_lesions(brain_pts, cb, fields, anatomy, incidentals)
     fractions = paint_hemorrhages(box, cb, fields, plan, anatomy)
     paint_spots(brain_pts, fields, incidentals)
-    fields.hu += cupping(cb.depth, *cupping_params)
+    fields.hu += cupping.hu(cb.depth)
     a_box = a_cav[idx]
     paint(hu[idx], a_box, fields.hu)
     fractions *= a_box
@@ -124,12 +124,9 @@ def render_series(
     anatomy: Anatomy,
     plan: HemorrhagePlan,
     incidentals: Incidentals,
-    cupping_params: tuple[float, float] = (0.0, 1.0),
+    cupping: Cupping,
 ) -> RenderedSeries:
-    """Ideal densities and ground truth of every slice (no blur, noise or streaks yet).
-
-    ``cupping_params`` = (HU at the inner table, fade length in mm) of the residual beam hardening.
-    """
+    """Ideal densities and ground truth of every slice (no blur, noise or streaks yet)."""
     s, rows, cols = geometry.num_slices, geometry.rows, geometry.columns
     hu = np.empty((s, rows, cols), dtype=np.float32)
     labels = np.empty((s, rows, cols), dtype=np.uint8)
@@ -138,7 +135,7 @@ def render_series(
     for k0 in range(0, s, step):
         k1 = min(s, k0 + step)
         h, lab, m = _render_chunk(
-            geometry.grid(k0, k1), geometry, anatomy, plan, incidentals, cupping_params, k0, k1
+            geometry.grid(k0, k1), geometry, anatomy, plan, incidentals, cupping, k0, k1
         )
         hu[k0:k1], labels[k0:k1], masks[:, k0:k1] = h, lab, m
     fov = geometry.fov_mask()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -34,6 +35,19 @@ MAX_HU = 3071.0
 STREAK_DECAY = 0.15
 #: Through-plane reach (mm) of the streaks around the petrous level.
 STREAK_REACH_MM = 14.0
+
+
+class Cupping(NamedTuple):
+    """Brightening of brain next to the inner table (residual beam hardening): ``amount_hu`` at
+    the table, fading as ``exp(-depth / length_mm)``. The default adds nothing."""
+
+    amount_hu: float = 0.0
+    length_mm: float = 1.0
+
+    def hu(self, depth_mm: np.ndarray) -> np.ndarray:
+        """HU to add at ``depth_mm`` inside the inner table."""
+        fade = np.exp(-np.maximum(depth_mm, 0.0) / self.length_mm)
+        return (self.amount_hu * fade).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -78,8 +92,7 @@ class ScannerParams:
     skull_base_noise_gain: float
     psf_sigma_px: float
     sharpen: float
-    cupping_hu: float
-    cupping_mm: float
+    cupping: Cupping
     streaks: bool
     bar_hu: float
     bar_width_mm: float
@@ -120,8 +133,9 @@ def sample_scanner(
         skull_base_noise_gain=float(rng.uniform(0.1, 0.8)),
         psf_sigma_px=float(rng.uniform(*config.psf_sigma_px)),
         sharpen=sharpen,
-        cupping_hu=float(rng.uniform(*config.cupping_hu)),
-        cupping_mm=float(rng.uniform(*config.cupping_mm)),
+        cupping=Cupping(
+            float(rng.uniform(*config.cupping_hu)), float(rng.uniform(*config.cupping_mm))
+        ),
         streaks=bool(rng.random() < config.streak_probability),
         bar_hu=float(rng.uniform(5.0, 20.0)),
         bar_width_mm=float(rng.uniform(4.0, 10.0)),
@@ -135,12 +149,6 @@ def sample_scanner(
         kvp=float(rng.choice([100.0, 120.0, 130.0, 140.0])),
         kernel=name,
     )
-
-
-def cupping(depth_mm: np.ndarray, amount_hu: float, length_mm: float) -> np.ndarray:
-    """Brightening of brain next to the inner table (residual beam hardening), HU to add;
-    ``amount_hu`` at the table, fading as ``exp(-depth / length_mm)``."""
-    return (amount_hu * np.exp(-np.maximum(depth_mm, 0.0) / length_mm)).astype(np.float32)
 
 
 def blur(hu: np.ndarray, params: ScannerParams) -> np.ndarray:
