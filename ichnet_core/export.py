@@ -47,7 +47,15 @@ from typing import Any, Final
 import torch
 from torch import Tensor, nn
 
-from ichnet_core.models.ichnet import INPUT_CHANNELS, NUM_LEVELS, SIZE_DIVISOR, ICHNet
+from ichnet_core.imaging.model_grid import ModelGrid
+from ichnet_core.labels import NUM_SEGMENTATION_CLASSES
+from ichnet_core.models.ichnet import (
+    INPUT_CHANNELS,
+    NUM_LEVELS,
+    SIZE_DIVISOR,
+    ICHNet,
+    seg_probabilities,
+)
 from ichnet_core.models.layers.conv_lstm import ConvLSTMCell
 from ichnet_core.models.weights import ModelWeights, build_model
 
@@ -151,7 +159,7 @@ class DecoderStage(nn.Module):
         self.decoder = model.decoder
 
     def forward(self, skip0: Tensor, skip1: Tensor, skip2: Tensor, seq_out: Tensor) -> Tensor:
-        return torch.softmax(self.decoder((skip0, skip1, skip2), seq_out), dim=_CLASS_DIM)
+        return seg_probabilities(self.decoder((skip0, skip1, skip2), seq_out), dim=_CLASS_DIM)
 
 
 @dataclass(frozen=True)
@@ -168,12 +176,22 @@ class StageShapes:
         Encoder output channels at 1/8 resolution.
     seq_channels:
         ConvLSTM output channels (``2 * lstm_hidden``).
+    input_spacing_mm:
+        Physical input pixel size (``ICHNetConfig.input_spacing_mm``; ``None`` = legacy resize).
+    seg_channels:
+        Channels of the decoder output (3 classes, + 5 compartments when the model has them).
     """
 
     input_size: int
     skip_channels: tuple[int, ...]
     bottleneck_channels: int
     seq_channels: int
+    input_spacing_mm: float | None = None
+    seg_channels: int = NUM_SEGMENTATION_CLASSES
+
+    @property
+    def grid(self) -> ModelGrid:
+        return ModelGrid(self.input_size, self.input_spacing_mm)
 
     @classmethod
     def of(cls, model: ICHNet) -> StageShapes:
@@ -183,6 +201,8 @@ class StageShapes:
             skip_channels=tuple(cfg.widths[: NUM_LEVELS - 1]),
             bottleneck_channels=cfg.widths[-1],
             seq_channels=model.conv_lstm.out_channels,
+            input_spacing_mm=cfg.input_spacing_mm,
+            seg_channels=cfg.seg_channels,
         )
 
     def level_size(self, level: int) -> int:
@@ -247,6 +267,8 @@ class ExportedModel:
             skip_channels=tuple(int(c) for c in data["skip_channels"]),
             bottleneck_channels=int(data["bottleneck_channels"]),
             seq_channels=int(data["seq_channels"]),
+            input_spacing_mm=data.get("input_spacing_mm"),
+            seg_channels=int(data.get("seg_channels", NUM_SEGMENTATION_CLASSES)),
         )
 
     def files(self) -> list[Path]:
@@ -460,6 +482,8 @@ def export_staged(
                 "skip_channels": list(shapes.skip_channels),
                 "bottleneck_channels": shapes.bottleneck_channels,
                 "seq_channels": shapes.seq_channels,
+                "input_spacing_mm": shapes.input_spacing_mm,
+                "seg_channels": shapes.seg_channels,
             },
             "tensors": {
                 Stage.ENCODER.value: {"inputs": [ENCODER_INPUT], "outputs": list(ENCODER_OUTPUTS)},

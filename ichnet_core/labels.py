@@ -28,3 +28,8 @@ WINDOWS_HU: Final[tuple[tuple[float, float], ...]] = (
     (100.0, 300.0),
     (250.0, 450.0),
 )
+
+#: Compartment of each hemorrhage voxel (beyond the paper; DESIGN.md "Label conventions"): a
+#: compartment map holds 0 for "no hemorrhage / unknown" and ``1 + SUBTYPES.index(name)``.
+NO_COMPARTMENT: Final[int] = 0
+NUM_COMPARTMENTS: Final[int] = len(SUBTYPES)

@@ -25,12 +25,17 @@ class Prediction:
     segmentation_probabilities:
         ``(S, 3, h, w)`` float32 softmax at the model's input resolution. Kept so engines can be
         compared with each other (parity tests); ``None`` when an engine was asked not to keep it.
+        ``(S, 3 + 5, h, w)`` for weights with compartments (the compartment softmax follows).
+    compartments:
+        ``(S, rows, columns)`` uint8: on every hemorrhage pixel its compartment
+        ``1 + SUBTYPES.index(name)``, 0 elsewhere; ``None`` for weights without compartments.
     """
 
     labels: np.ndarray
     slice_probabilities: np.ndarray
     subject_probabilities: np.ndarray
     segmentation_probabilities: np.ndarray | None = None
+    compartments: np.ndarray | None = None
 
     def subject_dict(self) -> dict[str, float]:
         """Subject-level probabilities keyed by class name (result.json ``subject``)."""

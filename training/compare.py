@@ -97,12 +97,12 @@ def run_compare(path: Path, *, max_steps: int | None = None) -> Path:
         minutes = sum(epoch_times) / 60.0 if epoch_times else None
         checkpoint = summary.best_checkpoint or summary.last_checkpoint
         device = trainer.device
-        model, input_size, _ = load_trained_model(checkpoint, device)
+        model, grid, _ = load_trained_model(checkpoint, device)
         cases = build_split(config, Split(compare.split))
         result = evaluate_model(
             model,
             cases,
-            input_size,
+            grid,
             device,
             threshold=config.validation.threshold,
             autocast_dtype=trainer.amp_dtype,

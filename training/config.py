@@ -6,8 +6,10 @@ Mistakes surface at load time with a message that names the key
 never in trainer subclasses.
 
 The config hash (:func:`config_hash`) identifies everything that changes the result of a run;
-settings that only change how long or where it runs (epochs, output folder, threads, workers,
-logging) are left out, so a run can be resumed with more epochs or on another machine.
+settings that only change how long, where or how it runs (epochs, output folder, device,
+determinism, threads, workers, caches, validation frequency, test-set size, logging,
+checkpoint frequency) are left out, so a run can be resumed with more epochs, on another
+machine, or on a GPU.
 """
 
 from __future__ import annotations
@@ -103,6 +105,19 @@ class DataSection(_Section):
     #: bleeding slice (the rest are placed uniformly). Most runs of a positive series would
     #: otherwise hold no blood at all, and small bleeds would be seen too rarely to learn.
     lesion_run_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    #: Square training crop in model pixels (``null`` = whole slices). Fully convolutional parts
+    #: learn from crops at full resolution for a fraction of the cost (nnU-Net's patches); the
+    #: crop's slice labels are re-derived from what it shows (training.data.dataset).
+    crop_size: Annotated[int, Field(ge=8)] | None = None
+    #: Share of training samples that keep whole slices although ``crop_size`` is set, so the
+    #: slice/subject heads also see whole slices as at inference.
+    whole_slice_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    #: Keep prepared (model-grid, uint8) cases as .npz under ``cache_dir/prepared``, so a case
+    #: is generated and prepared once, not in every run or epoch.
+    cache_prepared: bool = True
+    #: Worker processes that generate and prepare every case before training starts (0 = the
+    #: training process prepares each case at first use).
+    prepare_workers: Annotated[int, Field(ge=0)] = 0
     synthetic: SyntheticSection | None = SyntheticSection()
     datasets: tuple[DatasetSection, ...] = ()
 
@@ -156,6 +171,14 @@ class ValidationSection(_Section):
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
 
 
+class CheckpointSection(_Section):
+    """When the resumable ``last.pt`` is written besides every epoch end."""
+
+    #: Also write it every this many minutes inside an epoch (a long run stopped by the session
+    #: end, a time box or SIGTERM loses at most this much); ``null`` = at epoch ends only.
+    every_minutes: Annotated[float, Field(gt=0)] | None = 10.0
+
+
 class LoggingSection(_Section):
     #: Write a row to steps.csv every this many optimiser steps.
     log_every_steps: PositiveInt = 10
@@ -183,6 +206,7 @@ class TrainConfig(_Section):
     loss: LossSection = LossSection()
     validation: ValidationSection = ValidationSection()
     logging: LoggingSection = LoggingSection()
+    checkpoint: CheckpointSection = CheckpointSection()
 
     @model_validator(mode="after")
     def _has_data(self) -> TrainConfig:
@@ -258,12 +282,26 @@ def load_config(path: Path) -> TrainConfig:
 
 def config_hash(config: TrainConfig) -> str:
     """sha256 of the settings that change what a run computes (see the module docstring)."""
-    excluded = {
+    excluded: dict[str, Any] = {
         "output_dir": True,
         "cpu_threads": True,
+        # Where and how exactly it runs: a CPU run continued on a GPU (non-deterministic
+        # kernels there) is still the same run.
+        "device": True,
+        "deterministic": True,
         "optim": {"epochs"},
-        "data": {"num_workers"},
+        "data": {
+            "num_workers": True,
+            "prepare_workers": True,
+            "cache_prepared": True,
+            "cache_synthetic": True,
+            "cache_in_memory": True,
+            "cache_dir": True,
+            "synthetic": {"test_cases"},
+        },
+        "validation": {"every_epochs"},
         "logging": True,
+        "checkpoint": True,
     }
     data = config.model_dump(mode="json", exclude=excluded)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

@@ -1,6 +1,6 @@
 """Held-out evaluation: the paper's Table 2 and Table 3, hemorrhage volume error, ROC curves.
 
-Every case is run whole (all slices, no augmentation) at the model's input size, like the node's
+Every case is run whole (all slices, no augmentation) on the model's input grid, like the node's
 inference pipeline; segmentation probabilities are resized back to the source matrix before the
 argmax, so Dice and volumes are measured at source resolution with the case's own voxel sizes.
 
@@ -28,8 +28,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ichnet_core.imaging.resample import to_source_size
+from ichnet_core.imaging.model_grid import ModelGrid
+from ichnet_core.inference.pipeline import labels_at_source
 from ichnet_core.labels import BRAIN, CLASS_NAMES, HEMORRHAGE, NON_BRAIN, SEGMENTATION_CLASSES
+from ichnet_core.models.ichnet import seg_probabilities
 from training.data.case import LabelledCase, SegKind
 from training.data.dataset import make_sample, prepare_case
 from training.data.source import CaseSource
@@ -47,8 +49,6 @@ from training.step import forward_batch
 logger = logging.getLogger(__name__)
 
 LEVELS: Final[tuple[str, str]] = ("subject", "slice")
-#: Slices resized back to the source matrix at a time (bounds memory on long series).
-_RESIZE_CHUNK: Final[int] = 16
 SUBJECT_FROM_MODEL: Final[str] = "model"
 SUBJECT_FROM_SLICES: Final[str] = "max_of_slices"
 
@@ -61,28 +61,26 @@ class CasePrediction:
     subject_probabilities: np.ndarray | None
     slice_probabilities: np.ndarray | None
     labels: np.ndarray | None
+    compartments: np.ndarray | None = None
     subject_source: str = SUBJECT_FROM_MODEL
     loss_terms: dict[str, float] = field(default_factory=dict)
-
-
-def _segmentation_at_source(seg_logits: torch.Tensor, rows: int, columns: int) -> np.ndarray:
-    probabilities = torch.softmax(seg_logits.float(), dim=1).cpu().numpy()
-    labels = np.empty((probabilities.shape[0], rows, columns), dtype=np.uint8)
-    for start in range(0, probabilities.shape[0], _RESIZE_CHUNK):
-        chunk = to_source_size(probabilities[start : start + _RESIZE_CHUNK], rows, columns)
-        labels[start : start + _RESIZE_CHUNK] = chunk.argmax(axis=1)
-    return labels
 
 
 def predict_case(
     model: nn.Module,
     case: LabelledCase,
-    input_size: int,
+    grid: ModelGrid,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
 ) -> CasePrediction:
-    """Run ``model`` on the whole of ``case`` and compute its loss terms on the known labels."""
-    sample = make_sample(prepare_case(case, input_size))
+    """Run ``model`` on the whole of ``case`` and compute its loss terms on the known labels.
+
+    Segmentation labels come from the node's own post-processing
+    (``ichnet_core.inference.pipeline.labels_at_source``): probabilities back onto the source
+    matrix, then the decision.
+    """
+    prepared = prepare_case(case, grid)
+    sample = make_sample(prepared)
     with (
         torch.inference_mode(),
         torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
@@ -102,14 +100,16 @@ def predict_case(
         subject_source = SUBJECT_FROM_SLICES
     else:
         subject_probabilities = None
-    labels = None
+    labels = compartments = None
     if batch.seg_logits is not None:
-        labels = _segmentation_at_source(batch.seg_logits, *case.hu.shape[1:])
+        probabilities = seg_probabilities(batch.seg_logits.float()).cpu().numpy()
+        labels, compartments = labels_at_source(probabilities, prepared.mapping)
     return CasePrediction(
         case_id=case.case_id,
         subject_probabilities=subject_probabilities,
         slice_probabilities=slice_probabilities,
         labels=labels,
+        compartments=compartments,
         subject_source=subject_source,
         loss_terms=terms,
     )
@@ -252,7 +252,7 @@ class Evaluator:
 def evaluate_model(
     model: nn.Module,
     cases: CaseSource | Iterable[LabelledCase],
-    input_size: int,
+    grid: ModelGrid,
     device: torch.device,
     *,
     threshold: float = 0.5,
@@ -267,7 +267,7 @@ def evaluate_model(
     total = len(cases) if isinstance(cases, CaseSource) else None
     try:
         for case in tqdm(cases, total=total, desc=description, disable=not progress, leave=False):
-            evaluator.add(case, predict_case(model, case, input_size, device, autocast_dtype))
+            evaluator.add(case, predict_case(model, case, grid, device, autocast_dtype))
     finally:
         model.train(was_training)
     return evaluator.result()

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ichnet_core.labels import HEMORRHAGE, NUM_SEGMENTATION_CLASSES
+from ichnet_core.labels import HEMORRHAGE, NO_COMPARTMENT, NUM_SEGMENTATION_CLASSES
+from ichnet_core.models.ichnet import split_seg_channels
 from training.data.case import ANY_COLUMN, SUBTYPE_COLUMNS, SegKind
 
 #: Keeps the Dice ratio finite for an empty prediction and target.
@@ -48,6 +49,9 @@ class Term(enum.Enum):
     SLICE_SUBTYPES = "slice_subtypes"
     SUBJECT_ANY = "subject_any"
     SUBJECT_SUBTYPES = "subject_subtypes"
+    #: Beyond the paper: cross-entropy of the compartment of hemorrhage voxels whose
+    #: compartment is known (models built with ``compartments``).
+    COMPARTMENT = "compartment"
 
 
 @dataclass
@@ -72,6 +76,8 @@ class FlatBatch:
         ``[N, 6]``.
     subject_targets, subject_known:
         ``[B, 6]``.
+    compartment_targets:
+        ``[N, H, W]`` int64, 0 = no hemorrhage or compartment unknown, else ``1 +`` SUBTYPES index.
     """
 
     seg_logits: Tensor | None
@@ -84,6 +90,7 @@ class FlatBatch:
     slice_known: Tensor
     subject_targets: Tensor
     subject_known: Tensor
+    compartment_targets: Tensor | None = None
 
 
 def masked_bce(logits: Tensor, targets: Tensor, known: Tensor) -> Tensor | None:
@@ -187,14 +194,32 @@ def segmentation_loss(
     return torch.stack(losses).mean()
 
 
+def compartment_loss(compartment_logits: Tensor, targets: Tensor) -> Tensor | None:
+    """Mean cross-entropy over the voxels with a known compartment; ``None`` when none has.
+
+    Only blood voxels carry a compartment, so the term teaches "which compartment, if this
+    bleeds" and never competes with the paper's hemorrhage / brain / non-brain decision.
+    """
+    known = targets > NO_COMPARTMENT
+    if not bool(known.any()):
+        return None
+    logits = compartment_logits.float().permute(0, 2, 3, 1)[known]
+    return F.cross_entropy(logits, targets[known] - 1)
+
+
 def loss_terms(
     batch: FlatBatch, *, seg_ce_weight: float = 0.0, seg_ce_hemorrhage_weight: float = 1.0
 ) -> dict[Term, Tensor]:
     """Every term the batch has labels and outputs for (absent terms are left out)."""
     terms: dict[Term, Tensor | None] = {}
     if batch.seg_logits is not None:
+        class_logits, compartment_logits = split_seg_channels(batch.seg_logits)
+        if compartment_logits is not None and batch.compartment_targets is not None:
+            terms[Term.COMPARTMENT] = compartment_loss(
+                compartment_logits, batch.compartment_targets
+            )
         terms[Term.SEG] = segmentation_loss(
-            batch.seg_logits,
+            class_logits,
             batch.seg_targets,
             batch.slice_sample,
             batch.seg_kinds,

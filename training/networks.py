@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.models import ICHNet, create_model, list_models
 from training.baselines import BASELINES, create_baseline
 from training.config import ModelSection
@@ -32,11 +33,11 @@ def build_network(section: ModelSection) -> nn.Module:
     raise ValueError(f"model.name {section.name!r} unknown; available: {available_networks()}")
 
 
-def input_size_of(model: nn.Module) -> int:
-    """The square in-plane input size the network expects."""
+def grid_of(model: nn.Module) -> ModelGrid:
+    """The input grid the network expects (baselines: the whole field of view resized)."""
     if isinstance(model, ICHNet):
-        return int(model.config.input_size)
+        return model.config.grid
     size = getattr(model, "input_size", None)
     if not isinstance(size, int):
         raise ValueError(f"{type(model).__name__} does not declare an input_size")
-    return size
+    return ModelGrid(size)

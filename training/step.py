@@ -35,9 +35,9 @@ def forward_batch(
     """
     if not samples:
         raise ValueError("forward_batch needs at least one sample")
-    groups: dict[int, list[int]] = {}
-    for index, sample in enumerate(samples):
-        groups.setdefault(sample.num_slices, []).append(index)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, sample in enumerate(samples):  # equal slice counts (and sizes) run together
+        groups.setdefault(tuple(sample.image.shape), []).append(index)
     seg: list[Tensor | None] = [None] * len(samples)
     slices: list[Tensor | None] = [None] * len(samples)
     subjects: list[Tensor | None] = [None] * len(samples)
@@ -60,4 +60,5 @@ def forward_batch(
         slice_known=torch.cat([s.slice_known for s in samples]).to(device),
         subject_targets=torch.stack([s.subject_targets for s in samples]).to(device),
         subject_known=torch.stack([s.subject_known for s in samples]).to(device),
+        compartment_targets=torch.cat([s.compartments for s in samples]).to(device),
     )

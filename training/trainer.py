@@ -6,8 +6,14 @@ every epoch, ``best.pt`` when the raw validation loss improves) and redraws the 
 
 Determinism: the global RNGs are seeded from ``config.seed``; the order of training cases in
 epoch ``e`` and every random crop / transform are drawn from generators seeded by ``(seed, e)``
-and ``(seed, e, case)``, independent of worker processes and of resuming. A resumed run
-continues after the last completed epoch with the saved RNG states.
+and ``(seed, e, case)``, independent of worker processes and of resuming.
+
+Exact resume: ``last.pt`` records the epoch, the batches already done inside it, the model,
+loss weights, optimiser, scaler and RNG states. It is written at every epoch end, every
+``checkpoint.every_minutes`` inside an epoch, when a time box (``max_minutes``) or step budget
+(``max_steps``) ends the process, and on SIGTERM/SIGINT. A resumed run skips the batches already
+done and continues with the same cases, crops and transforms it would have drawn without the
+stop, so training over many sessions (or a GPU loan of a few minutes) adds up to one run.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +34,7 @@ import yaml
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from ichnet_core.imaging.model_grid import ModelGrid
 from training.checkpoint import (
     CheckpointError,
     capture_rng,
@@ -36,11 +44,11 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig, config_hash
 from training.data.build import build_split
-from training.data.dataset import CaseDataset, ModelSample, collate_samples
+from training.data.dataset import CaseDataset, ModelSample, collate_samples, prepare_all
 from training.data.splits import Split
 from training.evaluate import EvalResult, evaluate_model, total_loss
 from training.losses import Term, UncertaintyWeighting, loss_terms
-from training.networks import build_network, input_size_of
+from training.networks import build_network, grid_of
 from training.plots import plot_curves
 from training.runlog import RunLog
 from training.step import forward_batch
@@ -98,38 +106,54 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(epoch, index)`` in an order shuffled by ``(seed, epoch)``.
+class EpochSampler(Sampler[tuple[int, int, bool]]):
+    """Yields ``(epoch, index, crop)`` in an order shuffled by ``(seed, epoch)``.
 
     Passing the epoch with each index lets worker processes (which hold their own copy of the
-    dataset) draw the right random crop and transform without any shared state.
+    dataset) draw the right random crop and transform without any shared state. ``crop`` is
+    drawn per batch of ``batch_size`` (a batch holds one input size): a share
+    ``whole_slice_fraction`` of the batches gets whole slices. ``skip`` leaves out the first
+    samples of the epoch (those a resumed run has already trained on).
     """
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(
+        self, size: int, seed: int, batch_size: int = 1, whole_slice_fraction: float = 0.0
+    ) -> None:
         self.size = size
         self.seed = seed
+        self.batch_size = batch_size
+        self.whole_slice_fraction = whole_slice_fraction
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch = epoch
+        self.skip = skip
 
     def __len__(self) -> int:
-        return self.size
+        return self.size - self.skip
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-        return iter((self.epoch, int(index)) for index in order)
+    def __iter__(self) -> Iterator[tuple[int, int, bool]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.size)
+        batches = -(-self.size // self.batch_size)
+        crop = rng.random(batches) >= self.whole_slice_fraction
+        return iter(
+            (self.epoch, int(index), bool(crop[position // self.batch_size]))
+            for position, index in enumerate(order)
+            if position >= self.skip
+        )
 
 
 class EpochDataset(CaseDataset):
-    """:class:`CaseDataset` indexed by ``(epoch, index)`` pairs from :class:`EpochSampler`."""
+    """:class:`CaseDataset` indexed by ``(epoch, index, crop)`` from :class:`EpochSampler`."""
 
-    def __getitem__(self, key: int | tuple[int, int]) -> ModelSample:
+    def __getitem__(self, key: int | tuple[int, int, bool]) -> ModelSample:
         if isinstance(key, int):
             return super().__getitem__(key)
-        epoch, index = key
+        epoch, index, crop = key
         self.set_epoch(epoch)
-        return super().__getitem__(index)
+        return self.sample(index, crop=crop)
 
 
 @dataclass
@@ -156,24 +180,38 @@ class Trainer:
     resume:
         Continue from the last checkpoint when one exists (its config hash must match).
     max_steps:
-        Stop after this many optimiser steps in this process (timing, smoke tests); the
-        checkpoint then records the epoch as incomplete and a resume repeats it.
+        Stop after this many optimiser steps in this process (timing, smoke tests, time-boxed
+        runs); ``last.pt`` then records how far the epoch got and a resume continues there.
+    max_minutes:
+        Stop (with ``last.pt``) once this much wall time has passed since the start of
+        :meth:`fit` (a session's end, a GPU loan).
+    init_from:
+        A committed checkpoint to resume from when ``output_dir`` holds none, or an older one
+        (fewer steps); it is copied to ``output_dir/checkpoints/last.pt`` first.
     """
 
     def __init__(
-        self, config: TrainConfig, *, resume: bool = True, max_steps: int | None = None
+        self,
+        config: TrainConfig,
+        *,
+        resume: bool = True,
+        max_steps: int | None = None,
+        max_minutes: float | None = None,
+        init_from: Path | None = None,
     ) -> None:
         self.config = config
         self.hash = config_hash(config)
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.max_steps = max_steps
+        self.max_minutes = max_minutes
+        self.stop_requested = False
         self.device = resolve_device(config.device)
         if config.cpu_threads is not None:
             torch.set_num_threads(config.cpu_threads)
         seed_everything(config.seed, config.deterministic)
         self.model = build_network(config.model).to(self.device)
-        self.input_size = input_size_of(self.model)
+        self.grid = grid_of(self.model)
         self.weighting = UncertaintyWeighting(config.loss.uncertainty_weighting).to(self.device)
         optim = config.optim
         groups: list[dict[str, Any]] = [
@@ -195,8 +233,11 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.best_val_loss: float | None = None
+        self.batches_in_epoch = 0
         self.step_times: list[float] = []
         self.data_times: list[float] = []
+        if resume and init_from is not None:
+            self._adopt(Path(init_from))
         if resume and (self.checkpoint_dir / LAST_CHECKPOINT).is_file():
             self.load(self.checkpoint_dir / LAST_CHECKPOINT)
         else:
@@ -211,16 +252,31 @@ class Trainer:
             augment = AugmentSettings(
                 a.rotation_deg, a.shear, a.zoom, a.shift_px, a.flip_lr, a.flip_ud
             )
+        data = config.data
         self.train_set = EpochDataset(
             self.train_source,
-            self.input_size,
-            slices_per_sample=config.data.slices_per_sample,
+            self.grid,
+            slices_per_sample=data.slices_per_sample,
             augment=augment,
             seed=config.seed,
-            cache_in_memory=config.data.cache_in_memory,
-            lesion_run_fraction=config.data.lesion_run_fraction,
+            cache_in_memory=data.cache_in_memory,
+            lesion_run_fraction=data.lesion_run_fraction,
+            crop_size=data.crop_size,
+            prepared_dir=data.cache_dir / "prepared" if data.cache_prepared else None,
         )
-        self.sampler = EpochSampler(len(self.train_set), config.seed)
+        if data.prepare_workers and self.train_set.prepared_dir is not None:
+            started = time.perf_counter()
+            counts = prepare_all(self.train_set, data.prepare_workers)
+            logger.info(
+                "training cases: %d prepared, %d already cached (%d workers, %.0f s)",
+                counts["prepared"],
+                counts["cached"],
+                data.prepare_workers,
+                time.perf_counter() - started,
+            )
+        self.sampler = EpochSampler(
+            len(self.train_set), config.seed, optim.batch_size, data.whole_slice_fraction
+        )
         self.loader = DataLoader(
             self.train_set,
             batch_size=optim.batch_size,
@@ -236,15 +292,31 @@ class Trainer:
         )
         self.log = RunLog(self.output_dir, tensorboard=config.logging.tensorboard == "auto")
         logger.info(
-            "training %s on %s (%d parameters, input %d px, amp %s), %d train / %d val cases",
+            "training %s on %s (%d parameters, input %d px at %s mm, amp %s), %d train / %d val"
+            " cases",
             config.model.name,
             self.device,
             sum(p.numel() for p in self.model.parameters()),
-            self.input_size,
+            self.grid.input_size,
+            self.grid.spacing_mm or "field-of-view",
             self.amp_dtype,
             len(self.train_source),
             len(self.val_source),
         )
+
+    def _adopt(self, path: Path) -> None:
+        """Copy checkpoint ``path`` to ``last.pt`` unless the run folder already has a newer one."""
+        if not path.is_file():
+            raise CheckpointError(f"--init-from {path}: no such checkpoint")
+        last = self.checkpoint_dir / LAST_CHECKPOINT
+        if last.is_file() and int(load_checkpoint(last)["step"]) >= int(
+            load_checkpoint(path)["step"]
+        ):
+            logger.info("%s is at least as far as %s; resuming it", last, path)
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(last, {k: v for k, v in load_checkpoint(path).items() if k != "format"})
+        logger.info("resuming from the committed checkpoint %s", path)
 
     def _set_aside_previous_run(self) -> None:
         """Move the files of an earlier run in ``output_dir`` to ``previous-<time>/``.
@@ -272,6 +344,7 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "step": self.step,
+            "batches_in_epoch": self.batches_in_epoch,
             "best_val_loss": self.best_val_loss,
             "config_hash": self.hash,
             "config": self.config.model_dump(mode="json"),
@@ -307,18 +380,40 @@ class Trainer:
         restore_rng(payload["rng"])
         self.epoch = int(payload["epoch"])
         self.step = int(payload["step"])
+        self.batches_in_epoch = int(payload.get("batches_in_epoch", 0))
         self.best_val_loss = payload["best_val_loss"]
-        logger.info("resumed %s at epoch %d, step %d", path, self.epoch, self.step)
+        logger.info(
+            "resumed %s at epoch %d (+%d batches), step %d",
+            path,
+            self.epoch,
+            self.batches_in_epoch,
+            self.step,
+        )
 
     # ------------------------------------------------------------------ loop
 
     def _steps_left(self, done_here: int) -> bool:
+        """False once the step budget or the time box is used up, or a stop was requested."""
+        if self.stop_requested:
+            return False
+        if self.max_minutes is not None and (
+            time.perf_counter() - self._fit_started > 60.0 * self.max_minutes
+        ):
+            return False
         return self.max_steps is None or done_here < self.max_steps
+
+    def _request_stop(self, signum: int, _frame: object) -> None:
+        logger.warning("signal %d: stopping after this step with a checkpoint", signum)
+        self.stop_requested = True
 
     def train_epoch(self, done_here: int) -> tuple[dict[str, float], int, bool]:
         """One pass over the training cases; returns mean losses, steps done, completed?"""
         self.model.train()
-        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_epoch(
+            self.epoch, skip=self.batches_in_epoch * self.config.optim.batch_size
+        )
+        every = self.config.checkpoint.every_minutes
+        saved_at = time.perf_counter()
         sums: dict[str, list[float]] = {}
         completed = True
         progress = tqdm(
@@ -335,6 +430,7 @@ class Trainer:
             started = time.perf_counter()
             data_time = started - waited_since
             self.data_times.append(data_time)
+            self.batches_in_epoch += 1  # counted before any skip, so a resume skips it too
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
             ):
@@ -380,6 +476,9 @@ class Trainer:
                         "data_time_s": data_time,
                     }
                 )
+            if every is not None and time.perf_counter() - saved_at > 60.0 * every:
+                self.save_checkpoint(LAST_CHECKPOINT)
+                saved_at = time.perf_counter()
             waited_since = time.perf_counter()
         means = {key: float(np.mean(values)) for key, values in sums.items()}
         return means, done_here, completed
@@ -391,7 +490,7 @@ class Trainer:
         return evaluate_model(
             self.model,
             self.val_source,
-            self.input_size,
+            self.grid,
             self.device,
             threshold=self.config.validation.threshold,
             autocast_dtype=self.amp_dtype,
@@ -427,10 +526,14 @@ class Trainer:
         return row
 
     def fit(self) -> TrainSummary:
-        """Train until ``optim.epochs`` epochs are complete (or ``max_steps`` is reached)."""
+        """Train until ``optim.epochs`` epochs are complete, or a budget, time box or signal ends it."""
         done_here = 0
         best_path = self.checkpoint_dir / BEST_CHECKPOINT
         last_path = self.checkpoint_dir / LAST_CHECKPOINT
+        self._fit_started = time.perf_counter()
+        previous = {
+            sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
         try:
             while self.epoch < self.config.optim.epochs and self._steps_left(done_here):
                 started = time.perf_counter()
@@ -438,13 +541,15 @@ class Trainer:
                 train, done_here, completed = self.train_epoch(done_here)
                 if not completed:
                     logger.info(
-                        "stopped after %d steps (max_steps) inside epoch %d",
+                        "stopped after %d steps in this process, %d batches into epoch %d",
                         done_here,
+                        self.batches_in_epoch,
                         self.epoch + 1,
                     )
                     last_path = self.save_checkpoint(LAST_CHECKPOINT)
                     break
                 self.epoch += 1
+                self.batches_in_epoch = 0
                 result = None
                 if self.epoch % self.config.validation.every_epochs == 0 or (
                     self.epoch == self.config.optim.epochs
@@ -469,6 +574,8 @@ class Trainer:
                     f"{val_loss:.4f}" if val_loss is not None else "n/a",
                 )
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.log.close()
         return TrainSummary(
             output_dir=self.output_dir,
@@ -484,10 +591,10 @@ class Trainer:
 
 def load_trained_model(
     checkpoint: Path, device: torch.device
-) -> tuple[torch.nn.Module, int, TrainConfig]:
-    """The network of a training checkpoint (eval mode) with its input size and config."""
+) -> tuple[torch.nn.Module, ModelGrid, TrainConfig]:
+    """The network of a training checkpoint (eval mode) with its input grid and config."""
     payload = load_checkpoint(checkpoint)
     config = TrainConfig.model_validate(payload["config"])
     model = build_network(config.model)
     model.load_state_dict(payload["model"])
-    return model.to(device).eval(), input_size_of(model), config
+    return model.to(device).eval(), grid_of(model), config

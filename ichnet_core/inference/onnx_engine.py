@@ -27,6 +27,7 @@ from ichnet_core.export import (
     Stage,
     cached_export,
 )
+from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.inference.engine import DEFAULT_CHUNK_SLICES, EngineName, EngineUnavailableError
 from ichnet_core.inference.pipeline import PipelineEngine
 from ichnet_core.inference.staged import (
@@ -198,8 +199,9 @@ class OnnxRuntimeEngine(PipelineEngine):
         )
 
     @property
-    def input_size(self) -> int:
-        return self.exported.shapes.input_size
+    def grid(self) -> ModelGrid:
+        """Where the model input lies on a source slice (from the export manifest)."""
+        return self.exported.shapes.grid
 
     @property
     def description(self) -> str:

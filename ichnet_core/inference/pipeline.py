@@ -17,10 +17,17 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from ichnet_core.imaging.resample import to_model_size, to_source_size
+from ichnet_core.imaging.model_grid import ModelGrid, PlaneMapping, foreground_map
 from ichnet_core.imaging.windowing import NUM_WINDOWS, window_stack
 from ichnet_core.inference.staged import NetworkOutput
-from ichnet_core.labels import HEMORRHAGE, NUM_CLASSIFICATION_OUTPUTS, NUM_SEGMENTATION_CLASSES
+from ichnet_core.labels import (
+    HEMORRHAGE,
+    NO_COMPARTMENT,
+    NON_BRAIN,
+    NUM_CLASSIFICATION_OUTPUTS,
+    NUM_COMPARTMENTS,
+    NUM_SEGMENTATION_CLASSES,
+)
 from ichnet_core.prediction import Prediction
 
 logger = logging.getLogger(__name__)
@@ -36,8 +43,8 @@ def _chunks(length: int, size: int) -> range:
     return range(0, length, size)
 
 
-def prepare_input(volume: Volume, input_size: int) -> np.ndarray:
-    """The model input of ``volume``: windowed, then resized in-plane.
+def prepare_input(volume: Volume, grid: ModelGrid) -> tuple[np.ndarray, PlaneMapping]:
+    """The model input of ``volume`` and where it lies on the source slices.
 
     Windows are applied at source resolution, before resizing, so the resize averages clipped
     intensities (air next to bone does not blend into a false soft-tissue value).
@@ -46,24 +53,67 @@ def prepare_input(volume: Volume, input_size: int) -> np.ndarray:
     ----------
     volume:
         The series, slices in volume order.
-    input_size:
-        Square in-plane size of the model (``ICHNetConfig.input_size``).
+    grid:
+        The model's input geometry (``ICHNetConfig.grid``): size and, for diagnostic-resolution
+        weights, the physical pixel size; the window is placed on the head.
 
     Returns
     -------
-    np.ndarray
-        ``[S, 3, input_size, input_size]`` float32 in [0, 1].
+    tuple
+        ``[S, 3, I, I]`` float32 in [0, 1] and the :class:`PlaneMapping` back to the source.
     """
-    slices = volume.num_slices
-    out = np.empty((slices, NUM_WINDOWS, input_size, input_size), dtype=np.float32)
+    mapping = grid.plan(volume.hu.shape[1:], volume.pixel_spacing, foreground_map(volume.hu))
+    slices, size = volume.num_slices, grid.input_size
+    out = np.empty((slices, NUM_WINDOWS, size, size), dtype=np.float32)
     for start in _chunks(slices, PROCESSING_CHUNK_SLICES):
         stop = start + PROCESSING_CHUNK_SLICES
-        out[start:stop] = to_model_size(window_stack(volume.hu[start:stop]), input_size)
-    return out
+        out[start:stop] = mapping.to_model(window_stack(volume.hu[start:stop]))
+    return out, mapping
+
+
+def labels_at_source(
+    seg_probs: np.ndarray, mapping: PlaneMapping
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class labels (and compartments) at source resolution from model-resolution probabilities.
+
+    Probabilities, not labels, are upsampled before the decision, so a thin subdural rim keeps
+    its shape at source resolution. Source pixels outside the model window are non-brain.
+
+    Parameters
+    ----------
+    seg_probs:
+        ``[S, 3, h, w]`` softmax, or ``[S, 3 + 5, h, w]`` with the compartment softmax after it.
+    mapping:
+        Model window on the source slices.
+
+    Returns
+    -------
+    tuple
+        ``(S, rows, columns)`` uint8 classes, and ``(S, rows, columns)`` uint8 compartments
+        (``1 + SUBTYPES`` index on hemorrhage pixels, 0 elsewhere) or ``None`` without them.
+    """
+    slices, channels = seg_probs.shape[:2]
+    rows, columns = mapping.source_shape
+    labels = np.empty((slices, rows, columns), dtype=np.uint8)
+    compartments = None
+    if channels > NUM_SEGMENTATION_CLASSES:
+        compartments = np.zeros((slices, rows, columns), dtype=np.uint8)
+    class_fill = np.zeros(NUM_SEGMENTATION_CLASSES, dtype=np.float32)
+    class_fill[NON_BRAIN] = 1.0
+    for start in _chunks(slices, PROCESSING_CHUNK_SLICES):
+        stop = start + PROCESSING_CHUNK_SLICES
+        chunk = seg_probs[start:stop]
+        classes = mapping.to_source(chunk[:, :NUM_SEGMENTATION_CLASSES], class_fill).argmax(axis=1)
+        labels[start:stop] = classes
+        if compartments is not None:
+            which = mapping.to_source(chunk[:, NUM_SEGMENTATION_CLASSES:]).argmax(axis=1) + 1
+            compartments[start:stop] = np.where(classes == HEMORRHAGE, which, NO_COMPARTMENT)
+    return labels, compartments
 
 
 def finalize(
     volume: Volume,
+    mapping: PlaneMapping,
     seg_probs: np.ndarray,
     slice_logits: np.ndarray,
     subject_logits: np.ndarray,
@@ -76,8 +126,10 @@ def finalize(
     ----------
     volume:
         The series the outputs belong to.
+    mapping:
+        The model window on the source slices (:func:`prepare_input`).
     seg_probs:
-        ``[S, 3, h, w]`` softmax class probabilities at model resolution.
+        ``[S, 3 (+5), h, w]`` softmax probabilities at model resolution (:func:`labels_at_source`).
     slice_logits:
         ``[S, 6]`` slice-level logits, ``CLASS_NAMES`` order.
     subject_logits:
@@ -88,23 +140,23 @@ def finalize(
     Returns
     -------
     Prediction
-        Labels are the argmax of the probabilities upsampled bilinearly to the source matrix
-        (upsampling probabilities, not labels, gives smooth boundaries); classification
-        outputs go through a sigmoid.
+        Labels (and compartments) from :func:`labels_at_source`; classification outputs go
+        through a sigmoid.
 
     Raises
     ------
     ValueError
         When a shape does not match the volume or the label conventions.
     """
-    slices, rows, columns = volume.hu.shape
+    slices = volume.num_slices
     seg_probs = np.asarray(seg_probs, dtype=np.float32)
     slice_logits = np.asarray(slice_logits, dtype=np.float32)
     subject_logits = np.asarray(subject_logits, dtype=np.float32)
-    if seg_probs.ndim != 4 or seg_probs.shape[:2] != (slices, NUM_SEGMENTATION_CLASSES):
+    channels = (NUM_SEGMENTATION_CLASSES, NUM_SEGMENTATION_CLASSES + NUM_COMPARTMENTS)
+    if seg_probs.ndim != 4 or seg_probs.shape[0] != slices or seg_probs.shape[1] not in channels:
         raise ValueError(
-            f"seg_probs must be [{slices}, {NUM_SEGMENTATION_CLASSES}, h, w] for this volume, "
-            f"got {seg_probs.shape}"
+            f"seg_probs must be [{slices}, {NUM_SEGMENTATION_CLASSES} or "
+            f"{channels[1]}, h, w] for this volume, got {seg_probs.shape}"
         )
     if slice_logits.shape != (slices, NUM_CLASSIFICATION_OUTPUTS):
         raise ValueError(
@@ -116,23 +168,20 @@ def finalize(
         )
     from scipy.special import expit  # imported here: the engines must import without scipy
 
-    labels = np.empty((slices, rows, columns), dtype=np.uint8)
-    for start in _chunks(slices, PROCESSING_CHUNK_SLICES):
-        stop = start + PROCESSING_CHUNK_SLICES
-        upsampled = to_source_size(seg_probs[start:stop], rows, columns)
-        labels[start:stop] = upsampled.argmax(axis=1)
+    labels, compartments = labels_at_source(seg_probs, mapping)
     return Prediction(
         labels=labels,
         slice_probabilities=expit(slice_logits).astype(np.float32),
         subject_probabilities=expit(subject_logits).astype(np.float32),
         segmentation_probabilities=seg_probs if keep_probabilities else None,
+        compartments=compartments,
     )
 
 
 def run_pipeline(
     volume: Volume,
     run_network: Callable[[np.ndarray], NetworkOutput],
-    input_size: int,
+    grid: ModelGrid,
     *,
     keep_probabilities: bool,
 ) -> Prediction:
@@ -144,14 +193,16 @@ def run_pipeline(
         The series.
     run_network:
         The engine's network on ``[S, 3, input_size, input_size]``.
-    input_size:
-        The model's square input size.
+    grid:
+        The model's input geometry.
     keep_probabilities:
         Keep the model-resolution softmax in the prediction.
     """
-    output = run_network(prepare_input(volume, input_size))
+    x, mapping = prepare_input(volume, grid)
+    output = run_network(x)
     return finalize(
         volume,
+        mapping,
         output.seg_probs,
         output.slice_logits,
         output.subject_logits,
@@ -162,12 +213,20 @@ def run_pipeline(
 class PipelineEngine:
     """Base of the staged engines: ``predict`` = :func:`run_pipeline` around ``run_network``.
 
-    Subclasses provide ``run_network``, ``input_size`` and ``description``; only how the network
+    Subclasses provide ``run_network``, ``grid`` and ``description``; only how the network
     executes differs between engines, never the pre- and post-processing.
     """
 
     description: str
-    input_size: int
+
+    @property
+    def grid(self) -> ModelGrid:
+        raise NotImplementedError
+
+    @property
+    def input_size(self) -> int:
+        """Square in-plane size the network reads."""
+        return self.grid.input_size
 
     def run_network(self, x: np.ndarray) -> NetworkOutput:
         raise NotImplementedError
@@ -176,7 +235,7 @@ class PipelineEngine:
         """Segmentation and classification of ``volume`` (see ``InferenceEngine``)."""
         started = time.perf_counter()
         prediction = run_pipeline(
-            volume, self.run_network, self.input_size, keep_probabilities=keep_probabilities
+            volume, self.run_network, self.grid, keep_probabilities=keep_probabilities
         )
         logger.info(
             "%s: series %s, %d slices in %.2f s",

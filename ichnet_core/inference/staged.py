@@ -23,7 +23,6 @@ from typing import Final, Generic, NamedTuple, Protocol, TypeVar
 import numpy as np
 
 from ichnet_core.imaging.windowing import NUM_WINDOWS
-from ichnet_core.labels import NUM_SEGMENTATION_CLASSES
 
 #: Skip features kept between the encode and decode passes (beyond this they are recomputed).
 DEFAULT_SKIP_CACHE_BYTES: Final[int] = 512 * 2**20
@@ -39,7 +38,8 @@ class NetworkOutput(NamedTuple):
     Attributes
     ----------
     seg_probs:
-        ``[S, 3, H, W]`` float32 softmax.
+        ``[S, 3, H, W]`` float32 softmax; ``[S, 3 + 5, H, W]`` for a model with compartments
+        (``ichnet_core.models.ichnet.seg_probabilities``).
     slice_logits:
         ``[S, 6]`` float32.
     subject_logits:
@@ -70,8 +70,8 @@ class StageRunner(Protocol, Generic[FeatureT]):
     def decode(
         self, skips: tuple[FeatureT, ...], seq_out: FeatureT, start: int, stop: int
     ) -> np.ndarray:
-        """Skips of slices ``start:stop`` and the whole ``seq_out`` -> ``[n, 3, H, W]`` float32
-        probabilities of those slices."""
+        """Skips of slices ``start:stop`` and the whole ``seq_out`` -> ``[n, C, H, W]`` float32
+        probabilities of those slices (C = 3, or 3 + 5 with compartments)."""
         ...
 
     def nbytes(self, features: tuple[FeatureT, ...]) -> int:
@@ -131,13 +131,17 @@ def run_staged(
         del skips
     seq_out, slice_logits, subject_logits = runner.recur(bottlenecks)
     del bottlenecks
-    seg_probs = np.empty((slices, NUM_SEGMENTATION_CLASSES, *x.shape[2:]), dtype=np.float32)
+    seg_probs: np.ndarray | None = None
     for index, start in enumerate(starts):
         stop = min(start + chunk_slices, slices)
         kept = cached[index]
         cached[index] = None  # release as soon as the chunk is decoded
         skips_of_chunk = kept if kept is not None else runner.encode(x[start:stop])[:-1]
-        seg_probs[start:stop] = runner.decode(skips_of_chunk, seq_out, start, stop)
+        decoded = runner.decode(skips_of_chunk, seq_out, start, stop)
+        if seg_probs is None:  # channels come from the model: 3 classes (+ compartments)
+            seg_probs = np.empty((slices, decoded.shape[1], *x.shape[2:]), dtype=np.float32)
+        seg_probs[start:stop] = decoded
+    assert seg_probs is not None  # at least one chunk: check_input requires S >= 1
     return NetworkOutput(
         seg_probs=seg_probs,
         slice_logits=np.asarray(slice_logits, dtype=np.float32),

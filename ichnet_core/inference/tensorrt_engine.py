@@ -51,6 +51,7 @@ from ichnet_core.export import (
     StageShapes,
     cached_export,
 )
+from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.inference.engine import (
     DEFAULT_CHUNK_SLICES,
     MAX_SERIES_SLICES,
@@ -412,8 +413,9 @@ class TensorRTEngine(PipelineEngine):
         return bytes(serialized)
 
     @property
-    def input_size(self) -> int:
-        return self.exported.shapes.input_size
+    def grid(self) -> ModelGrid:
+        """Where the model input lies on a source slice (from the export manifest)."""
+        return self.exported.shapes.grid
 
     @property
     def description(self) -> str:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.inference.engine import DEFAULT_CHUNK_SLICES, EngineName
 from ichnet_core.inference.pipeline import PipelineEngine
 from ichnet_core.inference.staged import (
@@ -44,7 +45,7 @@ from ichnet_core.inference.staged import (
     check_input,
     run_staged,
 )
-from ichnet_core.models.ichnet import ICHNet
+from ichnet_core.models.ichnet import ICHNet, seg_probabilities
 from ichnet_core.models.layers.blocks import ResidualBlock
 from ichnet_core.models.weights import ModelWeights, build_model
 
@@ -271,7 +272,7 @@ class _TorchRunner:
     def _decode_eager(self, s0: Tensor, s1: Tensor, s2: Tensor, seq: Tensor) -> tuple[Tensor, ...]:
         with self._autocast():
             logits = self.stage_model.decode((s0, s1, s2), seq)
-        return (torch.softmax(logits.float(), dim=_CLASS_DIM),)
+        return (seg_probabilities(logits.float(), dim=_CLASS_DIM),)
 
     def _call(
         self, stage: str, fn: Callable[..., tuple[Tensor, ...]], *inputs: Tensor
@@ -403,9 +404,9 @@ class TorchEngine(PipelineEngine):
         )
 
     @property
-    def input_size(self) -> int:
-        """Square in-plane size the model reads."""
-        return self.model.config.input_size
+    def grid(self) -> ModelGrid:
+        """Where the model input lies on a source slice."""
+        return self.model.config.grid
 
     @property
     def description(self) -> str:

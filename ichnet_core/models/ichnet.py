@@ -32,7 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ichnet_core.labels import NUM_CLASSIFICATION_OUTPUTS, NUM_SEGMENTATION_CLASSES, WINDOWS_HU
+from ichnet_core.imaging.model_grid import ModelGrid
+from ichnet_core.labels import (
+    NUM_CLASSIFICATION_OUTPUTS,
+    NUM_COMPARTMENTS,
+    NUM_SEGMENTATION_CLASSES,
+    WINDOWS_HU,
+)
 from ichnet_core.models.layers.blocks import (
     AttentionGate,
     ConvBlock,
@@ -76,6 +82,13 @@ class ICHNetConfig:
         Build the segmentation decoder / the classification heads (ablations; at least one).
     attention:
         Attention gates on the skip connections (ablation: plain U-Net skips).
+    input_spacing_mm:
+        Physical pixel size of the input (``ichnet_core.imaging.model_grid``); ``None`` = the
+        whole field of view resized to ``input_size`` (weights up to 0.3.0).
+    compartments:
+        Also predict the compartment (CPH, IVH, EDH, SDH, SAH) of every pixel: the segmentation
+        logits then carry ``NUM_COMPARTMENTS`` more channels after the paper's three
+        (:func:`split_seg_channels`). Beyond the paper; the three classes are unchanged.
     """
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
@@ -87,6 +100,8 @@ class ICHNetConfig:
     seg_branch: bool = True
     cls_branch: bool = True
     attention: bool = True
+    input_spacing_mm: float | None = None
+    compartments: bool = False
 
     def __post_init__(self) -> None:
         # Configs come from YAML/JSON/weights files as lists; store tuples so the config hashes.
@@ -112,6 +127,23 @@ class ICHNetConfig:
             )
         if not (self.seg_branch or self.cls_branch):
             raise ValueError("ICHNetConfig needs seg_branch or cls_branch; both are False")
+        if self.input_spacing_mm is not None and not 0.1 <= self.input_spacing_mm <= 10.0:
+            raise ValueError(
+                f"ICHNetConfig.input_spacing_mm must be in [0.1, 10] mm or null, found "
+                f"{self.input_spacing_mm}"
+            )
+        if self.compartments and not self.seg_branch:
+            raise ValueError("ICHNetConfig.compartments needs the segmentation branch")
+
+    @property
+    def grid(self) -> ModelGrid:
+        """Where the input lies on a source slice (``ichnet_core.imaging.model_grid``)."""
+        return ModelGrid(self.input_size, self.input_spacing_mm)
+
+    @property
+    def seg_channels(self) -> int:
+        """Channels of the segmentation logits: 3 classes (+ the compartments)."""
+        return NUM_SEGMENTATION_CLASSES + (NUM_COMPARTMENTS if self.compartments else 0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-friendly dict (tuples as lists)."""
@@ -136,7 +168,8 @@ class ICHNetOutput(NamedTuple):
     Attributes
     ----------
     seg_logits:
-        ``[B, S, 3, H, W]`` per-pixel class logits (softmax over dim 2).
+        ``[B, S, 3, H, W]`` per-pixel class logits (softmax over dim 2); with compartments
+        ``[B, S, 3 + 5, H, W]`` (:func:`split_seg_channels`).
     slice_logits:
         ``[B, S, 6]`` per-slice logits, ``CLASS_NAMES`` order (sigmoid each).
     subject_logits:
@@ -205,7 +238,14 @@ class HypercolumnHead(nn.Module):
 class AttentionDecoder(nn.Module):
     """Decoder of Conv Blocks with (optionally) attention-gated skips and a hypercolumn head."""
 
-    def __init__(self, widths: Sequence[int], bottleneck_channels: int, *, attention: bool) -> None:
+    def __init__(
+        self,
+        widths: Sequence[int],
+        bottleneck_channels: int,
+        *,
+        attention: bool,
+        out_channels: int = NUM_SEGMENTATION_CLASSES,
+    ) -> None:
         super().__init__()
         self.bottleneck_block = ConvBlock(bottleneck_channels, widths[-1])
         # Built coarse to fine: level NUM_LEVELS-2 down to 0.
@@ -221,7 +261,7 @@ class AttentionDecoder(nn.Module):
                 )
                 for level in levels
             )
-        self.head = HypercolumnHead(widths, NUM_SEGMENTATION_CLASSES)
+        self.head = HypercolumnHead(widths, out_channels)
 
     def forward(self, skips: Sequence[Tensor], bottleneck: Tensor) -> Tensor:
         """``skips`` = encoder levels 0..2 (finest first); ``bottleneck`` = ConvLSTM output."""
@@ -277,7 +317,10 @@ class ICHNet(nn.Module):
         self.decoder: AttentionDecoder | None = None
         if cfg.seg_branch:
             self.decoder = AttentionDecoder(
-                cfg.widths, self.conv_lstm.out_channels, attention=cfg.attention
+                cfg.widths,
+                self.conv_lstm.out_channels,
+                attention=cfg.attention,
+                out_channels=cfg.seg_channels,
             )
         self.classifier: ClassificationHeads | None = None
         if cfg.cls_branch:
@@ -325,7 +368,7 @@ class ICHNet(nn.Module):
         return seq_out, slice_logits, subject_logits
 
     def decode(self, features: Sequence[Tensor], seq_out_flat: Tensor) -> Tensor:
-        """Decode slices independently into segmentation logits ``[N, 3, H, W]``.
+        """Decode slices independently into segmentation logits ``[N, seg_channels, H, W]``.
 
         Parameters
         ----------
@@ -357,3 +400,30 @@ class ICHNet(nn.Module):
         if self.decoder is not None:
             seg_logits = self.decode(features, seq_out.flatten(0, 1)).unflatten(0, (batch, slices))
         return ICHNetOutput(seg_logits, slice_logits, subject_logits)
+
+
+def split_seg_channels(logits: Tensor, dim: int = 1) -> tuple[Tensor, Tensor | None]:
+    """The paper's 3 class logits and the compartment logits (``None`` without) along ``dim``."""
+    classes = logits.narrow(dim, 0, NUM_SEGMENTATION_CLASSES)
+    extra = logits.shape[dim] - NUM_SEGMENTATION_CLASSES
+    if extra == 0:
+        return classes, None
+    if extra != NUM_COMPARTMENTS:
+        raise ValueError(
+            f"segmentation logits have {logits.shape[dim]} channels along dim {dim}; expected "
+            f"{NUM_SEGMENTATION_CLASSES} or {NUM_SEGMENTATION_CLASSES + NUM_COMPARTMENTS}"
+        )
+    return classes, logits.narrow(dim, NUM_SEGMENTATION_CLASSES, NUM_COMPARTMENTS)
+
+
+def seg_probabilities(logits: Tensor, dim: int = 1) -> Tensor:
+    """Softmax of the 3 classes and, separately, of the compartments, concatenated along ``dim``.
+
+    The compartment probabilities are conditional ("which compartment, if this pixel bleeds");
+    every engine turns decoder logits into probabilities with this one function.
+    """
+    classes, compartments = split_seg_channels(logits, dim)
+    probabilities = torch.softmax(classes, dim=dim)
+    if compartments is None:
+        return probabilities
+    return torch.cat([probabilities, torch.softmax(compartments, dim=dim)], dim=dim)

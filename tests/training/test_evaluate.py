@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.labels import BRAIN, HEMORRHAGE, NON_BRAIN
 from ichnet_core.models import create_model
 from training.baselines import create_baseline
@@ -142,7 +143,7 @@ def test_report_files_have_the_expected_keys(tmp_path: Path) -> None:
 def test_predict_case_runs_models_with_and_without_heads(tiny_overrides: dict[str, Any]) -> None:
     case = make_phantom_case(size=40)
     model = create_model("ichnet", **tiny_overrides).eval()
-    prediction = predict_case(model, case, 32, torch.device("cpu"))
+    prediction = predict_case(model, case, ModelGrid(32), torch.device("cpu"))
     assert prediction.labels is not None and prediction.labels.shape == case.hu.shape
     assert prediction.slice_probabilities is not None
     assert prediction.slice_probabilities.shape == (4, 6)
@@ -154,7 +155,7 @@ def test_predict_case_runs_models_with_and_without_heads(tiny_overrides: dict[st
         "subject_subtypes",
     }
     slices_only = create_baseline("resnet2d", width=4, input_size=32).eval()
-    derived = predict_case(slices_only, case, 32, torch.device("cpu"))
+    derived = predict_case(slices_only, case, ModelGrid(32), torch.device("cpu"))
     assert derived.subject_source == SUBJECT_FROM_SLICES and derived.labels is None
     assert derived.subject_probabilities is not None and derived.slice_probabilities is not None
     np.testing.assert_allclose(

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.labels import HEMORRHAGE
 from ichnet_core.models import create_model
 from training.data.case import SegKind
@@ -17,6 +18,7 @@ from training.losses import (
     FlatBatch,
     Term,
     UncertaintyWeighting,
+    compartment_loss,
     generalized_dice_loss,
     loss_terms,
     masked_bce,
@@ -95,7 +97,7 @@ def _gradients(setting: str, tiny_overrides: dict[str, Any]) -> tuple[dict[str, 
     weighting = UncertaintyWeighting()
     cases = [make_phantom_case(f"toy/{i}", bleed_slices=(1,) if i else ()) for i in range(2)]
     samples = [
-        _blank(make_sample(prepare_case(case, tiny_overrides["input_size"])), setting)
+        _blank(make_sample(prepare_case(case, ModelGrid(tiny_overrides["input_size"]))), setting)
         for case in cases
     ]
     batch = forward_batch(model, samples, torch.device("cpu"))
@@ -145,7 +147,7 @@ def test_subject_only_batch_has_exactly_the_subject_terms(tiny_overrides: dict[s
     _, info = _gradients("subject", tiny_overrides)
     assert info["terms"] == {Term.SUBJECT_ANY, Term.SUBJECT_SUBTYPES}
     _, info = _gradients("all", tiny_overrides)
-    assert info["terms"] == set(Term)
+    assert info["terms"] == set(Term) - {Term.COMPARTMENT}  # the tiny model has no compartments
 
 
 def test_uncertainty_weights_are_learned() -> None:
@@ -247,3 +249,37 @@ def test_hemorrhage_weight_applies_to_hemorrhage_only_labels() -> None:
     weights = torch.where(blood, 3.0, 1.0)
     expected = dice_only + (weights * per_voxel).sum() / weights.sum()
     assert weighted.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_compartment_loss_is_the_cross_entropy_of_known_blood_voxels() -> None:
+    logits = torch.zeros((1, 5, 2, 2))
+    logits[0, 3, 0, 0] = 2.0  # SDH favoured at (0, 0)
+    targets = torch.tensor([[[4, 1], [0, 0]]])  # (0,0) SDH, (0,1) CPH, the rest no blood
+    expected_sdh = -math.log(math.exp(2.0) / (math.exp(2.0) + 4))
+    expected_cph = -math.log(1 / (math.exp(0.0) * 5))
+    loss = compartment_loss(logits, targets)
+    assert loss is not None
+    assert float(loss) == pytest.approx((expected_sdh + expected_cph) / 2, rel=1e-5)
+    assert compartment_loss(logits, torch.zeros_like(targets)) is None
+
+
+def test_compartment_term_trains_only_the_compartment_channels(
+    tiny_overrides: dict[str, Any],
+) -> None:
+    model = create_model("ichnet", **{**tiny_overrides, "compartments": True})
+    case = make_phantom_case(size=40)
+    case = dataclasses.replace(
+        case,
+        compartments=(case.seg == HEMORRHAGE).astype("uint8") * 2,  # IVH
+    )
+    sample = make_sample(prepare_case(case, ModelGrid(tiny_overrides["input_size"])))
+    assert int(sample.compartments.max()) == 2
+    batch = forward_batch(model, [sample], torch.device("cpu"))
+    assert batch.seg_logits is not None and batch.seg_logits.shape[1] == 8
+    terms = loss_terms(batch)
+    assert Term.COMPARTMENT in terms
+    terms[Term.COMPARTMENT].backward()
+    head = model.decoder.head.classifier  # type: ignore[union-attr]
+    assert head.weight.grad is not None
+    assert float(head.weight.grad[:3].abs().sum()) == 0.0
+    assert float(head.weight.grad[3:].abs().sum()) > 0.0

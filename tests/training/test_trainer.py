@@ -108,3 +108,60 @@ def test_max_steps_stops_inside_an_epoch(tmp_path: Path, tiny_overrides: dict[st
     summary = Trainer(tiny_config(tmp_path, tiny_overrides), max_steps=1).fit()
     assert summary.steps == 1 and summary.epochs_completed == 0
     assert load_checkpoint(summary.last_checkpoint)["epoch"] == 0
+    assert load_checkpoint(summary.last_checkpoint)["batches_in_epoch"] == 1
+
+
+def test_stopped_and_resumed_inside_epochs_equals_one_straight_run(
+    tmp_path: Path, tiny_overrides: dict[str, Any]
+) -> None:
+    """Exact resume: stops inside epochs, with crops and whole-slice batches, change nothing."""
+    changes: dict[str, Any] = {
+        "model": {"name": "ichnet", "overrides": {**tiny_overrides, "compartments": True}},
+        "optim": {"lr": 1e-3, "batch_size": 1, "epochs": 2},
+    }
+    cropped = {"crop_size": 16, "whole_slice_fraction": 0.5}
+
+    def config(name: str) -> TrainConfig:
+        base = tiny_config(tmp_path, tiny_overrides, output_dir=str(tmp_path / name), **changes)
+        data = base.data.model_copy(update=cropped)
+        return base.model_copy(update={"data": data})
+
+    Trainer(config("straight")).fit()
+    for budget in (1, 2, None):  # stops after step 1 (epoch 1) and step 3 (epoch 2)
+        Trainer(config("stopped"), max_steps=budget).fit()
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")
+    assert (a["step"], a["epoch"]) == (b["step"], b["epoch"]) == (4, 2)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [r["step"] for r in _rows(tmp_path / "stopped" / "steps.csv")] == ["1", "2", "3", "4"]
+
+
+def test_init_from_adopts_a_committed_checkpoint_unless_the_run_is_further(
+    tmp_path: Path, tiny_overrides: dict[str, Any]
+) -> None:
+    Trainer(tiny_config(tmp_path, tiny_overrides), max_steps=1).fit()
+    committed = tmp_path / "committed.pt"
+    (tmp_path / "run" / "checkpoints" / "last.pt").rename(committed)
+    elsewhere = tiny_config(tmp_path, tiny_overrides, output_dir=str(tmp_path / "other"))
+    resumed = Trainer(elsewhere, init_from=committed)
+    assert resumed.step == 1
+    resumed.fit()
+    again = Trainer(elsewhere, init_from=committed)  # the folder's own checkpoint is further
+    assert again.step == 2
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        Trainer(elsewhere, init_from=tmp_path / "missing.pt")
+
+
+def test_sampler_skips_what_a_resumed_run_did_and_crops_whole_batches() -> None:
+    from training.trainer import EpochSampler
+
+    sampler = EpochSampler(10, seed=1, batch_size=2, whole_slice_fraction=0.5)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    assert sorted(index for _, index, _ in full) == list(range(10))
+    for position in range(0, 10, 2):
+        assert full[position][2] == full[position + 1][2]  # one crop decision per batch
+    assert {crop for _, _, crop in full} == {True, False}
+    sampler.set_epoch(3, skip=4)
+    assert list(sampler) == full[4:] and len(sampler) == 6

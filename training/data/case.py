@@ -25,7 +25,7 @@ from typing import Final
 
 import numpy as np
 
-from ichnet_core.labels import HEMORRHAGE, NUM_CLASSIFICATION_OUTPUTS, SUBTYPES
+from ichnet_core.labels import HEMORRHAGE, NO_COMPARTMENT, NUM_CLASSIFICATION_OUTPUTS, SUBTYPES
 
 #: Column of ``any`` in every classification label array.
 ANY_COLUMN: Final[int] = 0
@@ -77,6 +77,10 @@ class LabelledCase:
         ``(S, 6)`` float32, NaN = unknown, or ``None`` when the source has no slice labels.
     subject_labels:
         ``(6,)`` float32, NaN = unknown, or ``None``.
+    compartments:
+        ``(S, rows, columns)`` uint8 compartment of each hemorrhage voxel (``1 +`` its
+        ``SUBTYPES`` index; 0 = no hemorrhage or compartment unknown), or ``None`` when the
+        source outlines no compartments.
     """
 
     case_id: str
@@ -88,6 +92,7 @@ class LabelledCase:
     seg_kind: SegKind = SegKind.NONE
     slice_labels: np.ndarray | None = None
     subject_labels: np.ndarray | None = None
+    compartments: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3 or min(self.hu.shape) < 1:
@@ -108,6 +113,11 @@ class LabelledCase:
         if self.seg is not None and self.seg.shape != self.hu.shape:
             raise ValueError(
                 f"case {self.case_id}: seg shape {self.seg.shape} does not match hu {self.hu.shape}"
+            )
+        if self.compartments is not None and self.compartments.shape != self.hu.shape:
+            raise ValueError(
+                f"case {self.case_id}: compartments shape {self.compartments.shape} does not "
+                f"match hu {self.hu.shape}"
             )
         if self.slice_labels is not None and self.slice_labels.shape != (
             slices,
@@ -198,6 +208,21 @@ def slices_from_subtype_masks(subtype_masks: np.ndarray) -> np.ndarray:
     labels[:, SUBTYPE_COLUMNS] = per_subtype
     labels[:, ANY_COLUMN] = per_subtype.max(axis=1)
     return labels
+
+
+def compartments_from_subtype_masks(subtype_masks: np.ndarray) -> np.ndarray:
+    """Compartment map of exclusive per-subtype masks ``(5, S, rows, columns)``.
+
+    Returns ``(S, rows, columns)`` uint8: ``1 + SUBTYPES`` index where a mask is set, 0 elsewhere.
+    Where masks overlap (no generator or loader here produces that) the first subtype wins.
+    """
+    if subtype_masks.ndim != 4 or subtype_masks.shape[0] != len(SUBTYPES):
+        raise ValueError(
+            f"subtype_masks must be ({len(SUBTYPES)}, S, rows, columns), got {subtype_masks.shape}"
+        )
+    masks = subtype_masks != 0
+    which = np.argmax(masks, axis=0).astype(np.uint8) + 1
+    return np.where(masks.any(axis=0), which, NO_COMPARTMENT).astype(np.uint8)
 
 
 def slices_from_hemorrhage_mask(hemorrhage: np.ndarray) -> np.ndarray:

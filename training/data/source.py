@@ -36,6 +36,11 @@ class CaseSource(abc.ABC):
     def load(self, index: int) -> LabelledCase:
         """Read case ``index`` (pixels and labels)."""
 
+    def fingerprint(self, index: int) -> str | None:
+        """A key that changes whenever case ``index``'s content could (prepared-case cache), or
+        ``None`` when the source cannot promise one (then nothing is cached on disk)."""
+        return None
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -62,6 +67,9 @@ class SubsetSource(CaseSource):
     def load(self, index: int) -> LabelledCase:
         return self.source.load(self.indices[index])
 
+    def fingerprint(self, index: int) -> str | None:
+        return self.source.fingerprint(self.indices[index])
+
 
 class ConcatSource(CaseSource):
     """Several sources one after the other (training on synthetic + public data together)."""
@@ -84,8 +92,16 @@ class ConcatSource(CaseSource):
     def entries(self) -> Sequence[CaseEntry]:
         return self._entries
 
-    def load(self, index: int) -> LabelledCase:
+    def _locate(self, index: int) -> tuple[CaseSource, int]:
         for start, source in reversed(self._offsets):
             if index >= start:
-                return source.load(index - start)
+                return source, index - start
         raise IndexError(f"{self.name}: case index {index} out of range")
+
+    def load(self, index: int) -> LabelledCase:
+        source, local = self._locate(index)
+        return source.load(local)
+
+    def fingerprint(self, index: int) -> str | None:
+        source, local = self._locate(index)
+        return source.fingerprint(local)

@@ -23,13 +23,13 @@ import numpy as np
 
 import ichnet_core.synthetic as synthetic_package
 from ichnet_core.synthetic import SyntheticCase, SyntheticConfig, generate_case
-from training.data.case import LabelledCase, SegKind
+from training.data.case import LabelledCase, SegKind, compartments_from_subtype_masks
 from training.data.source import CaseEntry, CaseSource
 from training.data.splits import Split, synthetic_seeds
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT: Final[str] = "ichnet-synthetic-cache/1"
+CACHE_FORMAT: Final[str] = "ichnet-synthetic-cache/2"
 
 
 @cache
@@ -55,6 +55,7 @@ def case_from_synthetic(synthetic: SyntheticCase, case_id: str) -> LabelledCase:
         seg_kind=SegKind.FULL,
         slice_labels=np.asarray(synthetic.slice_labels, dtype=np.float32),
         subject_labels=np.asarray(synthetic.subject_labels, dtype=np.float32),
+        compartments=compartments_from_subtype_masks(synthetic.subtype_masks),
     )
 
 
@@ -92,14 +93,13 @@ class SyntheticSource(CaseSource):
         self.config = SyntheticConfig(**overrides)
         self.split = split
         self.seeds = synthetic_seeds(split, count, offset)
-        self.cache_dir = None
-        if cache_dir is not None:
-            key = json.dumps(
-                {"config": dataclasses.asdict(self.config), "generator": generator_fingerprint()},
-                sort_keys=True,
-                default=list,
-            )
-            self.cache_dir = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
+        key = json.dumps(
+            {"config": dataclasses.asdict(self.config), "generator": generator_fingerprint()},
+            sort_keys=True,
+            default=list,
+        )
+        self._key = hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.cache_dir = None if cache_dir is None else Path(cache_dir) / self._key
         self._entries = tuple(
             CaseEntry(case_id=f"synthetic/{seed}", group_id=f"synthetic/{seed}")
             for seed in self.seeds
@@ -108,6 +108,10 @@ class SyntheticSource(CaseSource):
     @property
     def entries(self) -> Sequence[CaseEntry]:
         return self._entries
+
+    def fingerprint(self, index: int) -> str | None:
+        """Generator settings + source hash + seed: a case is a pure function of these."""
+        return f"{self._key}-{self.seeds[index]}"
 
     def _cache_path(self, seed: int) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{seed}.npz"
@@ -139,6 +143,7 @@ def _write_cached(path: Path, case: LabelledCase) -> None:
                 pixel_spacing=np.array(case.pixel_spacing),
                 slice_extent_mm=case.slice_extent_mm,
                 seg=case.seg,
+                compartments=case.compartments,
                 slice_labels=case.slice_labels,
                 subject_labels=case.subject_labels,
             )
@@ -160,6 +165,7 @@ def _read_cached(path: Path, case_id: str) -> LabelledCase:
             pixel_spacing=(float(spacing[0]), float(spacing[1])),
             slice_extent_mm=data["slice_extent_mm"],
             seg=data["seg"],
+            compartments=data["compartments"],
             seg_kind=SegKind.FULL,
             slice_labels=data["slice_labels"],
             subject_labels=data["subject_labels"],

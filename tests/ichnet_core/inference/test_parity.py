@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from ichnet_core.export import ExportedModel
+from ichnet_core.export import ExportedModel, cached_export
 from ichnet_core.imaging.volume import Volume
 from ichnet_core.inference.engine import NetworkEngine
 from ichnet_core.inference.onnx_engine import OnnxRuntimeEngine
@@ -33,6 +33,7 @@ from ichnet_core.inference.torch_engine import (
 )
 from ichnet_core.models.weights import ModelWeights
 from ichnet_core.prediction import Prediction
+from tests.ichnet_core.inference.tiny import make_tiny_weights
 
 SLICE_COUNTS: Final[tuple[int, ...]] = (2, 8, 33)
 CHUNK_SLICES: Final[int] = 4
@@ -161,3 +162,38 @@ def test_engine_matches_reference(
     assert actual.labels.shape == expected.labels.shape
     agreement = float(np.mean(actual.labels == expected.labels))
     assert agreement >= MIN_LABEL_AGREEMENT, f"labels agree on {agreement:.4%} of voxels"
+
+
+def test_compartment_model_on_a_millimetre_grid_agrees_across_engines(
+    tmp_path_factory: pytest.TempPathFactory,
+    engine_cache: Path,
+    make_volume: Callable[..., Volume],
+) -> None:
+    """Weights with compartments and a fixed pixel size: ONNX Runtime equals torch float32."""
+    weights = make_tiny_weights(
+        tmp_path_factory.mktemp("weights_compartments"),
+        decisive=True,
+        compartments=True,
+        input_spacing_mm=1.5,
+    )
+    volume = make_volume(slices=5)
+    expected = TorchEngine(weights, chunk_slices=64, device="cpu").predict(
+        volume, keep_probabilities=True
+    )
+    engine = OnnxRuntimeEngine(
+        weights, chunk_slices=CHUNK_SLICES, exported=cached_export(weights, engine_cache)
+    )
+    actual = engine.predict(volume, keep_probabilities=True)
+    assert engine.grid.spacing_mm == 1.5
+    assert expected.segmentation_probabilities is not None
+    assert actual.segmentation_probabilities is not None
+    assert expected.segmentation_probabilities.shape[1] == 8
+    _assert_close(
+        "segmentation",
+        actual.segmentation_probabilities,
+        expected.segmentation_probabilities,
+        FP32_ATOL,
+    )
+    assert expected.compartments is not None and actual.compartments is not None
+    assert float(np.mean(actual.compartments == expected.compartments)) >= MIN_LABEL_AGREEMENT
+    assert float(np.mean(actual.labels == expected.labels)) >= MIN_LABEL_AGREEMENT

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from ichnet_core.imaging.model_grid import ModelGrid, PlaneMapping
 from ichnet_core.imaging.resample import to_model_size
 from ichnet_core.imaging.volume import Volume
 from ichnet_core.imaging.windowing import window_stack
@@ -16,17 +17,22 @@ from ichnet_core.inference.pipeline import (
     hemorrhage_volume_ml,
     prepare_input,
 )
-from ichnet_core.labels import BRAIN, HEMORRHAGE, NON_BRAIN
+from ichnet_core.labels import BRAIN, HEMORRHAGE, NON_BRAIN, NUM_COMPARTMENTS
 
 VolumeFactory = Callable[..., Volume]
 
 
 def test_prepare_input_matches_window_then_resize(make_volume: VolumeFactory) -> None:
     volume = make_volume(slices=PROCESSING_CHUNK_SLICES + 3)  # more than one chunk
-    x = prepare_input(volume, 32)
+    x, mapping = prepare_input(volume, ModelGrid(32))
+    assert mapping.scaled_shape == (32, 32) and mapping.offset == (0, 0)
     assert x.shape == (volume.num_slices, 3, 32, 32) and x.dtype == np.float32
     assert x.min() >= 0.0 and x.max() <= 1.0
     np.testing.assert_allclose(x, to_model_size(window_stack(volume.hu), 32), atol=1e-6)
+
+
+def _mapping(volume: Volume, size: int) -> PlaneMapping:
+    return ModelGrid(size).plan(volume.hu.shape[1:], volume.pixel_spacing)
 
 
 def _probs(slices: int, size: int) -> np.ndarray:
@@ -45,7 +51,9 @@ def test_finalize(make_volume: VolumeFactory) -> None:
     slice_logits[0, 0] = 50.0
     subject_logits = np.linspace(-2, 2, 6, dtype=np.float32)
     probs = _probs(slices, 32)
-    prediction = finalize(volume, probs, slice_logits, subject_logits, keep_probabilities=True)
+    prediction = finalize(
+        volume, _mapping(volume, 32), probs, slice_logits, subject_logits, keep_probabilities=True
+    )
     labels = prediction.labels
     assert labels.shape == (slices, 64, 96) and labels.dtype == np.uint8
     assert np.all(labels[:, :8] == NON_BRAIN)
@@ -59,7 +67,9 @@ def test_finalize(make_volume: VolumeFactory) -> None:
     )
     assert prediction.segmentation_probabilities is not None
     np.testing.assert_array_equal(prediction.segmentation_probabilities, probs)
-    dropped = finalize(volume, probs, slice_logits, subject_logits, keep_probabilities=False)
+    dropped = finalize(
+        volume, _mapping(volume, 32), probs, slice_logits, subject_logits, keep_probabilities=False
+    )
     assert dropped.segmentation_probabilities is None
     np.testing.assert_array_equal(dropped.labels, labels)
 
@@ -67,12 +77,16 @@ def test_finalize(make_volume: VolumeFactory) -> None:
 def test_finalize_rejects_mismatched_shapes(make_volume: VolumeFactory) -> None:
     volume = make_volume(slices=3)
     probs, logits, subject = _probs(3, 32), np.zeros((3, 6)), np.zeros(6)
-    with pytest.raises(ValueError, match=r"seg_probs must be \[3, 3, h, w\]"):
-        finalize(volume, probs[:2], logits, subject, keep_probabilities=False)
+    with pytest.raises(ValueError, match=r"seg_probs must be \[3, 3 or 8, h, w\]"):
+        finalize(volume, _mapping(volume, 32), probs[:2], logits, subject, keep_probabilities=False)
     with pytest.raises(ValueError, match=r"slice_logits must be \[3, 6\]"):
-        finalize(volume, probs, logits[:, :5], subject, keep_probabilities=False)
+        finalize(
+            volume, _mapping(volume, 32), probs, logits[:, :5], subject, keep_probabilities=False
+        )
     with pytest.raises(ValueError, match=r"subject_logits must be \[6\]"):
-        finalize(volume, probs, logits, subject[None], keep_probabilities=False)
+        finalize(
+            volume, _mapping(volume, 32), probs, logits, subject[None], keep_probabilities=False
+        )
 
 
 def test_hemorrhage_volume_with_non_uniform_spacing(make_volume: VolumeFactory) -> None:
@@ -87,3 +101,49 @@ def test_hemorrhage_volume_with_non_uniform_spacing(make_volume: VolumeFactory) 
     assert hemorrhage_volume_ml(labels, volume) == pytest.approx(expected)
     with pytest.raises(ValueError, match="does not match"):
         hemorrhage_volume_ml(labels[:2], volume)
+
+
+def test_compartments_are_decided_on_upsampled_probabilities_and_only_on_blood(
+    make_volume: VolumeFactory,
+) -> None:
+    volume = make_volume(slices=2, rows=64, columns=96)
+    classes = _probs(2, 32)
+    compartments = np.full((2, NUM_COMPARTMENTS, 32, 32), 0.1, dtype=np.float32)
+    compartments[:, 3, :, :8] = 0.9  # SDH in the outer left quarter
+    compartments[:, 4, :, 8:] = 0.9  # SAH elsewhere
+    compartments /= compartments.sum(axis=1, keepdims=True)
+    probs = np.concatenate([classes, compartments], axis=1)
+    prediction = finalize(
+        volume, _mapping(volume, 32), probs, np.zeros((2, 6)), np.zeros(6), keep_probabilities=False
+    )
+    assert prediction.compartments is not None
+    blood = prediction.labels == HEMORRHAGE
+    assert np.all(prediction.compartments[~blood] == 0)
+    assert np.all(prediction.compartments[:, 20:, :20] == 4)  # SDH = 1 + index 3
+    assert np.all(prediction.compartments[:, 20:, 28:40] == 5)  # SAH
+    without = finalize(
+        volume,
+        _mapping(volume, 32),
+        classes,
+        np.zeros((2, 6)),
+        np.zeros(6),
+        keep_probabilities=False,
+    )
+    assert without.compartments is None
+    np.testing.assert_array_equal(without.labels, prediction.labels)
+
+
+def test_diagnostic_grid_outside_the_window_is_non_brain(make_volume: VolumeFactory) -> None:
+    volume = make_volume(slices=2, rows=64, columns=64, pixel_spacing=(1.0, 1.0))
+    x, mapping = prepare_input(volume, ModelGrid(32, 1.0))  # a 32 mm window of a 64 mm image
+    assert x.shape == (2, 3, 32, 32)
+    probs = np.zeros((2, 3, 32, 32), dtype=np.float32)
+    probs[:, BRAIN] = 1.0
+    prediction = finalize(
+        volume, mapping, probs, np.zeros((2, 6)), np.zeros(6), keep_probabilities=False
+    )
+    inside = np.zeros((64, 64), dtype=bool)
+    top, left = mapping.offset
+    inside[top : top + 32, left : left + 32] = True
+    assert np.all(prediction.labels[:, inside] == BRAIN)
+    assert np.all(prediction.labels[:, ~inside] == NON_BRAIN)

@@ -88,7 +88,7 @@ def test_engine_matches_model_forward(
     tiny_weights: ModelWeights, make_volume: VolumeFactory
 ) -> None:
     engine = TorchEngine(tiny_weights, chunk_slices=2, device="cpu")
-    x = prepare_input(make_volume(slices=5), engine.input_size)
+    x, _ = prepare_input(make_volume(slices=5), engine.grid)
     output = engine.run_network(x)
     with torch.inference_mode():
         forward = engine.model(torch.from_numpy(x)[None])

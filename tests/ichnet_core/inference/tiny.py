@@ -26,7 +26,7 @@ CACHE_DIR_NAME: Final[str] = "engine-cache"
 
 
 def make_tiny_weights(
-    folder: Path, name: str = "ichnet", *, decisive: bool = False, **flags: bool
+    folder: Path, name: str = "ichnet", *, decisive: bool = False, **flags: bool | float
 ) -> ModelWeights:
     """Random tiny weights of variant ``name`` (32x32 input), saved and verified like real ones.
 
@@ -38,7 +38,8 @@ def make_tiny_weights(
         model = create_model(name, **TINY_OVERRIDES, **flags)
         if decisive:
             spread_outputs(model)
-    path = folder / f"{name}{'-decisive' if decisive else ''}.pt"
+    suffix = "".join(f"-{key}={value}" for key, value in sorted(flags.items()))
+    path = folder / f"{name}{'-decisive' if decisive else ''}{suffix}.pt"
     sha256 = save_weights(
         model,
         path,

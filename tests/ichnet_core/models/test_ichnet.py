@@ -9,11 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ichnet_core.labels import NUM_CLASSIFICATION_OUTPUTS, NUM_SEGMENTATION_CLASSES
+from ichnet_core.imaging.model_grid import ModelGrid
+from ichnet_core.labels import (
+    NUM_CLASSIFICATION_OUTPUTS,
+    NUM_COMPARTMENTS,
+    NUM_SEGMENTATION_CLASSES,
+)
 from ichnet_core.models.ichnet import (
     HypercolumnHead,
     ICHNet,
     ICHNetConfig,
+    seg_probabilities,
+    split_seg_channels,
 )
 from ichnet_core.models.layers.blocks import AttentionGate
 
@@ -212,6 +219,8 @@ def test_input_checks(tiny_overrides: dict[str, Any]) -> None:
         ({"lstm_hidden": 0}, "lstm_hidden must be >= 1"),
         ({"lstm_kernel_size": 2}, "lstm_kernel_size must be odd"),
         ({"seg_branch": False, "cls_branch": False}, "needs seg_branch or cls_branch"),
+        ({"input_spacing_mm": 0.0}, "input_spacing_mm must be in"),
+        ({"compartments": True, "seg_branch": False}, "compartments needs the segmentation"),
     ],
 )
 def test_config_rejects_invalid_values(overrides: dict[str, Any], message: str) -> None:
@@ -227,3 +236,22 @@ def test_config_dict_round_trip() -> None:
     assert ICHNetConfig.from_dict(data) == config
     with pytest.raises(ValueError, match="unknown ICHNetConfig keys"):
         ICHNetConfig.from_dict({**data, "depth": 3})
+
+
+def test_compartment_channels_follow_the_three_classes(tiny_overrides: dict[str, Any]) -> None:
+    model = _model(tiny_overrides, compartments=True, input_spacing_mm=1.0)
+    assert model.config.seg_channels == NUM_SEGMENTATION_CLASSES + NUM_COMPARTMENTS
+    assert model.config.grid == ModelGrid(tiny_overrides["input_size"], 1.0)
+    out = model(torch.rand(1, 3, 3, SIZE, SIZE))
+    assert out.seg_logits is not None and out.seg_logits.shape == (1, 3, 8, SIZE, SIZE)
+    classes, compartments = split_seg_channels(out.seg_logits, dim=2)
+    assert classes.shape[2] == 3 and compartments is not None and compartments.shape[2] == 5
+    probabilities = seg_probabilities(out.seg_logits, dim=2)
+    torch.testing.assert_close(probabilities[:, :, :3].sum(dim=2), torch.ones(1, 3, SIZE, SIZE))
+    torch.testing.assert_close(probabilities[:, :, 3:].sum(dim=2), torch.ones(1, 3, SIZE, SIZE))
+    plain = _model(tiny_overrides)
+    assert split_seg_channels(plain(torch.rand(1, 2, 3, SIZE, SIZE)).seg_logits, dim=2)[1] is None
+    with pytest.raises(ValueError, match="expected 3 or 8"):
+        split_seg_channels(torch.zeros(1, 4, 2, 2))
+    data = model.config.to_dict()
+    assert data["compartments"] is True and ICHNetConfig.from_dict(data) == model.config
