@@ -28,6 +28,7 @@ from pydicom.uid import (
     LegacyConvertedEnhancedCTImageStorage,
 )
 
+from ichnet_core.imaging.measure import slice_extents_mm, voxel_volumes_ml
 from ichnet_core.imaging.pixels import (
     PixelDataError,
     decode_hu,
@@ -109,8 +110,7 @@ class Volume:
 
     def voxel_volumes_ml(self) -> np.ndarray:
         """``(S,)`` volume of one pixel of each slice in mL (pixel area x slice extent / 1000)."""
-        area = float(self.pixel_spacing[0]) * float(self.pixel_spacing[1])
-        return (area * self.slice_extent_mm / 1000.0).astype(np.float64)
+        return voxel_volumes_ml(self.pixel_spacing, self.slice_extent_mm)
 
 
 @dataclass(frozen=True)
@@ -300,12 +300,8 @@ def _extents(offsets: np.ndarray, single: Dataset) -> np.ndarray:
                 f"single slice {_sop_uid(single)} without a positive SliceThickness "
                 f"(got {thickness!r}): its extent along the normal is unknown"
             )
-        return np.array([float(thickness)], dtype=np.float64)
-    gaps = np.diff(offsets)
-    extents = np.empty(len(offsets), dtype=np.float64)
-    extents[0], extents[-1] = gaps[0], gaps[-1]
-    extents[1:-1] = (gaps[:-1] + gaps[1:]) / 2.0
-    return extents
+        return slice_extents_mm(offsets, float(thickness))
+    return slice_extents_mm(offsets, 0.0)
 
 
 def slice_geometry(datasets: Sequence[Dataset]) -> SliceGeometry:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from ichnet_core.imaging.measure import label_volume_ml
 from ichnet_core.imaging.model_grid import ModelGrid, PlaneMapping, foreground_map
 from ichnet_core.imaging.windowing import NUM_WINDOWS, window_stack
 from ichnet_core.inference.staged import NetworkOutput
@@ -262,5 +263,4 @@ def hemorrhage_volume_ml(labels: np.ndarray, volume: Volume) -> float:
         raise ValueError(
             f"labels shape {labels.shape} does not match the volume's {volume.hu.shape}"
         )
-    pixels_per_slice = np.count_nonzero(labels == HEMORRHAGE, axis=(1, 2))
-    return float(np.dot(pixels_per_slice, volume.voxel_volumes_ml()))
+    return label_volume_ml(labels, HEMORRHAGE, volume.voxel_volumes_ml())

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ichnet_core.imaging.measure import label_volume_ml, voxel_volumes_ml
 from ichnet_core.labels import CLASS_NAMES, HEMORRHAGE, SUBTYPES
 from ichnet_core.synthetic.anatomy import Anatomy, sample_anatomy, scalp_top_points
 from ichnet_core.synthetic.config import SyntheticConfig
@@ -149,10 +150,8 @@ class SyntheticCase:
 def hemorrhage_volume_ml(
     labels: np.ndarray, pixel_spacing: tuple[float, float], extents_mm: np.ndarray
 ) -> float:
-    """Hemorrhage voxels x pixel area x slice extent / 1000 (the rule of docs/architecture.md)."""
-    counts = (labels == HEMORRHAGE).sum(axis=(1, 2)).astype(np.float64)
-    area = float(pixel_spacing[0]) * float(pixel_spacing[1])
-    return float(np.sum(counts * area * np.asarray(extents_mm, dtype=np.float64)) / 1000.0)
+    """Hemorrhage volume by the one volume rule (``ichnet_core.imaging.measure``)."""
+    return label_volume_ml(labels, HEMORRHAGE, voxel_volumes_ml(pixel_spacing, extents_mm))
 
 
 def label_summary(subtype_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ichnet_core.imaging import measure
 from ichnet_core.synthetic.config import SyntheticConfig
 from ichnet_core.synthetic.points import GridPoints
 
@@ -198,15 +199,8 @@ def fov_circle(rows: int, columns: int) -> np.ndarray:
 
 def slice_extents_mm(positions: np.ndarray, normal: np.ndarray, thickness_mm: float) -> np.ndarray:
     """Half the distance to each neighbour along ``normal`` (one neighbour at the ends)."""
-    s = np.asarray(positions, dtype=np.float64) @ np.asarray(normal, dtype=np.float64)
-    if s.size == 1:
-        return np.array([float(thickness_mm)])
-    gaps = np.abs(np.diff(s))
-    extents = np.empty_like(s)
-    extents[0] = gaps[0]
-    extents[-1] = gaps[-1]
-    extents[1:-1] = 0.5 * (gaps[:-1] + gaps[1:])
-    return extents
+    offsets = np.asarray(positions, dtype=np.float64) @ np.asarray(normal, dtype=np.float64)
+    return measure.slice_extents_mm(offsets, thickness_mm)
 
 
 def sample_geometry(

@@ -25,6 +25,7 @@ from typing import Final
 
 import numpy as np
 
+from ichnet_core.imaging.measure import label_volume_ml, voxel_volumes_ml
 from ichnet_core.labels import HEMORRHAGE, NO_COMPARTMENT, NUM_CLASSIFICATION_OUTPUTS, SUBTYPES
 
 #: Column of ``any`` in every classification label array.
@@ -150,15 +151,13 @@ class LabelledCase:
 
     def voxel_volumes_ml(self) -> np.ndarray:
         """``(S,)`` volume of one pixel of each slice in mL."""
-        area = float(self.pixel_spacing[0]) * float(self.pixel_spacing[1])
-        return (area * self.slice_extent_mm / 1000.0).astype(np.float64)
+        return voxel_volumes_ml(self.pixel_spacing, self.slice_extent_mm)
 
     def hemorrhage_volume_ml(self) -> float | None:
         """Labelled hemorrhage volume in mL, or ``None`` without a segmentation."""
         if self.seg is None:
             return None
-        per_slice = np.count_nonzero(self.seg == HEMORRHAGE, axis=(1, 2))
-        return float(np.dot(per_slice, self.voxel_volumes_ml()))
+        return label_volume_ml(self.seg, HEMORRHAGE, self.voxel_volumes_ml())
 
 
 def subject_from_slices(slice_labels: np.ndarray) -> np.ndarray:
@@ -241,19 +240,3 @@ def slices_from_hemorrhage_mask(hemorrhage: np.ndarray) -> np.ndarray:
     labels[:, ANY_COLUMN] = bleeding.astype(np.float32)
     labels[~bleeding, SUBTYPE_COLUMNS] = 0.0
     return labels
-
-
-def extents_from_offsets(offsets_mm: np.ndarray, single_slice_mm: float) -> np.ndarray:
-    """Half the distance to each neighbour along the normal (ends: their one neighbour distance).
-
-    Mirrors ``ichnet_core.imaging.volume`` so NIfTI and synthetic cases measure volumes like the
-    node does. ``single_slice_mm`` is used for a one-slice series.
-    """
-    offsets = np.asarray(offsets_mm, dtype=np.float64)
-    if offsets.size == 1:
-        return np.array([float(single_slice_mm)], dtype=np.float64)
-    gaps = np.abs(np.diff(offsets))
-    extents = np.empty(offsets.size, dtype=np.float64)
-    extents[0], extents[-1] = gaps[0], gaps[-1]
-    extents[1:-1] = (gaps[:-1] + gaps[1:]) / 2.0
-    return extents

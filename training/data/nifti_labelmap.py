@@ -31,12 +31,12 @@ from typing import Final
 
 import numpy as np
 
+from ichnet_core.imaging.measure import slice_extents_mm
 from ichnet_core.labels import BRAIN, HEMORRHAGE, NON_BRAIN, SUBTYPES
 from training.data.case import (
     ANY_COLUMN,
     LabelledCase,
     SegKind,
-    extents_from_offsets,
     slices_from_hemorrhage_mask,
     slices_from_subtype_masks,
     subject_from_slices,
@@ -185,7 +185,7 @@ class NiftiLabelMapSource(CaseSource):
             group_id=entry.group_id,
             hu=image.data,
             pixel_spacing=image.pixel_spacing,
-            slice_extent_mm=extents_from_offsets(offsets, image.slice_spacing_mm),
+            slice_extent_mm=slice_extents_mm(offsets, image.slice_spacing_mm),
             seg=seg,
             seg_kind=SegKind.FULL if self.full else SegKind.HEMORRHAGE,
             slice_labels=slice_labels,

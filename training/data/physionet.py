@@ -24,13 +24,13 @@ from typing import Final
 
 import numpy as np
 
+from ichnet_core.imaging.measure import slice_extents_mm
 from ichnet_core.labels import CLASS_NAMES, HEMORRHAGE
 from training.data.case import (
     ANY_COLUMN,
     SUBTYPE_COLUMNS,
     LabelledCase,
     SegKind,
-    extents_from_offsets,
     subject_from_slices,
     unknown_labels,
 )
@@ -207,7 +207,7 @@ class PhysioNetIchSource(CaseSource):
             group_id=entry.group_id,
             hu=image.data,
             pixel_spacing=image.pixel_spacing,
-            slice_extent_mm=extents_from_offsets(offsets, image.slice_spacing_mm),
+            slice_extent_mm=slice_extents_mm(offsets, image.slice_spacing_mm),
             seg=seg,
             seg_kind=SegKind.HEMORRHAGE if seg is not None else SegKind.NONE,
             slice_labels=slice_labels,
