@@ -22,7 +22,7 @@ from bench_weights import make_weights, phantom_input
 from common import markdown_table, plain_table, section_text, update_docs
 from engine_matrix import HEADERS, EngineSpec, Report, measure
 
-from ichnet_core.inference.engine import DEFAULT_CHUNK_SLICES
+from ichnet_core.inference.base import DEFAULT_CHUNK_SLICES
 from ichnet_core.inference.onnx_engine import CPU_PROVIDER, OnnxRuntimeEngine
 from ichnet_core.inference.torch_engine import (
     Precision,

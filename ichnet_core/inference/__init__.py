@@ -5,7 +5,7 @@ when :func:`create_engine` builds them. Nothing here imports pydicom, so the eng
 machines that only have the model stack (the GPU benchmark).
 """
 
-from ichnet_core.inference.engine import (
+from ichnet_core.inference.base import (
     AUTO_PREFERENCE,
     DEFAULT_CHUNK_SLICES,
     MAX_SERIES_SLICES,
@@ -14,8 +14,8 @@ from ichnet_core.inference.engine import (
     EngineUnavailableError,
     InferenceEngine,
     NetworkEngine,
-    create_engine,
 )
+from ichnet_core.inference.engine import create_engine
 from ichnet_core.inference.pipeline import (
     finalize,
     hemorrhage_volume_ml,

@@ -1,132 +1,53 @@
-"""The inference-engine interface and the factory that picks an implementation.
+"""The factory that builds an inference engine by name (``auto``: ``inference/auto.py``).
 
 Every engine turns a :class:`~ichnet_core.imaging.volume.Volume` into a
 :class:`~ichnet_core.prediction.Prediction` with the same pre/post-processing
 (``inference/pipeline.py``) and the same staged execution (``inference/staged.py``); they differ
 only in the runtime that executes the three stages.
 
-``engine: auto`` picks the fastest engine that can run here and logs why:
-
-1. TensorRT when it is installed and a CUDA device is present (FP16 engines; nothing else comes
-   close on a GPU, and building it for a race would cost minutes);
-2. otherwise every other engine that can be built (optimised PyTorch, ONNX Runtime) runs the
-   same probe (``AUTO_PROBE_SLICES`` random slices at the model's input size, best of
-   ``AUTO_PROBE_RUNS`` after a warm-up) and the fastest wins. The measurement, with the
-   machine's CPU/GPU name and the library versions, is stored in ``cache_dir/auto-engine.json``
-   and reused by later starts on the same machine and weights, so only the first start pays
-   for it (delete the file to measure again). On the development CPU (AVX512_BF16 + AMX) torch
-   bfloat16 wins when the machine is otherwise idle and ONNX Runtime when another job shares
-   the cores (docs/benchmarks.md), which is why this is measured and not a fixed rule. ONNX
-   Runtime without a CUDA provider is not considered on a machine with a GPU.
-
-Adding an engine: write ``<kind>_engine.py`` with a class that satisfies :class:`InferenceEngine`
+Adding an engine: write ``<kind>_engine.py`` with a class that satisfies :class:`~ichnet_core.inference.base.InferenceEngine`
 and point its entry in ``_BUILDERS`` at a builder that imports it (imports stay lazy, so a
 missing optional runtime only makes that one engine unavailable).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import platform
-import tempfile
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from enum import Enum
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-if TYPE_CHECKING:  # imaging.volume imports pydicom; engines must import without it (GPU bench)
-    from ichnet_core.imaging.volume import Volume
-    from ichnet_core.inference.staged import NetworkOutput
-    from ichnet_core.models.weights import ModelWeights
-    from ichnet_core.prediction import Prediction
-
-logger = logging.getLogger(__name__)
-
-#: Slices per encode/decode chunk: bounds activation memory regardless of the series length.
-DEFAULT_CHUNK_SLICES: Final[int] = 16
-#: Longest series the engines are prepared for (TensorRT profile maximum); the node's selection
-#: rules accept at most 1200 slices by default.
-MAX_SERIES_SLICES: Final[int] = 1200
-#: The auto probe: slices, timed runs (after one warm-up), and the file keeping the decision.
-AUTO_PROBE_SLICES: Final[int] = 8
-AUTO_PROBE_RUNS: Final[int] = 2
-AUTO_DECISION_FILE: Final[str] = "auto-engine.json"
-_AUTO_DECISION_FORMAT: Final[str] = "ichnet-auto-engine/1"
-_PROBE_SEED: Final[int] = 0
-
-
-class EngineName(str, Enum):
-    """Engine names accepted by the node config (``engine:``) and ``--engine``."""
-
-    AUTO = "auto"
-    TORCH = "torch"
-    ONNXRUNTIME = "onnxruntime"
-    TENSORRT = "tensorrt"
-
-
-#: Every engine ``auto`` considers, in order of preference when timings tie.
-AUTO_PREFERENCE: Final[tuple[EngineName, ...]] = (
-    EngineName.TENSORRT,
-    EngineName.ONNXRUNTIME,
-    EngineName.TORCH,
+from ichnet_core.inference.auto import auto_engine
+from ichnet_core.inference.base import (
+    DEFAULT_CHUNK_SLICES,
+    MAX_SERIES_SLICES,
+    EngineBuilder,
+    EngineName,
+    EngineOptions,
+    EngineUnavailableError,
+    InferenceEngine,
+    NetworkEngine,
 )
 
+if TYPE_CHECKING:
+    from ichnet_core.models.weights import ModelWeights
 
-class EngineUnavailableError(RuntimeError):
-    """The requested engine cannot run here; the message says why."""
+#: The public API of the inference package: the factory and what callers need with it.
+__all__ = [
+    "DEFAULT_CHUNK_SLICES",
+    "MAX_SERIES_SLICES",
+    "EngineName",
+    "EngineUnavailableError",
+    "InferenceEngine",
+    "NetworkEngine",
+    "create_engine",
+    "warm_up",
+]
 
-
-@runtime_checkable
-class InferenceEngine(Protocol):
-    """Runs ICHNet on one series."""
-
-    name: str
-
-    def predict(self, volume: Volume, *, keep_probabilities: bool = False) -> Prediction:
-        """Segmentation and classification of ``volume``.
-
-        ``keep_probabilities`` keeps the model-resolution softmax in the prediction (parity tests).
-        """
-        ...
-
-
-@runtime_checkable
-class NetworkEngine(InferenceEngine, Protocol):
-    """An engine that also runs the network on a prepared array (benchmarks, parity, auto)."""
-
-    @property
-    def input_size(self) -> int: ...
-
-    @property
-    def description(self) -> str: ...
-
-    def run_network(self, x: np.ndarray) -> NetworkOutput: ...
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """Settings every engine builder receives.
-
-    Attributes
-    ----------
-    chunk_slices:
-        Slices per encode/decode chunk.
-    cache_dir:
-        Where engines keep their artefacts (ONNX export, TensorRT plans, the auto decision);
-        ``None``: a temporary folder per engine.
-    """
-
-    chunk_slices: int = DEFAULT_CHUNK_SLICES
-    cache_dir: Path | None = None
-
-
-EngineBuilder = Callable[["ModelWeights", EngineOptions], NetworkEngine]
+logger = logging.getLogger(__name__)
 
 
 def _build_torch(weights: ModelWeights, options: EngineOptions) -> NetworkEngine:
@@ -154,178 +75,6 @@ _BUILDERS: Final[Mapping[EngineName, EngineBuilder]] = {
     EngineName.ONNXRUNTIME: _build_onnxruntime,
     EngineName.TENSORRT: _build_tensorrt,
 }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in (
-            Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").splitlines()
-        ):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _decision_context(weights: ModelWeights, options: EngineOptions) -> dict[str, Any]:
-    """What an auto decision depends on: machine, libraries, weights, chunking."""
-    import importlib.metadata
-
-    import torch
-
-    def version(package: str) -> str:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return "absent"
-
-    return {
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "onnxruntime": version("onnxruntime")
-        if version("onnxruntime-gpu") == "absent"
-        else version("onnxruntime-gpu"),
-        "weights_sha256": weights.sha256,
-        "chunk_slices": options.chunk_slices,
-    }
-
-
-def _read_decision(path: Path | None, context: Mapping[str, Any]) -> dict[str, Any] | None:
-    if path is None or not path.is_file():
-        return None
-    try:
-        decision = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        logger.warning("engine auto: ignoring unreadable %s: %s", path, exc)
-        return None
-    if (
-        not isinstance(decision, dict)
-        or decision.get("format") != _AUTO_DECISION_FORMAT
-        or decision.get("context") != dict(context)
-    ):
-        return None
-    return decision
-
-
-def _write_decision(path: Path | None, decision: Mapping[str, Any]) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(decision, handle, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def probe_seconds(engine: NetworkEngine, *, slices: int = AUTO_PROBE_SLICES) -> float:
-    """Best of :data:`AUTO_PROBE_RUNS` timed runs (after a warm-up) on random slices."""
-    rng = np.random.default_rng(_PROBE_SEED)
-    size = engine.input_size
-    x = rng.random((slices, 3, size, size), dtype=np.float32)
-    engine.run_network(x)
-    best = float("inf")
-    for _ in range(AUTO_PROBE_RUNS):
-        started = time.perf_counter()
-        engine.run_network(x)
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
-def _gpu_without_onnxruntime_cuda() -> bool:
-    """A CUDA device is present but the installed ONNX Runtime has no CUDA provider."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import onnxruntime
-    except ImportError:
-        return False  # the builder reports it
-    return "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
-
-
-def _auto_engine(weights: ModelWeights, options: EngineOptions) -> NetworkEngine:
-    """``engine: auto`` (see the module docstring)."""
-    skipped: list[str] = []
-
-    def unavailable(name: EngineName, reason: object) -> None:
-        logger.info("engine auto: %s unavailable: %s", name.value, reason)
-        skipped.append(f"{name.value}: {reason}")
-
-    try:
-        engine = _BUILDERS[EngineName.TENSORRT](weights, options)
-    except EngineUnavailableError as exc:
-        unavailable(EngineName.TENSORRT, exc)
-    else:
-        logger.info("engine auto: using tensorrt (installed and a CUDA device is present)")
-        return engine
-
-    candidates = [name for name in AUTO_PREFERENCE if name is not EngineName.TENSORRT]
-    decision_path = options.cache_dir / AUTO_DECISION_FILE if options.cache_dir else None
-    context = _decision_context(weights, options)
-    earlier = _read_decision(decision_path, context)
-    if earlier is not None and earlier.get("choice") in {c.value for c in candidates}:
-        choice = EngineName(earlier["choice"])
-        try:
-            engine = _BUILDERS[choice](weights, options)
-        except EngineUnavailableError as exc:
-            unavailable(choice, exc)
-        else:
-            logger.info(
-                "engine auto: using %s, measured earlier on this machine (%s; %s)",
-                choice.value,
-                ", ".join(f"{k} {v:.3f} s" for k, v in earlier["timings_s"].items()),
-                decision_path,
-            )
-            return engine
-
-    built: dict[EngineName, NetworkEngine] = {}
-    for name in candidates:
-        if name is EngineName.ONNXRUNTIME and _gpu_without_onnxruntime_cuda():
-            unavailable(name, "it would run on the CPU (no CUDA provider) while a GPU is present")
-            continue
-        try:
-            built[name] = _BUILDERS[name](weights, options)
-        except EngineUnavailableError as exc:
-            unavailable(name, exc)
-    timings: dict[EngineName, float] = {}
-    for name, engine in built.items():
-        try:
-            timings[name] = probe_seconds(engine)
-        except Exception as exc:  # an engine that cannot run the probe cannot run a series
-            logger.warning("engine auto: %s failed the probe: %s", name.value, exc)
-            unavailable(name, f"failed the probe: {exc}")
-    if not timings:
-        raise EngineUnavailableError("no inference engine can run here: " + "; ".join(skipped))
-    choice = min(timings, key=lambda n: (timings[n], AUTO_PREFERENCE.index(n)))
-    measured = {n.value: round(t, 4) for n, t in timings.items()}
-    _write_decision(
-        decision_path,
-        {
-            "format": _AUTO_DECISION_FORMAT,
-            "context": context,
-            "choice": choice.value,
-            "timings_s": measured,
-            "probe_slices": AUTO_PROBE_SLICES,
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    )
-    logger.info(
-        "engine auto: using %s (%s): fastest on a %d-slice probe (%s); unavailable: %s",
-        choice.value,
-        built[choice].description,
-        AUTO_PROBE_SLICES,
-        ", ".join(f"{built[n].description} {t:.3f} s" for n, t in timings.items()),
-        "; ".join(skipped) or "none",
-    )
-    return built[choice]
 
 
 def create_engine(
@@ -370,7 +119,7 @@ def create_engine(
         chunk_slices=chunk_slices, cache_dir=Path(cache_dir) if cache_dir is not None else None
     )
     if engine_name is EngineName.AUTO:
-        return _auto_engine(weights, options)  # its probe has warmed the engine up
+        return auto_engine(weights, options, _BUILDERS)  # its probe has warmed the engine up
     engine = _BUILDERS[engine_name](weights, options)
     warm_up(engine, slices=chunk_slices)
     return engine

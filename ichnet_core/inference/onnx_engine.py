@@ -28,7 +28,7 @@ from ichnet_core.export import (
     cached_export,
 )
 from ichnet_core.imaging.model_grid import ModelGrid
-from ichnet_core.inference.engine import DEFAULT_CHUNK_SLICES, EngineName, EngineUnavailableError
+from ichnet_core.inference.base import DEFAULT_CHUNK_SLICES, EngineName, EngineUnavailableError
 from ichnet_core.inference.pipeline import PipelineEngine
 from ichnet_core.inference.staged import (
     DEFAULT_SKIP_CACHE_BYTES,

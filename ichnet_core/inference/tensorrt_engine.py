@@ -52,7 +52,7 @@ from ichnet_core.export import (
     cached_export,
 )
 from ichnet_core.imaging.model_grid import ModelGrid
-from ichnet_core.inference.engine import (
+from ichnet_core.inference.base import (
     DEFAULT_CHUNK_SLICES,
     MAX_SERIES_SLICES,
     EngineName,

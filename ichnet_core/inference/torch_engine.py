@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ichnet_core.imaging.model_grid import ModelGrid
-from ichnet_core.inference.engine import DEFAULT_CHUNK_SLICES, EngineName
+from ichnet_core.inference.base import DEFAULT_CHUNK_SLICES, EngineName
 from ichnet_core.inference.pipeline import PipelineEngine
 from ichnet_core.inference.staged import (
     DEFAULT_SKIP_CACHE_BYTES,

@@ -15,12 +15,12 @@ from ichnet_core.inference import (
     NetworkEngine,
     create_engine,
 )
-from ichnet_core.inference.engine import AUTO_DECISION_FILE
+from ichnet_core.inference.auto import AUTO_DECISION_FILE
 from ichnet_core.inference.onnx_engine import OnnxRuntimeEngine
 from ichnet_core.inference.torch_engine import TorchEngine, TorchSettings
 from ichnet_core.models.weights import ModelWeights
 
-ENGINE_LOGGER = "ichnet_core.inference.engine"
+ENGINE_LOGGER = "ichnet_core.inference"  # the factory and the auto choice (auto.py) log under it
 
 
 def test_torch_engine_by_name_is_the_optimised_one(

@@ -23,7 +23,7 @@ import torch
 
 from ichnet_core.export import ExportedModel, cached_export
 from ichnet_core.imaging.volume import Volume
-from ichnet_core.inference.engine import NetworkEngine
+from ichnet_core.inference.base import NetworkEngine
 from ichnet_core.inference.onnx_engine import OnnxRuntimeEngine
 from ichnet_core.inference.torch_engine import (
     Precision,

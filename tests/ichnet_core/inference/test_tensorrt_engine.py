@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ichnet_core.export import ExportedModel, Stage
-from ichnet_core.inference.engine import MAX_SERIES_SLICES, EngineUnavailableError
+from ichnet_core.inference.base import MAX_SERIES_SLICES, EngineUnavailableError
 from ichnet_core.inference.tensorrt_engine import (
     PRECISION,
     TensorRTEngine,
