@@ -47,6 +47,7 @@ from typing import Any, Final
 import torch
 from torch import Tensor, nn
 
+from ichnet_core.durable import fsync_directory
 from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.labels import NUM_SEGMENTATION_CLASSES
 from ichnet_core.models.ichnet import (
@@ -500,9 +501,11 @@ def export_staged(
         for path in staging.iterdir():
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
+        fsync_directory(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
+        fsync_directory(out_dir.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

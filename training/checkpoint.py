@@ -8,15 +8,14 @@ runs code from the file.
 
 from __future__ import annotations
 
-import io
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import torch
+
+from ichnet_core.durable import write_atomic
 
 CHECKPOINT_FORMAT: Final[str] = "ichnet-train-checkpoint/1"
 
@@ -71,21 +70,8 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (plus the format tag) atomically: temp file, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, **payload}, buffer)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Write ``payload`` (plus the format tag) durably and atomically (``ichnet_core.durable``)."""
+    write_atomic(path, lambda handle: torch.save({"format": CHECKPOINT_FORMAT, **payload}, handle))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

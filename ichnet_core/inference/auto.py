@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from ichnet_core.durable import write_atomic
 from ichnet_core.inference.base import (
     AUTO_PREFERENCE,
     EngineBuilder,
@@ -106,15 +106,7 @@ def _read_decision(path: Path | None, context: Mapping[str, Any]) -> dict[str, A
 def _write_decision(path: Path | None, decision: Mapping[str, Any]) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(decision, handle, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(decision, indent=2, sort_keys=True).encode("utf-8"))
 
 
 def probe_seconds(engine: NetworkEngine, *, slices: int = AUTO_PROBE_SLICES) -> float:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ichnet_core.durable import write_atomic
 from ichnet_core.export import (
     DECODER_INPUTS,
     DECODER_OUTPUT,
@@ -169,20 +169,6 @@ def _import_tensorrt() -> Any:
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _TORCH_DTYPES: Final[dict[str, torch.dtype]] = {
@@ -366,7 +352,7 @@ class TensorRTEngine(PipelineEngine):
                 return engine
             logger.warning("tensorrt: cached plan %s does not load; rebuilding", plan_path)
         plan = self._build(stage, profiles)
-        _atomic_write_bytes(plan_path, plan)
+        write_atomic(plan_path, plan)
         engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise EngineUnavailableError(
@@ -406,7 +392,7 @@ class TensorRTEngine(PipelineEngine):
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise EngineUnavailableError(f"tensorrt failed to build the {stage.value} engine")
-        _atomic_write_bytes(self.timing_cache_path, bytes(config.get_timing_cache().serialize()))
+        write_atomic(self.timing_cache_path, bytes(config.get_timing_cache().serialize()))
         logger.info(
             "tensorrt: built %s engine in %.1f s", stage.value, time.perf_counter() - started
         )

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ichnet_core.durable import write_atomic
 from ichnet_core.imaging.model_grid import ModelGrid, PlaneMapping, foreground_map
 from ichnet_core.imaging.windowing import NUM_WINDOWS, window_stack
 from ichnet_core.labels import (
@@ -158,8 +157,7 @@ def _optional(data: np.lib.npyio.NpzFile, key: str) -> np.ndarray | None:
 
 
 def write_prepared(path: Path, prepared: PreparedCase) -> None:
-    """Store ``prepared`` as compressed ``.npz`` (temp file + rename: never half written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Store ``prepared`` as compressed ``.npz`` (``ichnet_core.durable``: never half written)."""
     arrays: dict[str, np.ndarray] = {
         "format": np.array(PREPARED_FORMAT),
         "image": prepared.image,
@@ -172,14 +170,7 @@ def write_prepared(path: Path, prepared: PreparedCase) -> None:
         value = getattr(prepared, key)
         if value is not None:
             arrays[key] = value
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: np.savez_compressed(handle, **arrays))  # type: ignore[arg-type]
 
 
 def read_prepared(path: Path, case_id: str) -> PreparedCase:

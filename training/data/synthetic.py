@@ -12,8 +12,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any, Final
 import numpy as np
 
 import ichnet_core.synthetic as synthetic_package
+from ichnet_core.durable import write_atomic
 from ichnet_core.synthetic import SyntheticCase, SyntheticConfig, generate_case
 from training.data.case import LabelledCase, SegKind, compartments_from_subtype_masks
 from training.data.source import CaseEntry, CaseSource
@@ -132,25 +131,17 @@ class SyntheticSource(CaseSource):
 
 
 def _write_cached(path: Path, case: LabelledCase) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(
-                handle,
-                format=np.array(CACHE_FORMAT),
-                hu=case.hu,
-                pixel_spacing=np.array(case.pixel_spacing),
-                slice_extent_mm=case.slice_extent_mm,
-                seg=case.seg,
-                compartments=case.compartments,
-                slice_labels=case.slice_labels,
-                subject_labels=case.subject_labels,
-            )
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    arrays = {
+        "format": np.array(CACHE_FORMAT),
+        "hu": case.hu,
+        "pixel_spacing": np.array(case.pixel_spacing),
+        "slice_extent_mm": case.slice_extent_mm,
+        "seg": case.seg,
+        "compartments": case.compartments,
+        "slice_labels": case.slice_labels,
+        "subject_labels": case.subject_labels,
+    }
+    write_atomic(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def _read_cached(path: Path, case_id: str) -> LabelledCase:
