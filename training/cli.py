@@ -5,8 +5,11 @@
     ichnet-train --config training/configs/cpu_small.yaml [--no-resume] [--max-steps N]
     ichnet-train compare --config training/configs/compare_cpu.yaml
     ichnet-train prepare --config training/configs/cpu_small.yaml     # fill the synthetic cache
-    ichnet-train export --checkpoint runs/x/checkpoints/best.pt --out weights.pt --version 1.0.0
+    ichnet-train operating-points --config training/configs/cpu_small.yaml [--checkpoint C]
+    ichnet-train export --checkpoint runs/x/checkpoints/best.pt --out weights.pt --version 1.0.0 \
+        [--operating-points runs/x/operating_points.json]
     ichnet-eval --config training/configs/cpu_small.yaml [--checkpoint C | --weights W] [--split test]
+        [--operating-points weights | FILE]
 
 Exit status: 0 success, 2 unusable configuration or arguments, 1 any other failure.
 """
@@ -24,10 +27,19 @@ from typing import Final
 import torch
 from tqdm import tqdm
 
+from ichnet_core.operating_points import OperatingPoints
 from training.config import ConfigError, TrainConfig, load_config
 from training.data.build import build_split
 from training.data.splits import Split
-from training.evaluate import evaluate_model, format_markdown, write_report
+from training.evaluate import (
+    ANY_MIN_SENSITIVITY,
+    evaluate_model,
+    format_markdown,
+    format_operating_points,
+    select_operating_points,
+    write_report,
+)
+from training.export import OPERATING_POINTS_FORMAT, file_sha256
 from training.trainer import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -42,7 +54,9 @@ logger = logging.getLogger(__name__)
 EXIT_OK: Final[int] = 0
 EXIT_FAILURE: Final[int] = 1
 EXIT_USAGE: Final[int] = 2
-SUBCOMMANDS: Final[tuple[str, ...]] = ("compare", "prepare", "export")
+SUBCOMMANDS: Final[tuple[str, ...]] = ("compare", "prepare", "export", "operating-points")
+#: Default file name of ``ichnet-train operating-points`` under the run's output_dir.
+OPERATING_POINTS_FILE: Final[str] = "operating_points.json"
 
 
 def _setup_logging(level: str) -> None:
@@ -182,6 +196,12 @@ def _export(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--evaluation", type=Path, help="metrics.json of ichnet-eval to record")
     parser.add_argument(
+        "--operating-points",
+        type=Path,
+        help="file of `ichnet-train operating-points` for this checkpoint; without it the "
+        "weights call every output present from 0.5",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     args = parser.parse_args(argv)
@@ -193,6 +213,7 @@ def _export(argv: Sequence[str]) -> int:
         trained_on=args.trained_on,
         description=args.description,
         evaluation=args.evaluation,
+        operating_points=args.operating_points,
     )
     print(
         json.dumps(
@@ -205,6 +226,78 @@ def _export(argv: Sequence[str]) -> int:
             indent=2,
         )
     )
+    return EXIT_OK
+
+
+def _operating_points(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ichnet-train operating-points",
+        description="Choose per-output decision thresholds on the validation split "
+        "(any: highest specificity with sensitivity >= 0.95; subtypes: Youden's J) and write "
+        "them for `ichnet-train export --operating-points`.",
+    )
+    _common(parser)
+    parser.add_argument("--checkpoint", type=Path, help="training checkpoint (default: best)")
+    parser.add_argument("--split", choices=["val", "test"], default="val")
+    parser.add_argument(
+        "--out", type=Path, help=f"JSON to write (default: <output_dir>/{OPERATING_POINTS_FILE})"
+    )
+    parser.add_argument(
+        "--any-min-sensitivity",
+        type=float,
+        default=ANY_MIN_SENSITIVITY,
+        help="sensitivity the `any` threshold must reach on the split",
+    )
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device")
+    parser.add_argument("--threads", type=int, help="override cpu_threads")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    config = _load(args.config, None, args.device, args.threads)
+    if config.cpu_threads is not None:
+        torch.set_num_threads(config.cpu_threads)
+    device = resolve_device(config.device)
+    checkpoint = _checkpoint_of(config, args.checkpoint)
+    model, grid, _ = load_trained_model(checkpoint, device)
+    split = Split(args.split)
+    cases = build_split(config, split)
+    if len(cases) == 0:
+        raise ValueError(f"the {split.value} split of {args.config} holds no cases")
+    if split is Split.TEST:
+        logger.warning(
+            "choosing operating points on the test split: its figures are no longer held out"
+        )
+    with torch.inference_mode():
+        result = evaluate_model(
+            model,
+            cases,
+            grid,
+            device,
+            autocast_dtype=autocast_dtype(config.optim.amp, device),
+            progress=config.logging.progress_bar,
+            description="operating points",
+        )
+    sha256 = file_sha256(checkpoint)
+    source = (
+        f"{split.value} split of {args.config.name} ({result.n_cases} cases), "
+        f"checkpoint sha256 {sha256[:12]}"
+    )
+    selection = select_operating_points(
+        result.scores, source=source, any_min_sensitivity=args.any_min_sensitivity
+    )
+    points = selection.operating_points()
+    payload = {
+        "format": OPERATING_POINTS_FORMAT,
+        "operating_points": points.to_metadata(),
+        "selection": selection.to_dict(),
+        "checkpoint": {"path": str(checkpoint), "sha256": sha256},
+        "split": split.value,
+        "n_cases": result.n_cases,
+    }
+    out = args.out or Path(config.output_dir) / OPERATING_POINTS_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(format_operating_points(selection))
+    print(f"operating points: {out}")
     return EXIT_OK
 
 
@@ -224,9 +317,14 @@ def _run(handler: Handler, argv: Sequence[str]) -> int:
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """``ichnet-train`` [compare|prepare|export] ..."""
+    """``ichnet-train`` [compare|prepare|export|operating-points] ..."""
     args = list(sys.argv[1:] if argv is None else argv)
-    handlers: dict[str, Handler] = {"compare": _compare, "prepare": _prepare, "export": _export}
+    handlers: dict[str, Handler] = {
+        "compare": _compare,
+        "prepare": _prepare,
+        "export": _export,
+        "operating-points": _operating_points,
+    }
     if args and args[0] in SUBCOMMANDS:
         return _run(handlers[args[0]], args[1:])
     return _run(_fit, args)
@@ -247,6 +345,12 @@ def _evaluate(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: config)")
+    parser.add_argument(
+        "--operating-points",
+        metavar="weights|FILE",
+        help="Table 2 at per-output thresholds: those stored in --weights (`weights`), or an "
+        "`ichnet-train operating-points` file",
+    )
     parser.add_argument("--threads", type=int, help="override cpu_threads")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
@@ -254,30 +358,28 @@ def _evaluate(argv: Sequence[str]) -> int:
     if config.cpu_threads is not None:
         torch.set_num_threads(config.cpu_threads)
     device = resolve_device(config.device)
+    operating_points: OperatingPoints | None = None
     if args.weights is not None:
         from ichnet_core.models.weights import build_model, load_weights
 
-        model = build_model(load_weights(args.weights, args.weights_sha256)).to(device)
+        weights = load_weights(args.weights, args.weights_sha256)
+        model = build_model(weights).to(device)
         grid = model.config.grid
         what = str(args.weights)
+        if args.operating_points == "weights":
+            operating_points = weights.operating_points
     else:
-        checkpoints = Path(config.output_dir) / "checkpoints"
-        checkpoint = args.checkpoint or next(
-            (
-                p
-                for p in (checkpoints / BEST_CHECKPOINT, checkpoints / LAST_CHECKPOINT)
-                if p.is_file()
-            ),
-            None,
-        )
-        if checkpoint is None:
-            raise ValueError(f"no checkpoint in {checkpoints}; pass --checkpoint or --weights")
+        checkpoint = _checkpoint_of(config, args.checkpoint)
         model, grid, _ = load_trained_model(checkpoint, device)
         what = str(checkpoint)
     split = Split(args.split)
     cases = build_split(config, split)
     if len(cases) == 0:
         raise ValueError(f"the {split.value} split of {args.config} holds no cases")
+    if args.operating_points == "weights" and args.weights is None:
+        raise ValueError("--operating-points weights needs --weights")
+    if args.operating_points not in (None, "weights"):
+        operating_points = _read_operating_points_file(Path(args.operating_points))
     threshold = args.threshold if args.threshold is not None else config.validation.threshold
     with torch.inference_mode():
         result = evaluate_model(
@@ -286,6 +388,7 @@ def _evaluate(argv: Sequence[str]) -> int:
             grid,
             device,
             threshold=threshold,
+            operating_points=operating_points,
             autocast_dtype=autocast_dtype(config.optim.amp, device),
             progress=config.logging.progress_bar,
         )
@@ -295,6 +398,29 @@ def _evaluate(argv: Sequence[str]) -> int:
     print(format_markdown(result, title))
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
     return EXIT_OK
+
+
+def _checkpoint_of(config: TrainConfig, checkpoint: Path | None) -> Path:
+    """``checkpoint``, else the run's best, else its last checkpoint."""
+    if checkpoint is not None:
+        return checkpoint
+    checkpoints = Path(config.output_dir) / "checkpoints"
+    found = next(
+        (p for p in (checkpoints / BEST_CHECKPOINT, checkpoints / LAST_CHECKPOINT) if p.is_file()),
+        None,
+    )
+    if found is None:
+        raise ValueError(f"no checkpoint in {checkpoints}; pass --checkpoint or --weights")
+    return found
+
+
+def _read_operating_points_file(path: Path) -> OperatingPoints:
+    from ichnet_core.operating_points import METADATA_KEY
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("format") != OPERATING_POINTS_FORMAT:
+        raise ValueError(f"{path} is not an {OPERATING_POINTS_FORMAT!r} file")
+    return OperatingPoints.from_metadata({METADATA_KEY: data["operating_points"]})
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,9 @@ argmax, so Dice and volumes are measured at source resolution with the case's ow
 * Table 3: Dice of hemorrhage (over cases with labelled hemorrhage), brain and non-brain (over
   cases with complete segmentations) and their mean.
 * Volume: mean absolute / signed / relative error of the hemorrhage volume in mL.
+* Operating points: per-output thresholds chosen on a validation split
+  (:func:`select_operating_points`; ``any``: the highest specificity with sensitivity >= 0.95,
+  subtypes: Youden's J), and Table 2 at such thresholds (``Evaluator(operating_points=...)``).
 
 A model without a subject head (2-D ResNet18) gets subject probabilities as the maximum of its
 slice probabilities; the report says so (``subject_source``).
@@ -18,8 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,6 +35,7 @@ from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.inference.pipeline import labels_at_source
 from ichnet_core.labels import BRAIN, CLASS_NAMES, HEMORRHAGE, NON_BRAIN, SEGMENTATION_CLASSES
 from ichnet_core.models.ichnet import seg_probabilities
+from ichnet_core.operating_points import DEFAULT_THRESHOLD, OperatingPoints
 from training.data.case import LabelledCase, SegKind
 from training.data.dataset import make_sample, prepare_case
 from training.data.source import CaseSource
@@ -143,11 +147,18 @@ class EvalResult:
     subject_source: str | None
     loss: dict[str, float]
     roc: dict[str, dict[str, tuple[list[float], list[float]]]]
+    #: Known truths and scores per level and class (operating-point selection); not in JSON.
+    scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    #: Per-output thresholds Table 2 was computed at, when not the single ``threshold``.
+    operating_points: OperatingPoints | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "n_cases": self.n_cases,
             "threshold": self.threshold,
+            "operating_points": (
+                self.operating_points.to_metadata() if self.operating_points is not None else None
+            ),
             "table2": {
                 level: {name: m.to_dict() if m is not None else None for name, m in rows.items()}
                 for level, rows in self.table2.items()
@@ -162,8 +173,11 @@ class EvalResult:
 class Evaluator:
     """Accumulates predictions and truths case by case, then computes the tables."""
 
-    def __init__(self, threshold: float = 0.5) -> None:
+    def __init__(
+        self, threshold: float = 0.5, operating_points: OperatingPoints | None = None
+    ) -> None:
         self.threshold = threshold
+        self.operating_points = operating_points
         self.n_cases = 0
         self.scores = {level: [_Scores() for _ in CLASS_NAMES] for level in LEVELS}
         self.dice: dict[str, list[float]] = {name: [] for name in SEGMENTATION_CLASSES}
@@ -206,16 +220,30 @@ class Evaluator:
                 if score is not None:
                     self.dice[name].append(score)
 
+    def threshold_of(self, level: str, name: str) -> float:
+        """Decision threshold of one output: its operating point, else ``threshold``."""
+        if self.operating_points is None:
+            return self.threshold
+        if level == "subject":
+            return self.operating_points.subject[name]
+        if self.operating_points.slice is not None:
+            return self.operating_points.slice[name]
+        return self.threshold
+
     def result(self) -> EvalResult:
         """The tables over all cases added so far."""
         table2: dict[str, dict[str, BinaryMetrics | None]] = {}
         roc: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+        arrays: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         for level in LEVELS:
-            table2[level], roc[level] = {}, {}
+            table2[level], roc[level], arrays[level] = {}, {}, {}
             for name, scores in zip(CLASS_NAMES, self.scores[level], strict=True):
                 truth, score = scores.arrays()
+                arrays[level][name] = (truth, score)
                 table2[level][name] = (
-                    binary_metrics(truth, score, self.threshold) if truth.size else None
+                    binary_metrics(truth, score, self.threshold_of(level, name))
+                    if truth.size
+                    else None
                 )
                 if truth.size and 0 < truth.sum() < truth.size:
                     fpr, tpr = roc_curve(truth, score)
@@ -246,6 +274,8 @@ class Evaluator:
             subject_source=self.subject_source,
             loss={name: float(np.mean(values)) for name, values in self.terms.items()},
             roc=roc,
+            scores=arrays,
+            operating_points=self.operating_points,
         )
 
 
@@ -256,14 +286,18 @@ def evaluate_model(
     device: torch.device,
     *,
     threshold: float = 0.5,
+    operating_points: OperatingPoints | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
     description: str = "eval",
 ) -> EvalResult:
-    """Evaluate ``model`` (put in eval mode) on every case of ``cases``."""
+    """Evaluate ``model`` (put in eval mode) on every case of ``cases``.
+
+    Table 2 is computed at ``operating_points`` (per output) when given, else at ``threshold``.
+    """
     was_training = model.training
     model.eval()
-    evaluator = Evaluator(threshold)
+    evaluator = Evaluator(threshold, operating_points)
     total = len(cases) if isinstance(cases, CaseSource) else None
     try:
         for case in tqdm(cases, total=total, desc=description, disable=not progress, leave=False):
@@ -271,6 +305,197 @@ def evaluate_model(
     finally:
         model.train(was_training)
     return evaluator.result()
+
+
+# --------------------------------------------------------------------------- operating points
+
+#: Sensitivity the ``any`` operating point must reach on the validation split.
+ANY_MIN_SENSITIVITY: Final[float] = 0.95
+RULE_MIN_SENSITIVITY: Final[str] = "max specificity with sensitivity >= {target:g}"
+RULE_YOUDEN: Final[str] = "max Youden J (sensitivity + specificity - 1)"
+RULE_DEFAULT: Final[str] = "default {threshold:g}: the validation split lacks {missing}"
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """One chosen threshold and what it achieves on the data it was chosen on."""
+
+    threshold: float
+    rule: str
+    sensitivity: float | None
+    specificity: float | None
+    n: int
+    positives: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cut_points(
+    y_true: np.ndarray, y_score: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every decision the scores allow, as (threshold, sensitivity, specificity) arrays.
+
+    Cut ``k`` calls positive exactly the samples whose score is at least the ``k``-th highest
+    distinct score. Its threshold is halfway to the next lower distinct score (the lowest
+    score itself for the last cut), so the decision on these data is the same as at the score
+    itself while a slightly lower score on new data is not flipped by a hair.
+    """
+    order = np.argsort(-y_score, kind="mergesort")
+    scores, truth = y_score[order], y_true[order]
+    last_of_tie = np.r_[scores[1:] != scores[:-1], True]
+    distinct = scores[last_of_tie]
+    tps = np.cumsum(truth)[last_of_tie]
+    fps = np.cumsum(~truth)[last_of_tie]
+    positives, negatives = int(truth.sum()), int((~truth).sum())
+    thresholds = np.r_[(distinct[:-1] + distinct[1:]) / 2.0, distinct[-1]]
+    return thresholds, tps / positives, 1.0 - fps / negatives
+
+
+def select_threshold(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    min_sensitivity: float | None = None,
+) -> ThresholdChoice:
+    """The decision threshold of one output on validation labels and scores.
+
+    With ``min_sensitivity``: the highest specificity among the thresholds whose sensitivity
+    reaches it. Without: the highest Youden J. Ties go to the higher sensitivity (the lower
+    threshold): a missed bleed costs more than a second look. A score ``>=`` the threshold is a
+    positive call. Without both classes no threshold can be chosen: :data:`DEFAULT_THRESHOLD`,
+    and the rule says why.
+
+    Parameters
+    ----------
+    y_true:
+        0/1 labels.
+    y_score:
+        Probabilities in [0, 1].
+    min_sensitivity:
+        Required sensitivity in (0, 1], or ``None`` for Youden's J.
+
+    Raises
+    ------
+    ValueError
+        When labels and scores differ in shape or ``min_sensitivity`` is out of range.
+    """
+    y_true = np.asarray(y_true).astype(bool).reshape(-1)
+    y_score = np.asarray(y_score, dtype=np.float64).reshape(-1)
+    if y_true.shape != y_score.shape:
+        raise ValueError(f"labels {y_true.shape} and scores {y_score.shape} differ in shape")
+    if min_sensitivity is not None and not 0.0 < min_sensitivity <= 1.0:
+        raise ValueError(f"min_sensitivity must be in (0, 1], found {min_sensitivity}")
+    positives = int(y_true.sum())
+    negatives = int(y_true.size - positives)
+    if positives == 0 or negatives == 0:
+        missing = "positives" if positives == 0 else "negatives"
+        metrics = binary_metrics(y_true, y_score, DEFAULT_THRESHOLD)
+        return ThresholdChoice(
+            threshold=DEFAULT_THRESHOLD,
+            rule=RULE_DEFAULT.format(threshold=DEFAULT_THRESHOLD, missing=missing),
+            sensitivity=metrics.sensitivity,
+            specificity=metrics.specificity,
+            n=int(y_true.size),
+            positives=positives,
+        )
+    thresholds, sensitivity, specificity = _cut_points(y_true, y_score)
+    if min_sensitivity is None:
+        objective = sensitivity + specificity - 1.0
+        rule = RULE_YOUDEN
+    else:
+        # Sensitivity grows with every cut, so the last cut always qualifies.
+        objective = np.where(sensitivity >= min_sensitivity - 1e-12, specificity, -np.inf)
+        rule = RULE_MIN_SENSITIVITY.format(target=min_sensitivity)
+    best = np.flatnonzero(objective >= objective.max() - 1e-12)
+    index = int(best[-1])  # the latest cut among ties: the highest sensitivity
+    return ThresholdChoice(
+        threshold=float(thresholds[index]),
+        rule=rule,
+        sensitivity=float(sensitivity[index]),
+        specificity=float(specificity[index]),
+        n=int(y_true.size),
+        positives=positives,
+    )
+
+
+@dataclass(frozen=True)
+class OperatingPointSelection:
+    """Thresholds per level and output, with what each reached on the validation split."""
+
+    choices: dict[str, dict[str, ThresholdChoice]]
+    source: str
+
+    def operating_points(self) -> OperatingPoints:
+        """The thresholds as stored with the weights."""
+        subject = self.choices["subject"]
+        slices = self.choices.get("slice")
+        return OperatingPoints(
+            subject={name: subject[name].threshold for name in CLASS_NAMES},
+            slice={name: slices[name].threshold for name in CLASS_NAMES} if slices else None,
+            source=self.source,
+            rules={name: subject[name].rule for name in CLASS_NAMES},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            level: {name: choice.to_dict() for name, choice in rows.items()}
+            for level, rows in self.choices.items()
+        }
+
+
+def select_operating_points(
+    scores: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    *,
+    source: str,
+    any_min_sensitivity: float = ANY_MIN_SENSITIVITY,
+) -> OperatingPointSelection:
+    """Operating points of every output from validation truths and scores.
+
+    ``any``: the highest specificity with sensitivity >= ``any_min_sensitivity``; each subtype:
+    Youden's J (:func:`select_threshold`). Levels without scores (a model without a slice head)
+    are left out; the subject level is required.
+
+    Parameters
+    ----------
+    scores:
+        ``{level: {class name: (truth, score)}}``, e.g. :attr:`EvalResult.scores`.
+    source:
+        Where the scores come from (split, cases, checkpoint), stored with the thresholds.
+
+    Raises
+    ------
+    ValueError
+        When the subject level has no scores for some output.
+    """
+    choices: dict[str, dict[str, ThresholdChoice]] = {}
+    for level in LEVELS:
+        rows = scores.get(level, {})
+        if not all(name in rows and np.size(rows[name][0]) for name in CLASS_NAMES):
+            if level == "subject":
+                raise ValueError("operating points need subject-level labels and scores")
+            continue
+        choices[level] = {
+            name: select_threshold(
+                *rows[name], min_sensitivity=any_min_sensitivity if name == "any" else None
+            )
+            for name in CLASS_NAMES
+        }
+    return OperatingPointSelection(choices=choices, source=source)
+
+
+def format_operating_points(selection: OperatingPointSelection) -> str:
+    """The chosen thresholds and their validation sensitivity/specificity as Markdown."""
+    lines = [f"Operating points from {selection.source}", ""]
+    lines += ["| level | class | threshold | rule | sensitivity | specificity | n | positives |"]
+    lines += ["|" + "---|" * 8]
+    for level, rows in selection.choices.items():
+        for name, c in rows.items():
+            lines.append(
+                f"| {level} | {name} | {c.threshold:.4f} | {c.rule} | {_fmt(c.sensitivity)} | "
+                f"{_fmt(c.specificity)} | {c.n} | {c.positives} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def total_loss(loss: dict[str, float]) -> float | None:
@@ -288,12 +513,11 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def format_markdown(result: EvalResult, title: str = "Evaluation") -> str:
     """Table 2, Table 3 and the volume errors as Markdown."""
-    lines = [
-        f"# {title}",
-        "",
-        f"Cases: {result.n_cases}; decision threshold {result.threshold}.",
-        "",
-    ]
+    if result.operating_points is not None:
+        decision = f"decision thresholds per output: {result.operating_points.describe()}"
+    else:
+        decision = f"decision threshold {result.threshold}"
+    lines = [f"# {title}", "", f"Cases: {result.n_cases}; {decision}.", ""]
     lines += ["## Table 2: classification", ""]
     if result.subject_source == SUBJECT_FROM_SLICES:
         lines += ["Subject level derived as the maximum of the slice probabilities.", ""]

@@ -19,7 +19,8 @@ from typing import Any, Final
 import torch
 
 from ichnet_core.models import ICHNet, list_models
-from ichnet_core.models.weights import load_weights, save_weights
+from ichnet_core.models.weights import load_weights, save_weights, sha256_of_bytes
+from ichnet_core.operating_points import METADATA_KEY, OperatingPoints, OperatingPointsError
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.networks import build_network
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: Largest weights file the package may bundle (PyPI wheels and the repository stay small).
 MAX_WEIGHTS_BYTES: Final[int] = 25 * 1024 * 1024
+#: Format tag of the file ``ichnet-train operating-points`` writes.
+OPERATING_POINTS_FORMAT: Final[str] = "ichnet-operating-points/1"
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,40 @@ def _evaluation_summary(metrics_json: Path) -> dict[str, Any]:
     }
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (ties operating points to the checkpoint they came from)."""
+    return sha256_of_bytes(Path(path).read_bytes())
+
+
+def read_operating_points(path: Path, checkpoint: Path) -> OperatingPoints:
+    """The operating points of an ``ichnet-train operating-points`` file, for ``checkpoint``.
+
+    Raises
+    ------
+    ValueError
+        When the file is not such a file, holds malformed thresholds, or was computed from
+        another checkpoint (thresholds only fit the very network they were chosen for).
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read operating points {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != OPERATING_POINTS_FORMAT:
+        raise ValueError(f"{path} is not an {OPERATING_POINTS_FORMAT!r} file")
+    origin = data.get("checkpoint") or {}
+    expected = file_sha256(checkpoint)
+    if origin.get("sha256") != expected:
+        raise ValueError(
+            f"{path} was computed from checkpoint sha256 {origin.get('sha256')} "
+            f"({origin.get('path')}), not from {checkpoint} (sha256 {expected}); "
+            "run `ichnet-train operating-points` on this checkpoint"
+        )
+    try:
+        return OperatingPoints.from_metadata({METADATA_KEY: data.get("operating_points")})
+    except OperatingPointsError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
 def _verify(path: Path, sha256: str) -> None:
     """Read the file back through the package loader (from a copy: a file in the bundled folder
     is only accepted once the manifest lists it)."""
@@ -86,6 +123,7 @@ def export_checkpoint(
     trained_on: str,
     description: str,
     evaluation: Path | None = None,
+    operating_points: Path | None = None,
     max_bytes: int = MAX_WEIGHTS_BYTES,
 ) -> ExportResult:
     """Write the model of ``checkpoint`` as a weights file at ``out``.
@@ -100,13 +138,18 @@ def export_checkpoint(
         Provenance stored in the file (and in the manifest entry).
     evaluation:
         Optional ``metrics.json`` from ``ichnet-eval`` whose headline numbers are stored too.
+    operating_points:
+        Optional file of ``ichnet-train operating-points`` for this checkpoint; its thresholds
+        are stored in the metadata (``operating_points``). Without it the weights fall back to
+        0.5 for every output.
     max_bytes:
         Refuse files larger than this (the file is removed).
 
     Raises
     ------
     ValueError
-        A baseline checkpoint (only ICHNet variants are shipped) or a file over ``max_bytes``.
+        A baseline checkpoint (only ICHNet variants are shipped), a file over ``max_bytes``, or
+        operating points of another checkpoint.
     """
     payload = load_checkpoint(checkpoint)
     config = TrainConfig.model_validate(payload["config"])
@@ -132,6 +175,14 @@ def export_checkpoint(
     }
     if evaluation is not None:
         metadata["evaluation"] = _evaluation_summary(evaluation)
+    if operating_points is not None:
+        metadata[METADATA_KEY] = read_operating_points(operating_points, checkpoint).to_metadata()
+    else:
+        logger.warning(
+            "exporting %s without operating points: the weights will call every output present "
+            "from 0.5 (pass --operating-points)",
+            checkpoint,
+        )
     sha256 = save_weights(model.float().eval(), Path(out), name=name, metadata=metadata)
     size = Path(out).stat().st_size
     if size > max_bytes:

@@ -7,7 +7,9 @@ never runs pickled code)::
      "model_name": "ichnet",                  # registry name of the variant it was made from
      "config": {...},                         # ICHNetConfig.to_dict(): the file alone rebuilds it
      "state_dict": {...},                     # floating tensors stored as float16
-     "metadata": {"version": ..., "trained_on": ..., "description": ..., ...}}
+     "metadata": {"version": ..., "trained_on": ..., "description": ...,
+                  "operating_points": {...},  # optional, see ichnet_core.operating_points
+                  ...}}
 
 The package ships one default file in ``ichnet_core/models/weights/`` with a ``manifest.json``
 that records its sha256. The bundled file is *always* checked against the manifest; an external
@@ -41,6 +43,7 @@ from torch import Tensor
 
 from ichnet_core.models.ichnet import ICHNet, ICHNetConfig
 from ichnet_core.models.registry import DEFAULT_MODEL, create_model
+from ichnet_core.operating_points import OperatingPoints, OperatingPointsError
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +130,12 @@ class ModelWeights:
     def description(self) -> str:
         """Human description (states plainly when the weights are untrained)."""
         return str(self.metadata["description"])
+
+    @property
+    def operating_points(self) -> OperatingPoints:
+        """Decision thresholds chosen on validation data; 0.5 for every output when the
+        weights carry none (:meth:`OperatingPoints.default`)."""
+        return OperatingPoints.from_metadata(self.metadata)
 
 
 def sha256_of_bytes(data: bytes) -> str:
@@ -216,6 +225,10 @@ def _parse_payload(
         config = ICHNetConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as exc:
         raise WeightsError(f"{path}: invalid model config: {exc}") from exc
+    try:
+        OperatingPoints.from_metadata(metadata)
+    except OperatingPointsError as exc:
+        raise WeightsError(f"{path}: invalid operating points: {exc}") from exc
     return model_name, config, state_dict, metadata
 
 
@@ -270,6 +283,14 @@ def load_weights(path: Path | None = None, expected_sha256: str | None = None) -
         )
     if entry is None and expected is None:
         logger.warning("weights %s loaded without an expected sha256: integrity unchecked", path)
+    operating_points = OperatingPoints.from_metadata(metadata)
+    if operating_points.is_default:
+        logger.warning(
+            "weights %s carry no operating points: every output is called present from "
+            "probability %s (run `ichnet-train operating-points` and export again)",
+            path,
+            operating_points.subject["any"],
+        )
     logger.info(
         "loaded weights %s: model %s version %s sha256 %s",
         path,
