@@ -1,14 +1,38 @@
-"""One wording for configuration errors, shared by the node and the training configs.
+"""Configuration errors and YAML reading, shared by the node and the training configs.
 
 Both ``dicom_node.config`` and ``training.config`` validate YAML with pydantic; admins and users
 should read the same ``key: problem`` lines from either (``node.port: must be an integer
-1-65535, got 'notaport'``), so the formatting of a pydantic error lives here, below both.
+1-65535, got 'notaport'``), so the error type, the YAML reading and the formatting of a
+pydantic error live here, below both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; ``problems`` holds one ``key: message`` each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def read_yaml(path: Path | str) -> Any:
+    """A YAML file's content; unreadable files and bad YAML are :class:`ConfigError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML ({exc})"]) from None
 
 
 def format_validation_error(err: Mapping[str, Any]) -> str:

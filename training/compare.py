@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
+from ichnet_core.config_errors import read_yaml
 from training.config import (
     CompareConfig,
     CompareRun,
     TrainConfig,
     parse_compare_config,
     parse_config,
-    read_yaml,
 )
 from training.data.build import build_split
 from training.data.splits import Split

@@ -19,23 +19,14 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ichnet_core.config_errors import format_validation_error
+from ichnet_core.config_errors import ConfigError, format_validation_error, read_yaml
 from training.data.splits import Split, check_fractions
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
-
-
-class ConfigError(ValueError):
-    """A training config that cannot be used; ``problems`` holds one ``key: message`` each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 class _Section(BaseModel):
@@ -261,18 +252,6 @@ def parse_compare_config(data: Any) -> CompareConfig:
         return CompareConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([format_validation_error(e) for e in exc.errors()]) from None
-
-
-def read_yaml(path: Path) -> Any:
-    """A YAML file's content; unreadable files and bad YAML are :class:`ConfigError`."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML ({exc})"]) from None
 
 
 def load_config(path: Path) -> TrainConfig:
