@@ -346,6 +346,12 @@ def _evaluate(argv: Sequence[str]) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: config)")
     parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="case-bootstrap replicates for the 95 %% intervals of the headline figures (0: none)",
+    )
+    parser.add_argument(
         "--operating-points",
         metavar="weights|FILE",
         help="Table 2 at per-output thresholds: those stored in --weights (`weights`), or an "
@@ -391,6 +397,7 @@ def _evaluate(argv: Sequence[str]) -> int:
             operating_points=operating_points,
             autocast_dtype=autocast_dtype(config.optim.amp, device),
             progress=config.logging.progress_bar,
+            bootstrap_replicates=args.bootstrap,
         )
     out = args.out or Path(config.output_dir) / f"eval-{split.value}"
     title = f"{what} on the {split.value} split"

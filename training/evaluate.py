@@ -19,9 +19,10 @@ slice probabilities; the report says so (``subject_source``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -31,11 +32,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ichnet_core.imaging.measure import label_volume_ml
 from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.inference.pipeline import labels_at_source
-from ichnet_core.labels import BRAIN, CLASS_NAMES, HEMORRHAGE, NON_BRAIN, SEGMENTATION_CLASSES
+from ichnet_core.labels import (
+    BRAIN,
+    CLASS_NAMES,
+    HEMORRHAGE,
+    NON_BRAIN,
+    SEGMENTATION_CLASSES,
+    SUBTYPES,
+)
 from ichnet_core.models.ichnet import seg_probabilities
 from ichnet_core.operating_points import DEFAULT_THRESHOLD, OperatingPoints
+from training.bootstrap import Interval, case_bootstrap
 from training.data.case import LabelledCase, SegKind
 from training.data.dataset import make_sample, prepare_case
 from training.data.source import CaseSource
@@ -45,6 +55,7 @@ from training.metrics import (
     binary_metrics,
     dice,
     mean_or_none,
+    roc_auc,
     roc_curve,
     volume_errors,
 )
@@ -151,6 +162,10 @@ class EvalResult:
     scores: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     #: Per-output thresholds Table 2 was computed at, when not the single ``threshold``.
     operating_points: OperatingPoints | None = None
+    #: Case-bootstrap 95 % intervals of the headline figures (``training.bootstrap``).
+    intervals: dict[str, Interval | None] = field(default_factory=dict)
+    #: Volume errors per compartment (cases whose truth and prediction have compartments).
+    compartment_volume: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +180,11 @@ class EvalResult:
             },
             "table3": self.table3,
             "hemorrhage_volume": self.volume,
+            "compartment_volume": self.compartment_volume,
+            "intervals_95": {
+                name: interval.to_dict() if interval is not None else None
+                for name, interval in self.intervals.items()
+            },
             "subject_source": self.subject_source,
             "loss": self.loss,
         }
@@ -183,6 +203,7 @@ class Evaluator:
         self.dice: dict[str, list[float]] = {name: [] for name in SEGMENTATION_CLASSES}
         self.false_positive_ml: list[float] = []
         self.volumes: list[tuple[float, float]] = []
+        self.compartment_volumes: dict[str, list[tuple[float, float]]] = {s: [] for s in SUBTYPES}
         self.subject_source: str | None = None
         self.terms: dict[str, list[float]] = {}
 
@@ -206,9 +227,17 @@ class Evaluator:
         truth_hemorrhage = case.seg == HEMORRHAGE
         predicted_hemorrhage = prediction.labels == HEMORRHAGE
         voxel_ml = case.voxel_volumes_ml()
-        true_ml = float(np.dot(truth_hemorrhage.sum(axis=(1, 2)), voxel_ml))
-        predicted_ml = float(np.dot(predicted_hemorrhage.sum(axis=(1, 2)), voxel_ml))
+        true_ml = label_volume_ml(case.seg, HEMORRHAGE, voxel_ml)
+        predicted_ml = label_volume_ml(prediction.labels, HEMORRHAGE, voxel_ml)
         self.volumes.append((predicted_ml, true_ml))
+        if case.compartments is not None and prediction.compartments is not None:
+            for index, name in enumerate(SUBTYPES, start=1):
+                self.compartment_volumes[name].append(
+                    (
+                        label_volume_ml(prediction.compartments, index, voxel_ml),
+                        label_volume_ml(case.compartments, index, voxel_ml),
+                    )
+                )
         score = dice(predicted_hemorrhage, truth_hemorrhage)
         if true_ml > 0 and score is not None:  # labelled bleed: Dice is defined
             self.dice["hemorrhage"].append(score)
@@ -230,8 +259,40 @@ class Evaluator:
             return self.operating_points.slice[name]
         return self.threshold
 
-    def result(self) -> EvalResult:
-        """The tables over all cases added so far."""
+    def intervals(self, replicates: int) -> dict[str, Interval | None]:
+        """Case-bootstrap 95 % intervals of the headline figures (``training.bootstrap``)."""
+        subject = self.scores["subject"]
+        slices = self.scores["slice"]
+
+        def auc_of(scores: _Scores) -> Callable[[np.ndarray], float | None]:
+            def statistic(idx: np.ndarray) -> float | None:
+                return roc_auc(
+                    np.concatenate([scores.truth[i] for i in idx]),
+                    np.concatenate([scores.score[i] for i in idx]),
+                )
+
+            return statistic
+
+        def macro_subtype_auc(idx: np.ndarray) -> float | None:
+            values = [auc_of(scores)(idx) for scores in subject[1:]]
+            known = [v for v in values if v is not None]
+            return float(np.mean(known)) if len(known) == len(values) else None
+
+        dice_values = np.array(self.dice["hemorrhage"])
+        errors = np.array([abs(p - t) for p, t in self.volumes if t > 0])
+        run = functools.partial(case_bootstrap, replicates=replicates)
+        return {
+            "subject_auc_any": run(auc_of(subject[0]), len(subject[0].truth)),
+            "subject_auc_subtypes_macro": run(macro_subtype_auc, len(subject[0].truth)),
+            "slice_auc_any": run(auc_of(slices[0]), len(slices[0].truth)),
+            "dice_hemorrhage": run(lambda idx: float(dice_values[idx].mean()), dice_values.size),
+            "median_abs_volume_error_ml_positive": run(
+                lambda idx: float(np.median(errors[idx])), errors.size
+            ),
+        }
+
+    def result(self, bootstrap_replicates: int = 0) -> EvalResult:
+        """The tables over all cases added so far (with bootstrap intervals when asked)."""
         table2: dict[str, dict[str, BinaryMetrics | None]] = {}
         roc: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
         arrays: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -276,6 +337,12 @@ class Evaluator:
             roc=roc,
             scores=arrays,
             operating_points=self.operating_points,
+            intervals=self.intervals(bootstrap_replicates) if bootstrap_replicates else {},
+            compartment_volume={
+                name: volume_errors(*np.array(pairs).T).to_dict()
+                for name, pairs in self.compartment_volumes.items()
+                if pairs
+            },
         )
 
 
@@ -290,6 +357,7 @@ def evaluate_model(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
     description: str = "eval",
+    bootstrap_replicates: int = 0,
 ) -> EvalResult:
     """Evaluate ``model`` (put in eval mode) on every case of ``cases``.
 
@@ -304,7 +372,7 @@ def evaluate_model(
             evaluator.add(case, predict_case(model, case, grid, device, autocast_dtype))
     finally:
         model.train(was_training)
-    return evaluator.result()
+    return evaluator.result(bootstrap_replicates)
 
 
 # --------------------------------------------------------------------------- operating points
@@ -558,6 +626,34 @@ def format_markdown(result: EvalResult, title: str = "Evaluation") -> str:
             f"| {_fmt(v['mean_relative_error'])} | {v['n_relative']} | "
             f"{_fmt(v['false_positive_ml_in_negative_cases'], 2)} |",
         ]
+    if result.volume is not None:
+        lines += [
+            "",
+            f"Median absolute volume error: {_fmt(result.volume['median_absolute_error_ml'], 2)} mL "
+            f"over all cases, {_fmt(result.volume['median_absolute_error_ml_positive'], 2)} mL over "
+            "cases with hemorrhage.",
+        ]
+    if result.compartment_volume:
+        lines += [
+            "",
+            "## Volume per compartment",
+            "",
+            "| compartment | cases | mean abs. error (mL) | median abs. error (mL) | mean error (mL) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, v in result.compartment_volume.items():
+            lines.append(
+                f"| {name} | {v['n']} | {_fmt(v['mean_absolute_error_ml'], 2)} | "
+                f"{_fmt(v['median_absolute_error_ml'], 2)} | {_fmt(v['mean_error_ml'], 2)} |"
+            )
+    if result.intervals:
+        lines += ["", "## 95 % intervals (case bootstrap)", "", "| figure | low | high |"]
+        lines.append("|---|---|---|")
+        for name, interval in result.intervals.items():
+            if interval is None:
+                lines.append(f"| {name} | n/a | n/a |")
+            else:
+                lines.append(f"| {name} | {_fmt(interval.low)} | {_fmt(interval.high)} |")
     if result.loss:
         lines += [
             "",

@@ -131,6 +131,9 @@ class VolumeErrors:
     #: Mean of |predicted - true| / true over cases with true volume > 0.
     mean_relative_error: float | None
     n_relative: int
+    #: Median |predicted - true| over all cases, and over the cases with true volume > 0.
+    median_absolute_error_ml: float | None = None
+    median_absolute_error_ml_positive: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,4 +152,8 @@ def volume_errors(predicted_ml: np.ndarray, true_ml: np.ndarray) -> VolumeErrors
         mean_error_ml=float(np.mean(error)) if error.size else None,
         mean_relative_error=float(np.mean(relative)) if relative.size else None,
         n_relative=int(relative.size),
+        median_absolute_error_ml=float(np.median(np.abs(error))) if error.size else None,
+        median_absolute_error_ml_positive=(
+            float(np.median(np.abs(error[bleeding]))) if bleeding.any() else None
+        ),
     )

@@ -161,3 +161,42 @@ def test_predict_case_runs_models_with_and_without_heads(tiny_overrides: dict[st
     np.testing.assert_allclose(
         derived.subject_probabilities, derived.slice_probabilities.max(axis=0)
     )
+
+
+def test_compartment_volumes_and_bootstrap_intervals() -> None:
+    # Two SDH cases; the prediction finds the bleed but calls half of it SAH.
+    evaluator = Evaluator()
+    for index in range(2):
+        case = make_phantom_case(f"toy/c{index}", slices=3, bleed_slices=(1,), subtype=3)
+        truth = np.where(case.seg == HEMORRHAGE, 4, 0).astype(np.uint8)  # SDH = 1 + 3
+        case = dataclasses.replace(case, compartments=truth)
+        predicted = truth.copy()
+        rows = np.nonzero(predicted[1].any(axis=1))[0]
+        predicted[1, rows[: len(rows) // 2]] = np.where(
+            predicted[1, rows[: len(rows) // 2]] > 0, 5, 0
+        )
+        subject = np.array([0.9 - 0.5 * index, 0, 0, 0.8, 0, 0], np.float32)
+        evaluator.add(
+            case,
+            CasePrediction(case.case_id, subject, None, case.seg, compartments=predicted),
+        )
+    negative = make_phantom_case("toy/n", slices=3, bleed_slices=())
+    evaluator.add(
+        negative, CasePrediction("toy/n", np.full(6, 0.2, np.float32), None, negative.seg)
+    )
+    result = evaluator.result(bootstrap_replicates=200)
+    sdh, sah = result.compartment_volume["SDH"], result.compartment_volume["SAH"]
+    assert sdh["n"] == sah["n"] == 2
+    # What SDH lost, SAH gained: equal and opposite mean errors, the total volume is right.
+    assert sah["mean_error_ml"] > 0
+    assert sdh["mean_error_ml"] == pytest.approx(-sah["mean_error_ml"])
+    assert result.compartment_volume["CPH"]["mean_absolute_error_ml"] == 0.0
+    assert result.volume is not None and result.volume["median_absolute_error_ml_positive"] == 0.0
+    dice_interval = result.intervals["dice_hemorrhage"]
+    assert dice_interval is not None and dice_interval.low == dice_interval.high == 1.0
+    auc = result.intervals["subject_auc_any"]
+    assert auc is not None and auc.low == 1.0  # both positives outscore the negative
+    data = result.to_dict()
+    assert set(data["intervals_95"]) >= {"subject_auc_any", "slice_auc_any", "dice_hemorrhage"}
+    assert "95 % intervals" in format_markdown(result)
+    assert "| SDH | 2 |" in format_markdown(result)
