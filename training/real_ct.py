@@ -23,10 +23,11 @@ import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
+from ichnet_core.imaging.measure import label_volume_ml
 from ichnet_core.imaging.volume import Volume, build_volume
 from ichnet_core.inference.pipeline import hemorrhage_volume_ml
 from ichnet_core.inference.torch_engine import TorchEngine
-from ichnet_core.labels import BRAIN, CLASS_NAMES, HEMORRHAGE
+from ichnet_core.labels import BRAIN, CLASS_NAMES, HEMORRHAGE, SUBTYPES
 from ichnet_core.models.weights import load_weights
 from ichnet_core.prediction import Prediction
 
@@ -49,9 +50,8 @@ def read_series(folder: Path) -> Volume:
 
 
 def brain_volume_ml(labels: np.ndarray, volume: Volume) -> float:
-    """Predicted brain volume in mL (same voxel rule as the hemorrhage volume)."""
-    voxels = (labels == BRAIN).reshape(labels.shape[0], -1).sum(axis=1)
-    return float((voxels * volume.voxel_volumes_ml()).sum())
+    """Predicted brain volume in mL (the one volume rule, ``ichnet_core.imaging.measure``)."""
+    return label_volume_ml(labels, BRAIN, volume.voxel_volumes_ml())
 
 
 def write_overlay(volume: Volume, prediction: Prediction, path: Path) -> None:
@@ -87,8 +87,18 @@ def check(folder: Path, weights_path: Path | None, out_dir: Path) -> dict[str, A
             name: float(p)
             for name, p in zip(CLASS_NAMES, prediction.subject_probabilities, strict=True)
         },
+        "present": weights.operating_points.present(prediction.subject_probabilities),
+        "operating_points": dict(weights.operating_points.subject),
         "brain_volume_ml": brain_volume_ml(prediction.labels, volume),
         "hemorrhage_volume_ml": hemorrhage_volume_ml(prediction.labels, volume),
+        "compartment_volumes_ml": (
+            {
+                name: label_volume_ml(prediction.compartments, index, volume.voxel_volumes_ml())
+                for index, name in enumerate(SUBTYPES, start=1)
+            }
+            if prediction.compartments is not None
+            else None
+        ),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
