@@ -5,11 +5,20 @@ Wiring only: what a handler does lives in :mod:`dicom_node.handlers`, where inst
 answer with the A-ASSOCIATE-RJ PS3.8 7.1.1.9 prescribes: rejected-permanent, service-user,
 reason 3 (calling AE title not recognized) for a peer not in ``peers`` and reason 7 (called AE
 title not recognized) for any called AE title other than ``node.ae_title``. Both comparisons
-ignore leading and trailing spaces (PS3.8 9.3.2: they are not significant).
+ignore leading and trailing spaces (PS3.8 9.3.2: they are not significant). On top of those:
+
+* :class:`~dicom_node.handlers.PeerHostCheck` rejects a known calling AE title that connects
+  from an address other than its peer's ``host`` (``peers[].check_host``);
+* ``node.max_associations`` is pynetdicom's association limit, made explicit: one more is
+  rejected-transient, presentation provider, local limit exceeded;
+* the server is :class:`~dicom_node.transport.GuardedAssociationServer`: ``limits`` enforced on
+  the wire and, with ``node.tls``, DICOM TLS through pynetdicom's ``ssl_context`` with the
+  handshake on each connection's own thread.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Final
 
@@ -30,17 +39,25 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_node.config import NodeConfig
+from dicom_node.config import NodeConfig, announced_max_pdu
 from dicom_node.handlers import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
+    PeerHostCheck,
     ReceiveMonitor,
     handle_echo,
     handle_store,
 )
+from dicom_node.metrics import NodeMetrics
 from dicom_node.storage import InstanceStore, StoredInstance
+from dicom_node.tls import server_context
+from dicom_node.transport import (
+    GuardedAssociationServer,
+    GuardedRequestHandler,
+    TransportGuard,
+    TransportRefusal,
+)
 
 #: Transfer syntaxes accepted for storage: whatever a PACS sends, stored as received (no
 #: transcoding). The requestor's order decides which one a presentation context gets.
@@ -83,8 +100,9 @@ def build_ae(config: NodeConfig) -> AE:
     ae = AE(ae_title=node.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    # 0 = no limit (PS3.8 D.1): the peer sends PDUs as large as it likes, fewer per instance.
-    ae.maximum_pdu_size = node.max_pdu
+    # Announce what limits.max_pdu_bytes lets through: a peer that honours it is never aborted.
+    ae.maximum_pdu_size = announced_max_pdu(config)
+    ae.maximum_associations = node.max_associations
     ae.acse_timeout = node.acse_timeout_s
     ae.dimse_timeout = node.dimse_timeout_s
     ae.network_timeout = node.network_timeout_s
@@ -97,14 +115,19 @@ def build_ae(config: NodeConfig) -> AE:
 
 
 def event_handlers(
+    config: NodeConfig,
     store: InstanceStore,
     on_stored: Callable[[StoredInstance], None],
     monitor: ReceiveMonitor,
+    metrics: NodeMetrics | None = None,
 ) -> list[evt.EventHandlerType]:
-    """The handler bindings: C-ECHO, C-STORE with its dependencies, association bookkeeping."""
+    """The handler bindings: host check, C-ECHO, C-STORE with its dependencies, association
+    bookkeeping."""
+    host_check = PeerHostCheck(config.peers, metrics)
     return [
+        (evt.EVT_REQUESTED, host_check.on_requested, []),
         (evt.EVT_C_ECHO, handle_echo, []),
-        (evt.EVT_C_STORE, handle_store, [store, on_stored, monitor]),
+        (evt.EVT_C_STORE, handle_store, [store, on_stored, monitor, config.limits]),
         (evt.EVT_ACCEPTED, monitor.on_accepted, []),
         (evt.EVT_REJECTED, monitor.on_rejected, []),
         (evt.EVT_RELEASED, monitor.on_ended, []),
@@ -117,18 +140,56 @@ def start(
     store: InstanceStore,
     on_stored: Callable[[StoredInstance], None],
     monitor: ReceiveMonitor | None = None,
-) -> ThreadedAssociationServer:
+    metrics: NodeMetrics | None = None,
+) -> GuardedAssociationServer:
     """Start the SCP on ``node.bind``:``node.port`` and return at once.
+
+    Parameters
+    ----------
+    metrics:
+        Where transport refusals, TLS failures and host-check rejections are counted (the
+        ``monitor``'s metrics, normally); ``None`` counts nothing.
 
     Returns
     -------
-    ThreadedAssociationServer
+    GuardedAssociationServer
         ``shutdown()`` stops accepting; associations in progress finish on their own threads
-        (``active_associations`` lists them).
+        (``active_associations`` lists them); ``is_serving`` tells whether it still accepts.
+
+    Raises
+    ------
+    NoPeersConfiguredError
+        See :func:`build_ae`.
+    dicom_node.tls.TlsSetupError
+        If ``node.tls`` names files that cannot be loaded.
     """
     ae = build_ae(config)
-    return ae.start_server(
-        (config.node.bind, config.node.port),
-        block=False,
-        evt_handlers=event_handlers(store, on_stored, monitor or ReceiveMonitor()),
+    node = config.node
+    ssl_context = server_context(node.tls) if node.tls is not None else None
+
+    def refused(reason: TransportRefusal) -> None:
+        if metrics is not None:
+            metrics.transport_refusals.labels(reason=reason.value).inc()
+
+    def tls_failed() -> None:
+        if metrics is not None:
+            metrics.tls_handshake_failures.inc()
+
+    guard = TransportGuard(config.limits, node.acse_timeout_s, refused, tls_failed)
+    server = ae.make_server(
+        (node.bind, node.port),
+        ssl_context=ssl_context,
+        evt_handlers=event_handlers(config, store, on_stored, monitor or ReceiveMonitor(), metrics),
+        server_class=GuardedAssociationServer,
+        request_handler=GuardedRequestHandler,
+        guard=guard,
     )
+    assert isinstance(server, GuardedAssociationServer)
+    # As AE.start_server does: AE.shutdown() and server.shutdown() look the server up there.
+    ae._servers.append(server)
+    thread = threading.Thread(
+        target=server.serve_forever, name=f"ichnet-scp-{node.port}", daemon=True
+    )
+    server.serve_thread = thread
+    thread.start()
+    return server

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import (
@@ -80,15 +80,63 @@ def _host(value: Any) -> str:
     return value
 
 
+def _at_least(minimum: int) -> Any:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _readable_file(value: Any) -> Path:
+    if not isinstance(value, str | Path) or not str(value).strip():
+        raise ValueError(f"must be the path of a PEM file, got {value!r}")
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"file not found: {str(path)!r}")
+    return path
+
+
 AETitle = Annotated[str, BeforeValidator(_ae_title)]
 Port = Annotated[int, BeforeValidator(_port)]
 Seconds = Annotated[float, BeforeValidator(_non_negative_number)]
 PositiveInt = Annotated[int, BeforeValidator(_positive_int)]
 Host = Annotated[str, BeforeValidator(_host)]
+PemFile = Annotated[Path, BeforeValidator(_readable_file)]
+
+#: Smallest ``limits.max_pdu_bytes`` accepted: an A-ASSOCIATE-RQ proposing the 128 presentation
+#: contexts a storescu may offer is tens of kB, and PS3.8 D.1 lets peers assume 4096-byte PDUs.
+MIN_PDU_LIMIT_BYTES: Final[int] = 65536
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSection(_Section):
+    """DICOM TLS (PS3.15 Annex B.1) for the SCP, and the client certificate for sending.
+
+    Files are PEM. The private key must not be encrypted (the node starts unattended).
+    """
+
+    #: The node's certificate (its chain may follow in the same file).
+    certificate: PemFile
+    private_key: PemFile
+    #: CAs that sign the peers' certificates: checks client certificates of senders and the
+    #: server certificates of peers with ``tls: true``.
+    ca_certificates: PemFile | None = None
+    #: Refuse a TLS connection whose peer shows no certificate signed by ``ca_certificates``.
+    require_client_certificate: bool = True
+
+    @model_validator(mode="after")
+    def _ca_for_client_certificates(self) -> TlsSection:
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError(
+                "require_client_certificate is true but ca_certificates is not set: "
+                "there is nothing to check client certificates against"
+            )
+        return self
 
 
 class NodeSection(_Section):
@@ -98,13 +146,18 @@ class NodeSection(_Section):
     bind: Host = "127.0.0.1"
     port: Port = 11112
     storage_dir: Path = Path("var/ichnet")
-    #: Maximum PDU we receive; 0 = unlimited (PS3.8 D.1). Large PDUs cut per-PDU overhead.
+    #: Maximum Length Received we announce (PS3.8 D.1): the largest P-DATA-TF PDU a peer may
+    #: send. 0 = announce ``limits.max_pdu_bytes``, the largest the node accepts at all.
     max_pdu: Annotated[int, Field(ge=0)] = 0
     acse_timeout_s: Seconds = 30.0
     dimse_timeout_s: Seconds = 60.0
     network_timeout_s: Seconds = 60.0
-    #: Port for Prometheus metrics on ``bind``; null disables the endpoint.
+    #: Port for Prometheus ``/metrics`` and ``/healthz`` on ``bind``; null disables the endpoint.
     metrics_port: Port | None = None
+    #: Concurrent associations in all; one more is rejected (transient, local limit exceeded).
+    max_associations: PositiveInt = 10
+    #: DICOM TLS for the SCP; absent = plain TCP.
+    tls: TlsSection | None = None
 
 
 class Peer(_Section):
@@ -113,6 +166,23 @@ class Peer(_Section):
     ae_title: AETitle
     host: Host
     port: Port
+    #: Accept this calling AE title only from ``host`` (its resolved addresses).
+    check_host: bool = True
+    #: Send results to this peer over TLS, with ``node.tls``'s certificate as client certificate.
+    tls: bool = False
+
+
+class LimitsSection(_Section):
+    """Sizes checked before anything large is allocated (../shared/DESIGN.md "Config")."""
+
+    #: Largest PDU length (PS3.8 9.3.1: the bytes after the 6-byte PDU header) of any PDU
+    #: type; a peer announcing a larger one is aborted before the PDU body is read.
+    max_pdu_bytes: Annotated[int, _at_least(MIN_PDU_LIMIT_BYTES)] = 16 * 1024 * 1024
+    #: Largest instance: the data set as received, after inflation (Deflate transfer syntax),
+    #: and the pixel data after decompression (Rows x Columns x Samples x Bits x Frames).
+    max_instance_bytes: PositiveInt = 256 * 1024 * 1024
+    #: Largest Rows x Columns of one frame, checked from the header.
+    max_frame_pixels: PositiveInt = 2048 * 2048
 
 
 class SeriesSection(_Section):
@@ -213,6 +283,7 @@ class NodeConfig(_Section):
     model: ModelSection = ModelSection()
     sender: SenderSection = SenderSection()
     logging: LoggingSection = LoggingSection()
+    limits: LimitsSection = LimitsSection()
 
     @model_validator(mode="after")
     def _unique_peers(self) -> NodeConfig:
@@ -237,6 +308,29 @@ def engine_cache_dir(config: NodeConfig) -> Path:
     return Path(config.model.cache_dir or Path(config.node.storage_dir) / "engine-cache")
 
 
+def announced_max_pdu(config: NodeConfig) -> int:
+    """The Maximum Length Received the SCP announces: ``node.max_pdu`` or, when that is 0,
+    ``limits.max_pdu_bytes`` (a peer honouring it is never aborted for PDU size)."""
+    return config.node.max_pdu or config.limits.max_pdu_bytes
+
+
+def _cross_section_problems(config: NodeConfig) -> list[str]:
+    """Problems that involve keys of two sections, each named by the key to change."""
+    problems: list[str] = []
+    if config.node.max_pdu > config.limits.max_pdu_bytes:
+        problems.append(
+            f"node.max_pdu: {config.node.max_pdu} is above limits.max_pdu_bytes "
+            f"{config.limits.max_pdu_bytes}: peers would send PDUs the node aborts"
+        )
+    for index, peer in enumerate(config.peers):
+        if peer.tls and config.node.tls is None:
+            problems.append(
+                f"peers[{index}].tls: true needs node.tls (its certificate and key are the "
+                "client certificate for sending)"
+            )
+    return problems
+
+
 def parse_config(data: Any) -> NodeConfig:
     """Validate an already-parsed YAML document; raises :class:`ConfigError`."""
     if data is None:
@@ -246,9 +340,13 @@ def parse_config(data: Any) -> NodeConfig:
             [f"<top level>: must be a mapping of sections, got {type(data).__name__}"]
         )
     try:
-        return NodeConfig.model_validate(data)
+        config = NodeConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([format_validation_error(e) for e in exc.errors()]) from None
+    problems = _cross_section_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def load_config(path: str | Path) -> NodeConfig:

@@ -18,18 +18,25 @@ Which C-STORE gets which status (PS3.4 B.2.3):
   including a stream that ends inside an element (Pixel Data whose Value Length runs past the
   end, encapsulated Pixel Data without its Sequence Delimitation Item): the encoding itself is
   broken, so this is not a statement about the IOD.
-* ``0xA700`` Refused: Out of Resources: the file could not be made durable.
+* ``0xA700`` Refused: Out of Resources: the file could not be made durable, or the instance
+  exceeds a configured limit (``limits:``), found before the large part is allocated: a data
+  set longer than ``max_instance_bytes`` as received, a Deflate data set that inflates beyond
+  it (inflation stops at the limit), a frame of more than ``max_frame_pixels`` Rows x Columns
+  or pixel data that would decompress to more than ``max_instance_bytes`` (both from the
+  header). The Error Comment names the limit.
 * ``0xC211`` an unexpected exception (logged with its traceback).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from io import BytesIO
@@ -43,12 +50,16 @@ from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from dicom_node import __version__
+from dicom_node.config import LimitsSection, Peer
 from dicom_node.metrics import NodeMetrics
 from dicom_node.status import (
     CannotUnderstandError,
     DataSetMismatchError,
     DicomNodeError,
+    LimitExceededError,
     RejectResult,
+    RejectSource,
+    ServiceUserRejectReason,
     StoreStatus,
     error_comment_text,
     reject_reason_name,
@@ -78,6 +89,10 @@ _BITS_PER_BYTE: Final[int] = 8
 _ITEM_TAG: Final[int] = 0xFFFEE000
 _SEQUENCE_DELIMITATION_TAG: Final[int] = 0xFFFEE0DD
 _ITEM_HEADER: Final[struct.Struct] = struct.Struct("<HHL")
+#: Output step of the first, counting pass of :func:`inflate_capped`.
+INFLATE_CHUNK_BYTES: Final[int] = 1024 * 1024
+#: The limits of ../shared/DESIGN.md at their defaults, for callers that pass none.
+DEFAULT_LIMITS: Final[LimitsSection] = LimitsSection()
 
 
 @dataclass(frozen=True)
@@ -104,7 +119,54 @@ class ReceivedHeader:
     pixel_data: PixelDataElement | None
 
 
-def read_header(encoded_dataset: bytes, transfer_syntax: UID) -> ReceivedHeader:
+def inflate_capped(deflated: bytes, max_bytes: int) -> bytes:
+    """Inflate a Deflate data set (PS3.5 A.5: raw deflate, no zlib header), at most ``max_bytes``.
+
+    A first pass inflates in :data:`INFLATE_CHUNK_BYTES` pieces and keeps only their count, and
+    stops as soon as the total passes ``max_bytes``: a few hundred kB that inflate to gigabytes
+    (a "deflate bomb") cost one chunk of memory and the time to inflate ``max_bytes``. Only a
+    data set within the limit is then inflated for real, into a buffer of its exact size.
+
+    Raises
+    ------
+    LimitExceededError
+        The data set inflates to more than ``max_bytes``.
+    CannotUnderstandError
+        The stream is not valid deflate data, or it ends before the deflate stream does.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    pending = deflated
+    try:
+        while pending and not inflater.eof:
+            total += len(inflater.decompress(pending, INFLATE_CHUNK_BYTES))
+            pending = inflater.unconsumed_tail
+            if total > max_bytes:
+                raise LimitExceededError(
+                    f"deflated data set of {len(deflated)} bytes inflates to more than "
+                    f"limits.max_instance_bytes {max_bytes}; inflation stopped there",
+                    error_comment=f"inflates beyond max_instance_bytes {max_bytes}",
+                )
+        if not inflater.eof:
+            raise CannotUnderstandError(
+                f"data set cannot be inflated: the deflate stream ends early after {total} "
+                "inflated bytes",
+                error_comment="deflated data set cannot be inflated",
+            )
+        return zlib.decompress(deflated, -zlib.MAX_WBITS, max(total, 1))
+    except zlib.error as exc:
+        raise CannotUnderstandError(
+            f"data set cannot be inflated ({exc})",
+            error_comment="deflated data set cannot be inflated",
+        ) from exc
+
+
+def read_header(
+    encoded_dataset: bytes,
+    transfer_syntax: UID,
+    *,
+    max_inflated_bytes: int = DEFAULT_LIMITS.max_instance_bytes,
+) -> ReceivedHeader:
     """Decode a received data set up to its top-level Pixel Data, without touching the pixels.
 
     Parameters
@@ -113,6 +175,8 @@ def read_header(encoded_dataset: bytes, transfer_syntax: UID) -> ReceivedHeader:
         The C-STORE Data Set as received.
     transfer_syntax:
         The presentation context's transfer syntax.
+    max_inflated_bytes:
+        Largest inflated size of a Deflate data set (``limits.max_instance_bytes``).
 
     Returns
     -------
@@ -124,17 +188,12 @@ def read_header(encoded_dataset: bytes, transfer_syntax: UID) -> ReceivedHeader:
     CannotUnderstandError
         If the stream cannot be inflated or parsed in ``transfer_syntax``, or it ends inside
         an element (the last one before Pixel Data, or encapsulated Pixel Data).
+    LimitExceededError
+        If a Deflate data set inflates to more than ``max_inflated_bytes``.
     """
     stream = encoded_dataset
     if transfer_syntax.is_deflated:
-        try:
-            # PS3.5 A.5: raw deflate without zlib header
-            stream = zlib.decompress(encoded_dataset, -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise CannotUnderstandError(
-                f"data set cannot be inflated ({transfer_syntax.name}): {exc}",
-                error_comment="deflated data set cannot be inflated",
-            ) from exc
+        stream = inflate_capped(encoded_dataset, max_inflated_bytes)
     fp = BytesIO(stream)
     found: list[tuple[str | None, int]] = []
     # (tag, Value Length, offset of the value) of the latest top-level element seen
@@ -294,6 +353,50 @@ def check_native_pixel_data(dataset: Dataset, pixel_data: PixelDataElement) -> N
         )
 
 
+def _header_int(dataset: Dataset, keyword: str) -> int | None:
+    """A positive integer attribute of the header, or ``None`` when absent or unusable (other
+    checks report those; a limit can only be judged from a usable value)."""
+    try:
+        value = dataset.get(keyword)
+        number = int(str(value).strip()) if value not in (None, "") else None
+    except Exception:  # undecodable or not a number: not this check's business
+        return None
+    return number if number is not None and number >= 1 else None
+
+
+def check_image_limits(dataset: Dataset, limits: LimitsSection) -> None:
+    """Refuse an image too large to handle, from its header alone (the pixels stay untouched).
+
+    Raises
+    ------
+    LimitExceededError
+        Rows x Columns above ``limits.max_frame_pixels``, or Rows x Columns x Samples per
+        Pixel x Number of Frames x Bits Allocated / 8 (the decompressed pixel data, PS3.3
+        C.7.6.3) above ``limits.max_instance_bytes``.
+    """
+    rows = _header_int(dataset, "Rows")
+    columns = _header_int(dataset, "Columns")
+    if rows is None or columns is None:
+        return
+    if rows * columns > limits.max_frame_pixels:
+        raise LimitExceededError(
+            f"frame of Rows {rows} x Columns {columns} = {rows * columns} pixels is above "
+            f"limits.max_frame_pixels {limits.max_frame_pixels}",
+            error_comment=f"{rows}x{columns} frame above max_frame_pixels",
+        )
+    samples = _header_int(dataset, "SamplesPerPixel") or 1
+    frames = _header_int(dataset, "NumberOfFrames") or 1
+    bits = _header_int(dataset, "BitsAllocated") or _BITS_PER_BYTE
+    decoded = -(-rows * columns * samples * frames * bits // _BITS_PER_BYTE)
+    if decoded > limits.max_instance_bytes:
+        raise LimitExceededError(
+            f"pixel data of {frames} frame(s) of {rows} x {columns} x {samples} sample(s) x "
+            f"{bits} bits decodes to {decoded} bytes, above limits.max_instance_bytes "
+            f"{limits.max_instance_bytes}",
+            error_comment=f"pixel data above max_instance_bytes {limits.max_instance_bytes}",
+        )
+
+
 def _check_matches_request(value: str, keyword: str, requested: str, request_keyword: str) -> None:
     if value != requested:
         raise DataSetMismatchError(
@@ -328,6 +431,7 @@ def receive_instance(
     peer_address: str,
     peer_port: int,
     store: InstanceStore,
+    limits: LimitsSection = DEFAULT_LIMITS,
 ) -> StoredInstance:
     """Validate one received data set and store it durably; the C-STORE handler minus pynetdicom.
 
@@ -336,8 +440,18 @@ def receive_instance(
     DicomNodeError
         With the status to answer (see the module docstring for which is which).
     """
-    header = read_header(encoded_dataset, transfer_syntax)
+    if len(encoded_dataset) > limits.max_instance_bytes:
+        raise LimitExceededError(
+            f"data set of {len(encoded_dataset)} bytes is above limits.max_instance_bytes "
+            f"{limits.max_instance_bytes}",
+            error_comment=f"data set above max_instance_bytes {limits.max_instance_bytes}",
+        )
+    header = read_header(
+        encoded_dataset, transfer_syntax, max_inflated_bytes=limits.max_instance_bytes
+    )
     dataset = header.dataset
+    if header.pixel_data is not None:
+        check_image_limits(dataset, limits)
     sop_class_uid = _required_uid(dataset, "SOPClassUID")
     sop_instance_uid = _required_uid(dataset, "SOPInstanceUID")
     _check_matches_request(
@@ -381,6 +495,7 @@ def handle_store(
     store: InstanceStore,
     on_stored: Callable[[StoredInstance], None],
     monitor: ReceiveMonitor | None = None,
+    limits: LimitsSection = DEFAULT_LIMITS,
 ) -> int | Dataset:
     """``evt.EVT_C_STORE`` handler: store the instance durably, then report it.
 
@@ -398,6 +513,8 @@ def handle_store(
         Called with each durable instance (e.g. the series tracker and job queue feed).
     monitor:
         Per-association counts and metrics; ``None`` records nothing.
+    limits:
+        ``limits:`` of the config (instance size after inflation, frame size).
 
     Returns
     -------
@@ -420,6 +537,7 @@ def handle_store(
             requestor.address,
             requestor.port,
             store,
+            limits,
         )
     except DicomNodeError as exc:
         status = exc.status
@@ -590,3 +708,106 @@ class ReceiveMonitor:
                     counts.refused += 1
         if self._metrics is not None:
             self._metrics.instance_answered(status, n_bytes, duration_s)
+
+
+#: Metrics label of associations refused because the calling AE title came from another host.
+HOST_MISMATCH_REASON: Final[str] = "calling_ae_host_mismatch"
+
+Resolver = Callable[[str], set[ipaddress.IPv4Address | ipaddress.IPv6Address]]
+
+
+def _normalised_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address without IPv6 scope, IPv4-mapped IPv6 (``::ffff:a.b.c.d``) as IPv4."""
+    address = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def resolve_host(host: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every address ``host`` (a name or an IP address) resolves to now.
+
+    Raises
+    ------
+    OSError
+        If the name cannot be resolved (``socket.gaierror``).
+    """
+    infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    return {_normalised_address(str(info[4][0])) for info in infos}
+
+
+class PeerHostCheck:
+    """``evt.EVT_REQUESTED``: a configured calling AE title is accepted only from its ``host``.
+
+    AE titles are not secrets; a peer's configured ``host`` is what ties the title to a
+    machine. For a peer with ``check_host: true`` the connecting address must be one of the
+    addresses its ``host`` resolves to (resolved at each association, so DNS changes apply);
+    otherwise the association is rejected as pynetdicom rejects an unknown calling AE title
+    (rejected-permanent, service-user, calling AE title not recognized; PS3.8 7.1.1.9), with a
+    log line naming the title, the expected host and the actual address. Unknown titles are
+    left to pynetdicom's own check. If the check itself fails unexpectedly it rejects: an
+    error must not open the door.
+
+    Parameters
+    ----------
+    peers:
+        The configured peers.
+    metrics:
+        Counts rejections under :data:`HOST_MISMATCH_REASON`; ``None`` counts nothing.
+    resolve:
+        Host name -> addresses (:func:`resolve_host`; tests may pass a fixed table).
+    """
+
+    def __init__(
+        self,
+        peers: Sequence[Peer],
+        metrics: NodeMetrics | None = None,
+        resolve: Resolver = resolve_host,
+    ) -> None:
+        self._peers = {peer.ae_title: peer for peer in peers}
+        self._metrics = metrics
+        self._resolve = resolve
+
+    def on_requested(self, event: Event) -> None:
+        """Reject the association now if its calling AE title came from the wrong host."""
+        assoc = event.assoc
+        try:
+            problem = self._problem(assoc)
+        except Exception:
+            logger.exception("host check failed; rejecting the association to be safe")
+            problem = "the host check failed (see the traceback above)"
+        if problem is None:
+            return
+        logger.warning("rejected association: %s", problem)
+        if self._metrics is not None:
+            self._metrics.associations_rejected.labels(reason=HOST_MISMATCH_REASON).inc()
+        assoc.acse.send_reject(
+            RejectResult.REJECTED_PERMANENT,
+            RejectSource.SERVICE_USER,
+            ServiceUserRejectReason.CALLING_AE_TITLE_NOT_RECOGNIZED,
+        )
+        assoc.kill()  # as pynetdicom does after its own rejections
+
+    def _problem(self, assoc: Association) -> str | None:
+        """Why this association must be refused, or ``None`` if the host check passes."""
+        request = cast("A_ASSOCIATE", assoc.requestor.primitive)
+        calling = str(request.calling_ae_title).strip()
+        peer = self._peers.get(calling)
+        if peer is None or not peer.check_host:
+            return None
+        actual = assoc.requestor.address
+        try:
+            expected = self._resolve(peer.host)
+        except OSError as exc:
+            return (
+                f"calling AE {calling!r} from {actual}: its configured host {peer.host!r} "
+                f"cannot be resolved ({exc})"
+            )
+        if _normalised_address(actual) in expected:
+            return None
+        shown = ", ".join(sorted(str(a) for a in expected))
+        return (
+            f"calling AE {calling!r} connected from {actual}, but peers lists it at host "
+            f"{peer.host!r} ({shown}); set check_host: false for that peer only if it may "
+            "connect from anywhere"
+        )

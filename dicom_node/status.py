@@ -104,6 +104,17 @@ class OutOfResourcesError(DicomNodeError):
     status = StoreStatus.REFUSED_OUT_OF_RESOURCES
 
 
+class LimitExceededError(DicomNodeError):
+    """The instance is larger than a configured limit (``limits:``), found from its header or
+    while inflating it, before the large part was allocated.
+
+    Answered as Refused: Out of Resources (PS3.4 B.2.3): the node declines the work for lack
+    of the resources it grants one instance, and the Error Comment names the limit.
+    """
+
+    status = StoreStatus.REFUSED_OUT_OF_RESOURCES
+
+
 class DataSetMismatchError(DicomNodeError):
     """The data set decodes but contradicts its SOP Class or the C-STORE request.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pynetdicom.transport import ThreadedAssociationServer
@@ -42,28 +43,34 @@ def start_node(tmp_path: Path, free_port: int) -> Iterator[NodeFactory]:
     """Start node SCPs (peer ``PACS`` allowed, called AE ``ICHNET``); all shut down afterwards.
 
     Call it as ``start_node()`` or ``start_node(on_stored=..., store=...)`` to inject a
-    different callback or spool.
+    different callback or spool; ``config={"limits": {...}, "node": {...}}`` is merged into the
+    test configuration section by section.
     """
     servers: list[ThreadedAssociationServer] = []
 
     def factory(
         on_stored: Callable[[StoredInstance], None] | None = None,
         store: InstanceStore | None = None,
+        config: dict[str, Any] | None = None,
     ) -> RunningNode:
-        config = parse_config(
-            {
-                "node": {
-                    "ae_title": NODE_AE,
-                    "port": free_port,
-                    "storage_dir": str(tmp_path / "storage"),
-                    "acse_timeout_s": 10,
-                    "dimse_timeout_s": 30,
-                    "network_timeout_s": 30,
-                },
-                "peers": [{"ae_title": PEER_AE, "host": "127.0.0.1", "port": 4242}],
-            }
-        )
-        instance_store = store or InstanceStore(config.node.storage_dir)
+        data: dict[str, Any] = {
+            "node": {
+                "ae_title": NODE_AE,
+                "port": free_port,
+                "storage_dir": str(tmp_path / "storage"),
+                "acse_timeout_s": 10,
+                "dimse_timeout_s": 30,
+                "network_timeout_s": 30,
+            },
+            "peers": [{"ae_title": PEER_AE, "host": "127.0.0.1", "port": 4242}],
+        }
+        for section, values in (config or {}).items():
+            if isinstance(values, dict):
+                data[section] = {**data.get(section, {}), **values}
+            else:
+                data[section] = values
+        node_config = parse_config(data)
+        instance_store = store or InstanceStore(node_config.node.storage_dir)
         metrics = NodeMetrics()
         stored: list[StoredInstance] = []
 
@@ -72,9 +79,9 @@ def start_node(tmp_path: Path, free_port: int) -> Iterator[NodeFactory]:
             if on_stored is not None:
                 on_stored(instance)
 
-        server = start(config, instance_store, record, ReceiveMonitor(metrics))
+        server = start(node_config, instance_store, record, ReceiveMonitor(metrics), metrics)
         servers.append(server)
-        return RunningNode(config, instance_store, metrics, server, stored)
+        return RunningNode(node_config, instance_store, metrics, server, stored)
 
     yield factory
     for server in servers:

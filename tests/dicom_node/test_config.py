@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.config import ConfigError, NodeConfig, engine_cache_dir, load_config, parse_config
+from dicom_node.config import (
+    ConfigError,
+    NodeConfig,
+    announced_max_pdu,
+    engine_cache_dir,
+    load_config,
+    parse_config,
+)
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "node.yaml"
 
@@ -72,3 +79,82 @@ def test_unreadable_and_malformed_files_are_config_errors(tmp_path: Path) -> Non
     bad.write_text("node: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_security_keys_have_the_design_defaults() -> None:
+    config = parse_config({"peers": [{"ae_title": "PACS", "host": "127.0.0.1", "port": 104}]})
+    assert (
+        config.limits.max_pdu_bytes,
+        config.limits.max_instance_bytes,
+        config.limits.max_frame_pixels,
+    ) == (16777216, 268435456, 4194304)
+    assert config.node.max_associations == 10
+    assert config.node.tls is None
+    [peer] = config.peers
+    assert (peer.check_host, peer.tls) == (True, False)
+    assert announced_max_pdu(config) == config.limits.max_pdu_bytes
+
+
+@pytest.fixture
+def pem_files(tmp_path: Path) -> dict[str, str]:
+    """Paths that exist (content is checked when the node builds its TLS context)."""
+    files = {name: tmp_path / f"{name}.pem" for name in ("cert", "key", "ca")}
+    for path in files.values():
+        path.write_text("-----BEGIN CERTIFICATE-----\n")
+    return {name: str(path) for name, path in files.items()}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"limits": {"max_pdu_bytes": 4096}}, "limits.max_pdu_bytes: must be an integer >= 65536"),
+        (
+            {"limits": {"max_instance_bytes": 0}},
+            "limits.max_instance_bytes: must be an integer >= 1",
+        ),
+        ({"limits": {"max_frame_pixels": "big"}}, "limits.max_frame_pixels: must be an integer"),
+        ({"limits": {"max_pixels": 1}}, "limits.max_pixels: unknown key"),
+        ({"node": {"max_associations": 0}}, "node.max_associations: must be an integer >= 1"),
+        (
+            {"node": {"max_pdu": 20000000}},
+            "node.max_pdu: 20000000 is above limits.max_pdu_bytes 16777216",
+        ),
+        (
+            {"node": {"tls": {"certificate": "/nonexistent/node.crt", "private_key": "/k"}}},
+            "node.tls.certificate: file not found: '/nonexistent/node.crt'",
+        ),
+        ({"node": {"tls": {}}}, "node.tls.certificate: is required"),
+        (
+            {"peers": [{"ae_title": "P", "host": "h", "port": 1, "tls": True}]},
+            "peers[0].tls: true needs node.tls",
+        ),
+        (
+            {"peers": [{"ae_title": "P", "host": "h", "port": 1, "check_host": "maybe"}]},
+            "peers[0].check_host: input should be a valid boolean",
+        ),
+    ],
+)
+def test_each_security_problem_names_its_key(data: dict[str, object], expected: str) -> None:
+    assert any(problem.startswith(expected) for problem in problems_of(data)), problems_of(data)
+
+
+def test_client_certificates_need_a_ca(pem_files: dict[str, str]) -> None:
+    tls = {"certificate": pem_files["cert"], "private_key": pem_files["key"]}
+    assert any(
+        p.startswith("node.tls: require_client_certificate is true but ca_certificates is not set")
+        for p in problems_of({"node": {"tls": tls}})
+    )
+    config = parse_config(
+        {
+            "node": {"tls": {**tls, "ca_certificates": pem_files["ca"]}},
+            "peers": [{"ae_title": "P", "host": "h", "port": 1, "tls": True}],
+        }
+    )
+    assert config.node.tls is not None and config.node.tls.require_client_certificate
+    assert parse_config({"node": {"tls": {**tls, "require_client_certificate": False}}})
+
+
+def test_the_example_config_names_the_security_keys() -> None:
+    text = CONF.read_text()
+    for key in ("max_associations", "tls:", "check_host", "max_pdu_bytes", "max_frame_pixels"):
+        assert key in text, key
