@@ -189,9 +189,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     _write_dataset(analysis.seg, out_dir / "seg.dcm")
     _write_dataset(analysis.sr, out_dir / "sr.dcm")
     write_result(out_dir / "result.json", analysis.result)
-    subject = analysis.result["subject"]
+    result = analysis.result
+    verdict = "present" if result["present"]["any"] else "absent"
     print(
-        f"ICH probability {subject['any']:.3f}; hemorrhage {analysis.hemorrhage_volume_ml:.2f} mL; "
+        f"ICH probability {result['subject']['any']:.3f} ({verdict} at operating point "
+        f"{result['operating_points']['any']:.3g}); hemorrhage "
+        f"{analysis.hemorrhage_volume_ml:.2f} mL; "
         f"wrote {out_dir / 'seg.dcm'}, {out_dir / 'sr.dcm'}, {out_dir / 'result.json'}"
     )
     return EXIT_OK

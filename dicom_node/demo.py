@@ -7,8 +7,9 @@ Self-contained first run on built-in defaults, with nothing but the Python packa
 3. the node starts on another free port, with DEMOPACS as its only peer;
 4. DEMOPACS sends the series to the node by C-STORE, the node completes the series, runs
    ICHNet and sends the DICOM SEG and SR back to DEMOPACS;
-5. the findings, the hemorrhage volume (and the generator's ground truth) and the timings are
-   printed, and an overlay PNG of the slice with the most hemorrhage is written.
+5. the findings (Present/Absent at the weights' operating points, as in the SR and result.json),
+   the hemorrhage volume in total and per compartment (and the generator's ground truth) and
+   the timings are printed, and an overlay PNG of the slice with the most hemorrhage is written.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.events import Event
 
 from dicom_node.config import NodeConfig, parse_config
-from dicom_node.results import HEMORRHAGE_SEGMENT_NUMBER
+from dicom_node.results import hemorrhage_segments
 from dicom_node.service import NodeService
-from ichnet_core.labels import CLASS_NAMES, HEMORRHAGE
-from ichnet_core.synthetic import SyntheticConfig, generate_case, to_datasets
+from ichnet_core.imaging.measure import label_volume_ml
+from ichnet_core.imaging.volume import build_volume
+from ichnet_core.labels import CLASS_NAMES, HEMORRHAGE, SUBTYPES
+from ichnet_core.synthetic import SyntheticCase, SyntheticConfig, generate_case, to_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +175,7 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR) -> dict[str, object]:
 
     result_files = sorted((workdir / "node" / "results").glob("*/result.json"))
     result = json.loads(result_files[-1].read_text())
+    truth_ml = _true_compartment_volumes(case, datasets)
     seg = dcmread(workdir / "pacs" / "seg.dcm")
     labels = _labels_from_seg(seg, case.hu.shape, [str(ds.SOPInstanceUID) for ds in datasets])
     overlay_path = workdir / "overlay.png"
@@ -179,8 +183,16 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR) -> dict[str, object]:
     arrived = max(pacs.arrived_at.values())
     summary = {
         "subject": result["subject"],
+        "present": result["present"],
+        "operating_points": result["operating_points"],
+        "operating_points_source": result["operating_points_source"],
+        "ground_truth_present": {
+            name: bool(flag) for name, flag in zip(CLASS_NAMES, case.subject_labels, strict=True)
+        },
         "hemorrhage_volume_ml": result["hemorrhage_volume_ml"],
+        "volumes_ml": result["volumes_ml"],
         "ground_truth_volume_ml": case.hemorrhage_volume_ml,
+        "ground_truth_volumes_ml": truth_ml,
         "seconds_last_instance_to_results": arrived - last_ack,
         "timings_s": result["timings_s"],
         "overlay": str(overlay_path),
@@ -190,33 +202,61 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR) -> dict[str, object]:
     return summary
 
 
+def _true_compartment_volumes(case: SyntheticCase, datasets: list[Dataset]) -> dict[str, float]:
+    """The generator's volume of each compartment, by the node's own volume rule."""
+    volume = build_volume(datasets)
+    voxel_of_uid = dict(zip(volume.sop_instance_uids, volume.voxel_volumes_ml(), strict=True))
+    voxel_ml = np.array([voxel_of_uid[str(ds.SOPInstanceUID)] for ds in datasets])
+    return {
+        name: label_volume_ml(mask.astype(np.uint8), 1, voxel_ml)
+        for name, mask in zip(SUBTYPES, case.subtype_masks, strict=True)
+    }
+
+
 def _labels_from_seg(seg: Dataset, shape: tuple[int, ...], sop_uids: list[str]) -> np.ndarray:
     """Hemorrhage labels per source slice, read back from the SEG frames the demo PACS received.
 
-    Each frame names its segment and its source slice (PS3.3 C.8.20.3 and C.7.6.16.2.6).
+    Each frame names its segment and its source slice (PS3.3 C.8.20.3 and C.7.6.16.2.6); every
+    hemorrhage segment (whole hemorrhage or a compartment) counts.
     """
     index_of = {uid: i for i, uid in enumerate(sop_uids)}
+    blood_segments = set(hemorrhage_segments(seg).values())
     frames = seg.pixel_array.reshape(-1, *shape[1:])
     labels = np.zeros(shape, dtype=np.uint8)
     for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
         segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        if segment == HEMORRHAGE_SEGMENT_NUMBER and source in index_of:
+        if segment in blood_segments and source in index_of:
             labels[index_of[source]][frame > 0] = HEMORRHAGE
     return labels
 
 
 def _print_summary(summary: dict[str, object], slice_index: int) -> None:
-    subject = summary["subject"]
-    assert isinstance(subject, dict)
+    subject, present = summary["subject"], summary["present"]
+    points, truth = summary["operating_points"], summary["ground_truth_present"]
+    volumes, true_volumes = summary["volumes_ml"], summary["ground_truth_volumes_ml"]
+    assert isinstance(subject, dict) and isinstance(present, dict) and isinstance(points, dict)
+    assert isinstance(truth, dict) and isinstance(volumes, dict) and isinstance(true_volumes, dict)
     print("\nICHNet findings (research software, not a medical device; synthetic-data weights):")
+    print(f"  operating points: {summary['operating_points_source']}")
     for name in CLASS_NAMES:
-        p = float(subject[name])
-        print(f"  {name:>4}: p={p:.3f}  {'PRESENT' if p >= 0.5 else 'absent'}")
+        verdict = "PRESENT" if present[name] else "absent"
+        print(
+            f"  {name:>4}: p={float(subject[name]):.3f} (threshold {float(points[name]):.3g})  "
+            f"{verdict:<8} ground truth: {'present' if truth[name] else 'absent'}"
+        )
     print(
         f"  hemorrhage volume: {summary['hemorrhage_volume_ml']:.1f} mL "
         f"(ground truth {summary['ground_truth_volume_ml']:.1f} mL)"
     )
+    if all(volumes[name] is None for name in SUBTYPES):
+        print("  per compartment: not measured (these weights have no compartment output)")
+    for name in SUBTYPES:
+        if volumes[name] is not None and (volumes[name] > 0 or true_volumes[name] > 0):
+            print(
+                f"    {name}: {float(volumes[name]):.1f} mL "
+                f"(ground truth {float(true_volumes[name]):.1f} mL)"
+            )
     timings = summary["timings_s"]
     assert isinstance(timings, dict)
     print(

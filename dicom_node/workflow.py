@@ -22,17 +22,18 @@ from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import SelectionSection
 from dicom_node.results import (
+    HemorrhageVolumes,
     ModelIdentity,
     ResultUids,
     Timings,
     build_result,
     build_seg,
     build_sr,
+    measure_hemorrhage,
 )
 from dicom_node.selection import select_series
 from ichnet_core.imaging.volume import Volume, VolumeError, build_volume
 from ichnet_core.inference.engine import InferenceEngine
-from ichnet_core.inference.pipeline import hemorrhage_volume_ml
 from ichnet_core.models.weights import ModelWeights
 from ichnet_core.prediction import Prediction
 
@@ -58,11 +59,16 @@ class SeriesAnalysis:
 
     volume: Volume
     prediction: Prediction
-    hemorrhage_volume_ml: float
+    volumes: HemorrhageVolumes
     seg: Dataset
     sr: Dataset
     result: dict[str, Any]
     timings: Timings
+
+    @property
+    def hemorrhage_volume_ml(self) -> float:
+        """Total hemorrhage volume in mL."""
+        return self.volumes.total_ml
 
 
 def model_identity(weights: ModelWeights) -> ModelIdentity:
@@ -116,7 +122,7 @@ def analyse_series(
     engine:
         The inference engine (its ``name`` goes into result.json).
     weights:
-        The weights the engine runs (model identification, result UIDs).
+        The weights the engine runs (model identification, result UIDs, operating points).
     rules:
         Series selection rules.
 
@@ -138,7 +144,8 @@ def analyse_series(
     prediction = engine.predict(volume)
     inferred = time.perf_counter()
 
-    volume_ml = hemorrhage_volume_ml(prediction.labels, volume)
+    volumes = measure_hemorrhage(volume, prediction)
+    operating_points = weights.operating_points
     model = model_identity(weights)
     uids = ResultUids.derive(volume.series_instance_uid, model)
     now = datetime.datetime.now(datetime.timezone.utc).astimezone()
@@ -157,7 +164,8 @@ def analyse_series(
         prediction,
         seg,
         model,
-        hemorrhage_volume_ml=volume_ml,
+        volumes=volumes,
+        operating_points=operating_points,
         series_instance_uid=uids.sr_series_instance_uid,
         sop_instance_uid=uids.sr_sop_instance_uid,
         series_number=_series_number(source, SR_SERIES_NUMBER_BASE),
@@ -171,18 +179,22 @@ def analyse_series(
     result = build_result(
         volume,
         prediction,
-        hemorrhage_volume_ml=volume_ml,
+        volumes=volumes,
+        operating_points=operating_points,
         engine=engine.name,
         model=model,
         timings=timings,
     )
     logger.info(
-        "series %s: ICH p=%.3f, hemorrhage %.2f mL (volume %.2fs, inference %.2fs, results %.2fs)",
+        "series %s: ICH p=%.3f (%s at operating point %.3g), hemorrhage %.2f mL "
+        "(volume %.2fs, inference %.2fs, results %.2fs)",
         volume.series_instance_uid,
         float(prediction.subject_probabilities[0]),
-        volume_ml,
+        "present" if result["present"]["any"] else "absent",
+        operating_points.subject["any"],
+        volumes.total_ml,
         timings.volume,
         timings.inference,
         timings.results,
     )
-    return SeriesAnalysis(volume, prediction, volume_ml, seg, sr, result, timings)
+    return SeriesAnalysis(volume, prediction, volumes, seg, sr, result, timings)

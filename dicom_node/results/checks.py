@@ -7,7 +7,13 @@ import math
 import numpy as np
 
 from ichnet_core.imaging.volume import Volume
-from ichnet_core.labels import NUM_CLASSIFICATION_OUTPUTS, NUM_SEGMENTATION_CLASSES
+from ichnet_core.labels import (
+    HEMORRHAGE,
+    NO_COMPARTMENT,
+    NUM_CLASSIFICATION_OUTPUTS,
+    NUM_COMPARTMENTS,
+    NUM_SEGMENTATION_CLASSES,
+)
 from ichnet_core.prediction import Prediction
 
 
@@ -20,8 +26,9 @@ def check_prediction(volume: Volume, prediction: Prediction) -> None:
     Raises
     ------
     ValueError
-        When shapes disagree, a label is outside the segmentation classes or a probability is
-        not a finite number in [0, 1].
+        When shapes disagree, a label is outside the segmentation classes, a probability is
+        not a finite number in [0, 1], or the compartments (when present) do not mark exactly
+        the hemorrhage pixels with one of the five compartments.
     """
     expected_labels = (volume.num_slices, *volume.hu.shape[1:])
     if prediction.labels.shape != expected_labels:
@@ -39,6 +46,8 @@ def check_prediction(volume: Volume, prediction: Prediction) -> None:
         raise ValueError(
             f"Prediction labels must be 0..{NUM_SEGMENTATION_CLASSES - 1}; found {max_label}."
         )
+    if prediction.compartments is not None:
+        _check_compartments(prediction)
     expected_slice_probs = (volume.num_slices, NUM_CLASSIFICATION_OUTPUTS)
     if prediction.slice_probabilities.shape != expected_slice_probs:
         raise ValueError(
@@ -59,6 +68,29 @@ def check_prediction(volume: Volume, prediction: Prediction) -> None:
                 f"{name.capitalize()} probabilities must be finite and within [0, 1]; found "
                 f"min {np.nanmin(values):.4g}, max {np.nanmax(values):.4g}."
             )
+
+
+def _check_compartments(prediction: Prediction) -> None:
+    compartments = prediction.compartments
+    assert compartments is not None
+    if compartments.shape != prediction.labels.shape:
+        raise ValueError(
+            f"Prediction compartments have shape {compartments.shape}; the labels have "
+            f"{prediction.labels.shape}."
+        )
+    max_compartment = int(compartments.max(initial=0))
+    if max_compartment > NUM_COMPARTMENTS:
+        raise ValueError(
+            f"Compartments must be {NO_COMPARTMENT}..{NUM_COMPARTMENTS}; found {max_compartment}."
+        )
+    mismatched = int(
+        np.count_nonzero((prediction.labels == HEMORRHAGE) != (compartments != NO_COMPARTMENT))
+    )
+    if mismatched:
+        raise ValueError(
+            f"{mismatched} pixels break the compartment rule: every hemorrhage pixel carries "
+            "exactly one compartment and no other pixel carries one."
+        )
 
 
 def check_volume_ml(hemorrhage_volume_ml: float) -> None:

@@ -4,7 +4,12 @@ Other tools read this file (the CLI's ``infer`` writes it next to seg.dcm and sr
 are a contract: ``study_instance_uid``, ``series_instance_uid``, ``subject`` (probability per
 class name), ``slices`` (one entry per slice in volume order, i.e. along the slice normal, each
 with its ``sop_instance_uid``), ``hemorrhage_volume_ml``, ``engine``, ``model`` {name, version,
-weights_sha256} and ``timings_s`` {volume, inference, results}.
+weights_sha256} and ``timings_s`` {volume, inference, results}; and, added 2026-12,
+``present`` (subject-level decision per output at the weights' operating points, the same the SR
+states), ``operating_points`` (those thresholds), ``volumes_ml`` (``hemorrhage`` = the total,
+then one value per compartment, ``null`` for weights without compartments). One key beyond
+DESIGN.md: ``operating_points_source`` says where the thresholds come from, so a reader can tell
+thresholds chosen on validation data from the 0.5 fallback of weights that carry none.
 
 The file is written atomically (temporary file in the same folder, fsync, rename), so a reader
 never sees half a file, even when the node is killed mid-write.
@@ -25,7 +30,10 @@ from typing import Any, Final
 from dicom_node.durable import fsync_directory
 from dicom_node.results.checks import check_prediction, check_volume_ml
 from dicom_node.results.device import ModelIdentity
+from dicom_node.results.volumes import HemorrhageVolumes
 from ichnet_core.imaging.volume import Volume
+from ichnet_core.labels import CLASS_NAMES
+from ichnet_core.operating_points import OperatingPoints
 from ichnet_core.prediction import Prediction
 
 logger = logging.getLogger(__name__)
@@ -52,7 +60,8 @@ def build_result(
     volume: Volume,
     prediction: Prediction,
     *,
-    hemorrhage_volume_ml: float,
+    volumes: HemorrhageVolumes,
+    operating_points: OperatingPoints,
     engine: str,
     model: ModelIdentity,
     timings: Timings,
@@ -65,8 +74,10 @@ def build_result(
         The analysed series (UIDs, slice order).
     prediction:
         Model output for ``volume``.
-    hemorrhage_volume_ml:
-        Hemorrhage volume in mL, finite and >= 0.
+    volumes:
+        Total and per-compartment hemorrhage volume in mL, finite and >= 0.
+    operating_points:
+        The weights' decision thresholds (``present``, ``operating_points``).
     engine:
         Name of the inference engine that ran (e.g. ``"onnxruntime"``).
     model:
@@ -77,7 +88,7 @@ def build_result(
     Returns
     -------
     dict
-        Exactly the DESIGN.md keys.
+        The DESIGN.md keys (and ``operating_points_source``).
 
     Raises
     ------
@@ -85,7 +96,9 @@ def build_result(
         When the prediction does not match the volume, or a value is out of range.
     """
     check_prediction(volume, prediction)
-    check_volume_ml(hemorrhage_volume_ml)
+    check_volume_ml(volumes.total_ml)
+    for value in (volumes.compartments_ml or {}).values():
+        check_volume_ml(value)
     if not engine:
         raise ValueError("The engine name of result.json must not be empty.")
     slices = [
@@ -94,12 +107,13 @@ def build_result(
             volume.sop_instance_uids, prediction.slice_dicts(), strict=True
         )
     ]
+    subject = prediction.subject_dict()
     return {
         "study_instance_uid": volume.study_instance_uid,
         "series_instance_uid": volume.series_instance_uid,
-        "subject": prediction.subject_dict(),
+        "subject": subject,
         "slices": slices,
-        "hemorrhage_volume_ml": float(hemorrhage_volume_ml),
+        "hemorrhage_volume_ml": float(volumes.total_ml),
         "engine": engine,
         "model": {
             "name": model.name,
@@ -107,6 +121,10 @@ def build_result(
             "weights_sha256": model.weights_sha256,
         },
         "timings_s": asdict(timings),
+        "present": operating_points.present(subject),
+        "operating_points": {name: operating_points.subject[name] for name in CLASS_NAMES},
+        "operating_points_source": operating_points.source,
+        "volumes_ml": volumes.to_json(),
     }
 
 

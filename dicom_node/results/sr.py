@@ -1,16 +1,23 @@
 """The structured report writer: a TID 1500 Measurement Report as a Comprehensive 3D SR.
 
 What a reader gets (dsrdump shows it in this order): the observer is a DEVICE, our model, named
-and identified by its weights; the procedure reported is a head CT; one TID 1411 volumetric
-measurement group describes the hemorrhage segment of the SEG (same tracking UID as the segment,
-referenced by SOP Instance and segment number, source series given). It holds
+and identified by its weights; the procedure reported is a head CT; then the measurement groups,
+laid out after the SEG's segments (``seg.segment_layout``):
 
-- the hemorrhage volume in mL (sum of segmented voxel volumes),
-- the probability of intracranial hemorrhage and of each subtype, as numbers,
-- a Present/Absent evaluation of each, by the presence threshold (0.5 unless told otherwise).
+- SEG with one whole-hemorrhage segment (weights without compartments, or no bleed): one TID 1411
+  volumetric group describing that segment (same tracking UID as the segment, referenced by SOP
+  Instance and segment number, source series given), holding the hemorrhage volume in mL (sum of
+  segmented voxel volumes), the probability of intracranial hemorrhage and of each subtype, and
+  a Present/Absent evaluation of each;
+- SEG with compartment segments: one TID 1501 group "Intracranial hemorrhage" with the total
+  volume, the probabilities and the Present/Absent evaluations, then one TID 1411 volumetric
+  group per compartment segment with that compartment's volume, each referencing its segment.
 
-Probabilities are NUM items whose concept name is the finding and whose unit is UCUM
-``{probability}``, so dsrdump reads ``NUM "Subdural hemorrhage" = "0.4" ({probability}, ...)``.
+Present/Absent follows the weights' operating points (``ichnet_core.operating_points``; 0.5 for
+every output of weights without them), and the algorithm parameters state the thresholds and
+where they come from. Probabilities are NUM items whose concept name is the finding and whose
+unit is UCUM ``{probability}``, so dsrdump reads
+``NUM "Subdural hemorrhage" = "0.4" ({probability}, ...)``.
 The document is COMPLETE, UNVERIFIED and PRELIMINARY: a machine made it and nobody signed it.
 """
 
@@ -30,30 +37,31 @@ from dicom_node.results import codes
 from dicom_node.results.checks import check_prediction, check_volume_ml
 from dicom_node.results.device import MANUFACTURER, ModelIdentity, equipment
 from dicom_node.results.sanitize import prepare_source_headers
-from dicom_node.results.seg import HEMORRHAGE_SEGMENT_NUMBER
+from dicom_node.results.seg import COMPARTMENT_LABELS, HEMORRHAGE_KEY, hemorrhage_segments
+from dicom_node.results.uids import derived_uid
+from dicom_node.results.volumes import HemorrhageVolumes
 from ichnet_core.imaging.volume import Volume
-from ichnet_core.labels import SUBTYPES
+from ichnet_core.labels import CLASS_NAMES, SUBTYPES
+from ichnet_core.operating_points import DEFAULT_THRESHOLD, OperatingPoints
 from ichnet_core.prediction import Prediction
 
 logger = logging.getLogger(__name__)
 
-#: A finding is reported Present when its probability is at least this value.
-PRESENCE_THRESHOLD: Final[float] = 0.5
 #: Decimals kept in the SR; result.json keeps full precision.
 VOLUME_DECIMALS: Final[int] = 2
 PROBABILITY_DECIMALS: Final[int] = 3
 SERIES_DESCRIPTION: Final[str] = "ICHNet hemorrhage report (research)"
-#: Human-readable tracking identifier of the hemorrhage region.
+#: Human-readable tracking identifier of the whole hemorrhage.
 TRACKING_IDENTIFIER: Final[str] = "Intracranial hemorrhage"
 
 
-def presence(probability: float, threshold: float = PRESENCE_THRESHOLD) -> hd.sr.CodedConcept:
+def presence(probability: float, threshold: float = DEFAULT_THRESHOLD) -> hd.sr.CodedConcept:
     """SCT Present when ``probability >= threshold``, else SCT Absent."""
     return codes.PRESENT if probability >= threshold else codes.ABSENT
 
 
-def _hemorrhage_segment(seg: Dataset, study_instance_uid: str) -> Dataset:
-    """The hemorrhage segment's item of ``seg``; raise if ``seg`` cannot be the matching SEG."""
+def _segments(seg: Dataset, study_instance_uid: str, volumes: HemorrhageVolumes) -> dict[str, int]:
+    """Hemorrhage segments of ``seg``; raise if ``seg`` cannot be the SEG of these volumes."""
     if seg.get("SOPClassUID") != SegmentationStorage:
         raise ValueError(
             f"build_sr needs a Segmentation Storage object; found SOP Class {seg.get('SOPClassUID')}."
@@ -63,18 +71,17 @@ def _hemorrhage_segment(seg: Dataset, study_instance_uid: str) -> Dataset:
             f"SEG {seg.SOPInstanceUID} belongs to study {seg.StudyInstanceUID}, "
             f"not to the analysed study {study_instance_uid}."
         )
-    for item in seg.SegmentSequence:
-        if int(item.SegmentNumber) == HEMORRHAGE_SEGMENT_NUMBER:
-            property_type = item.SegmentedPropertyTypeCodeSequence[0]
-            if property_type.CodeValue != codes.HEMORRHAGE.value:
-                raise ValueError(
-                    f"Segment {HEMORRHAGE_SEGMENT_NUMBER} of SEG {seg.SOPInstanceUID} is "
-                    f"{property_type.CodeMeaning!r}, not {codes.HEMORRHAGE.meaning!r}."
-                )
-            return item
-    raise ValueError(
-        f"SEG {seg.SOPInstanceUID} has no segment {HEMORRHAGE_SEGMENT_NUMBER} (hemorrhage)."
-    )
+    segments = hemorrhage_segments(seg)
+    if not segments:
+        raise ValueError(f"SEG {seg.SOPInstanceUID} has no hemorrhage segment.")
+    if HEMORRHAGE_KEY not in segments:
+        expected = set(volumes.present_compartments())
+        if set(segments) != expected:
+            raise ValueError(
+                f"SEG {seg.SOPInstanceUID} has compartment segments {sorted(segments)} but the "
+                f"volumes have compartments {sorted(expected)}."
+            )
+    return segments
 
 
 def _observation_context(model: ModelIdentity) -> hd.sr.ObservationContext:
@@ -93,10 +100,15 @@ def _observation_context(model: ModelIdentity) -> hd.sr.ObservationContext:
     return hd.sr.ObservationContext(observer_device_context=observer)
 
 
-def _algorithm(model: ModelIdentity, threshold: float) -> hd.sr.AlgorithmIdentification:
+def _algorithm(
+    model: ModelIdentity, operating_points: OperatingPoints
+) -> hd.sr.AlgorithmIdentification:
     """TID 4019 Algorithm Identification, with the facts a reader needs to weigh the output."""
     parameters = [f"{key}: {value}" for key, value in model.algorithm_parameters().items()]
-    parameters.append(f"presence_threshold: {threshold:g}")
+    parameters += [
+        f"operating_point_{name}: {operating_points.subject[name]:.4g}" for name in CLASS_NAMES
+    ]
+    parameters.append(f"operating_points_source: {operating_points.source}")
     return hd.sr.AlgorithmIdentification(
         name=model.name,
         version=model.version,
@@ -107,26 +119,65 @@ def _algorithm(model: ModelIdentity, threshold: float) -> hd.sr.AlgorithmIdentif
 
 
 def _probability_items(
-    probabilities: dict[str, float], threshold: float
+    probabilities: dict[str, float], operating_points: OperatingPoints
 ) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
     """One NUM (probability) and one CODE (Present/Absent) item for ICH and each subtype."""
     findings: Sequence[tuple[str, hd.sr.CodedConcept]] = [
         ("any", codes.INTRACRANIAL_HEMORRHAGE),
         *((name, codes.SUBTYPE_FINDINGS[name]) for name in SUBTYPES),
     ]
+    present = operating_points.present(probabilities)
     measurements = []
     evaluations = []
     for name, finding in findings:
-        probability = probabilities[name]
         measurements.append(
             hd.sr.Measurement(
                 name=finding,
-                value=round(probability, PROBABILITY_DECIMALS),
+                value=round(probabilities[name], PROBABILITY_DECIMALS),
                 unit=codes.PROBABILITY_UNIT,
             )
         )
-        evaluations.append(hd.sr.QualitativeEvaluation(finding, presence(probability, threshold)))
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(finding, codes.PRESENT if present[name] else codes.ABSENT)
+        )
     return measurements, evaluations
+
+
+def _volume_measurement(volume_ml: float) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=codes.VOLUME,
+        value=round(volume_ml, VOLUME_DECIMALS),
+        unit=codes.MILLILITER,
+        method=codes.SUM_OF_SEGMENTED_VOXELS,
+    )
+
+
+def _segment_group(
+    seg: Dataset,
+    segment_number: int,
+    identifier: str,
+    source_series_instance_uid: str,
+    finding: hd.sr.CodedConcept,
+    algorithm: hd.sr.AlgorithmIdentification,
+    measurements: list[hd.sr.Measurement],
+    evaluations: list[hd.sr.QualitativeEvaluation] | None = None,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 group describing one segment of ``seg`` (shares the segment's tracking UID)."""
+    item = next(i for i in seg.SegmentSequence if int(i.SegmentNumber) == segment_number)
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=item.TrackingUID, identifier=identifier),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=segment_number,
+            source_series=hd.sr.SourceSeriesForSegmentation(source_series_instance_uid),
+        ),
+        finding_type=finding,
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+    )
 
 
 def build_sr(
@@ -135,15 +186,15 @@ def build_sr(
     seg: Dataset,
     model: ModelIdentity,
     *,
-    hemorrhage_volume_ml: float,
+    volumes: HemorrhageVolumes,
     series_instance_uid: str,
     sop_instance_uid: str,
     series_number: int,
     instance_number: int = 1,
-    threshold: float = PRESENCE_THRESHOLD,
+    operating_points: OperatingPoints | None = None,
     content_datetime: datetime.datetime | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """Build the TID 1500 report of one series, referencing the hemorrhage segment of ``seg``.
+    """Build the TID 1500 report of one series, referencing the hemorrhage segments of ``seg``.
 
     Parameters
     ----------
@@ -152,18 +203,18 @@ def build_sr(
     prediction:
         Model output; its subject probabilities (``CLASS_NAMES`` order) are reported.
     seg:
-        The SEG built for the same prediction (``build_seg``); its hemorrhage segment is the
-        region the volume measurement refers to, and it is listed as evidence.
+        The SEG built for the same prediction (``build_seg``); its hemorrhage segments are the
+        regions the volume measurements refer to, and it is listed as evidence.
     model:
         Identification of the model: the SR's device observer and algorithm.
-    hemorrhage_volume_ml:
-        Hemorrhage volume in mL (DESIGN.md rule), finite and >= 0.
+    volumes:
+        Total and per-compartment hemorrhage volume (``measure_hemorrhage``).
     series_instance_uid, sop_instance_uid:
         UIDs of the new SR series and instance (see ``ResultUids.derive``).
     series_number, instance_number:
         Series and instance numbers of the new object (positive integers).
-    threshold:
-        Probability from which a finding is reported Present, in (0, 1].
+    operating_points:
+        The weights' thresholds for Present/Absent; ``None`` means 0.5 for every output.
     content_datetime:
         Content Date/Time; defaults to now. Pass the SEG's value to keep them equal.
 
@@ -175,43 +226,68 @@ def build_sr(
     Raises
     ------
     ValueError
-        When the prediction does not match the volume, ``seg`` is not its SEG, the volume or
-        threshold is out of range.
+        When the prediction does not match the volume, ``seg`` is not its SEG, or a volume is
+        out of range.
     """
     check_prediction(volume, prediction)
-    check_volume_ml(hemorrhage_volume_ml)
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"The presence threshold must be in (0, 1]; found {threshold}.")
-    segment = _hemorrhage_segment(seg, volume.study_instance_uid)
+    check_volume_ml(volumes.total_ml)
+    for value in (volumes.compartments_ml or {}).values():
+        check_volume_ml(value)
+    points = operating_points if operating_points is not None else OperatingPoints.default()
+    segments = _segments(seg, volume.study_instance_uid, volumes)
 
     probabilities = prediction.subject_dict()
-    probability_measurements, evaluations = _probability_items(probabilities, threshold)
-    volume_measurement = hd.sr.Measurement(
-        name=codes.VOLUME,
-        value=round(hemorrhage_volume_ml, VOLUME_DECIMALS),
-        unit=codes.MILLILITER,
-        method=codes.SUM_OF_SEGMENTED_VOXELS,
-    )
-    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=segment.TrackingUID, identifier=TRACKING_IDENTIFIER
-        ),
-        referenced_segment=hd.sr.ReferencedSegment(
-            sop_class_uid=seg.SOPClassUID,
-            sop_instance_uid=seg.SOPInstanceUID,
-            segment_number=HEMORRHAGE_SEGMENT_NUMBER,
-            source_series=hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid),
-        ),
-        finding_type=codes.INTRACRANIAL_HEMORRHAGE,
-        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-        algorithm_id=_algorithm(model, threshold),
-        measurements=[volume_measurement, *probability_measurements],
-        qualitative_evaluations=evaluations,
-    )
+    probability_measurements, evaluations = _probability_items(probabilities, points)
+    algorithm = _algorithm(model, points)
+    source_series = volume.series_instance_uid
+    groups: list[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ] = []
+    if HEMORRHAGE_KEY in segments:
+        groups.append(
+            _segment_group(
+                seg,
+                segments[HEMORRHAGE_KEY],
+                TRACKING_IDENTIFIER,
+                source_series,
+                codes.INTRACRANIAL_HEMORRHAGE,
+                algorithm,
+                [_volume_measurement(volumes.total_ml), *probability_measurements],
+                evaluations,
+            )
+        )
+    else:
+        assert volumes.compartments_ml is not None  # _segments checked the compartments
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=derived_uid(seg.SOPInstanceUID, "total hemorrhage"),
+                    identifier=TRACKING_IDENTIFIER,
+                ),
+                finding_type=codes.INTRACRANIAL_HEMORRHAGE,
+                finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                algorithm_id=algorithm,
+                measurements=[_volume_measurement(volumes.total_ml), *probability_measurements],
+                qualitative_evaluations=evaluations,
+            )
+        )
+        for name, number in sorted(segments.items(), key=lambda entry: entry[1]):
+            groups.append(
+                _segment_group(
+                    seg,
+                    number,
+                    COMPARTMENT_LABELS[name],
+                    source_series,
+                    codes.SUBTYPE_FINDINGS[name],
+                    algorithm,
+                    [_volume_measurement(volumes.compartments_ml[name])],
+                )
+            )
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(model),
         procedure_reported=codes.CT_HEAD,
-        imaging_measurements=[group],
+        imaging_measurements=groups,
     )
     sources = prepare_source_headers(volume.datasets)
     device = equipment(model)
@@ -237,13 +313,15 @@ def build_sr(
         coding_schemes=[codes.local_coding_scheme()],
     )
     logger.info(
-        "Built SR %s (series %s) for source series %s referencing SEG %s: volume %.2f mL, "
-        "P(ICH) %.3f.",
+        "Built SR %s (series %s) for source series %s referencing SEG %s: volume %.2f mL "
+        "(%s), P(ICH) %.3f at operating point %.3g.",
         sop_instance_uid,
         series_instance_uid,
         volume.series_instance_uid,
         seg.SOPInstanceUID,
-        hemorrhage_volume_ml,
+        volumes.total_ml,
+        ", ".join(f"{k} {v:.2f}" for k, v in (volumes.compartments_ml or {}).items()) or "-",
         probabilities["any"],
+        points.subject["any"],
     )
     return sr

@@ -23,7 +23,7 @@ import pytest
 
 from dicom_node.cli import EXIT_OK, EXIT_UNUSABLE, main
 from ichnet_core.labels import CLASS_NAMES, SUBTYPES
-from ichnet_core.models.weights import default_weights_path
+from ichnet_core.models.weights import default_weights_path, load_weights
 from tests.integration.node_process import node_command
 
 PROJECT_ROOT: Final[Path] = Path(__file__).resolve().parents[2]
@@ -140,7 +140,8 @@ def test_result_json_follows_the_design_schema(
     assert completed.returncode == EXIT_OK, completed.stderr
     result = json.loads((out_dir / "result.json").read_text())
 
-    assert list(result) == RESULT_KEYS
+    assert list(result)[: len(RESULT_KEYS)] == RESULT_KEYS
+    assert {"present", "operating_points", "volumes_ml"} <= set(result)
     assert list(CLASS_NAMES) == PROBABILITY_KEYS and list(SUBTYPES) == PROBABILITY_KEYS[1:]
     assert result["study_instance_uid"] == head_sources[0].StudyInstanceUID
     assert result["series_instance_uid"] == head_sources[0].SeriesInstanceUID
@@ -157,6 +158,18 @@ def test_result_json_follows_the_design_schema(
 
     volume_ml = result["hemorrhage_volume_ml"]
     assert isinstance(volume_ml, float) and volume_ml >= 0.0
+    # Decisions at the bundled weights' operating points (0.5 for weights without them);
+    # compartment volumes null for weights without compartments, never zero.
+    weights = load_weights()
+    points = result["operating_points"]
+    assert points == dict(weights.operating_points.subject)
+    assert list(points) == list(result["present"]) == PROBABILITY_KEYS
+    assert result["present"] == {k: result["subject"][k] >= points[k] for k in PROBABILITY_KEYS}
+    assert result["volumes_ml"]["hemorrhage"] == volume_ml
+    if weights.config.compartments:
+        assert sum(result["volumes_ml"][k] for k in SUBTYPES) == pytest.approx(volume_ml)
+    else:
+        assert all(result["volumes_ml"][k] is None for k in SUBTYPES)
     assert result["engine"] in ("tensorrt", "onnxruntime", "torch")
 
     model = result["model"]

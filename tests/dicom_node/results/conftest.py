@@ -2,7 +2,10 @@
 
 The predictions are fake but shaped like real ones: "brain" is soft tissue (0..80 HU) inside the
 skull, a hemorrhage is a compact blob on a few mid-brain slices, probabilities are consistent with
-the mask. A negative prediction has brain but no hemorrhage voxel at all.
+the mask. A negative prediction has brain but no hemorrhage voxel at all. The compartment
+predictions are the same masks as weights with compartments would give them: the blob split
+into an epidural and a subdural part plus a few intraventricular slices, every hemorrhage pixel
+in exactly one compartment.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from dicom_node.results.device import ModelIdentity
 from dicom_node.results.seg import build_seg
 from dicom_node.results.sr import build_sr
 from dicom_node.results.uids import ResultUids
+from dicom_node.results.volumes import HemorrhageVolumes, measure_hemorrhage
 from ichnet_core.imaging.volume import Volume, build_volume
-from ichnet_core.labels import BRAIN, CLASS_NAMES, HEMORRHAGE, NON_BRAIN
+from ichnet_core.labels import BRAIN, CLASS_NAMES, HEMORRHAGE, NO_COMPARTMENT, NON_BRAIN, SUBTYPES
+from ichnet_core.operating_points import OperatingPoints
 from ichnet_core.prediction import Prediction
 
 #: Soft-tissue window that stands in for "brain" in the fake masks (HU).
@@ -115,6 +120,51 @@ def negative_prediction(head_volume: Volume) -> Prediction:
     return _prediction(head_volume, positive=False)
 
 
+#: Compartments of the fake compartment prediction (the rest of SUBTYPES stays empty).
+COMPARTMENTS_PRESENT = ("IVH", "EDH", "SDH")
+
+
+def _with_compartments(prediction: Prediction) -> Prediction:
+    """``prediction`` as weights with compartments give it: the blob's left columns EDH, its
+    right columns SDH, its lowest slice IVH."""
+    hemorrhage = prediction.labels == HEMORRHAGE
+    compartments = np.full(prediction.labels.shape, NO_COMPARTMENT, dtype=np.uint8)
+    if hemorrhage.any():
+        slices, _, columns = np.nonzero(hemorrhage)
+        middle = int(np.median(columns))
+        left = np.zeros_like(hemorrhage)
+        left[:, :, :middle] = True
+        compartments[hemorrhage & left] = 1 + SUBTYPES.index("EDH")
+        compartments[hemorrhage & ~left] = 1 + SUBTYPES.index("SDH")
+        compartments[slices.min()][hemorrhage[slices.min()]] = 1 + SUBTYPES.index("IVH")
+    return Prediction(
+        labels=prediction.labels,
+        slice_probabilities=prediction.slice_probabilities,
+        subject_probabilities=prediction.subject_probabilities,
+        compartments=compartments,
+    )
+
+
+@pytest.fixture(scope="session")
+def compartment_prediction(positive_prediction: Prediction) -> Prediction:
+    """The positive blob split into IVH, EDH and SDH compartments."""
+    return _with_compartments(positive_prediction)
+
+
+@pytest.fixture(scope="session")
+def compartment_negative_prediction(negative_prediction: Prediction) -> Prediction:
+    """Weights with compartments on a scan without hemorrhage: no compartment anywhere."""
+    return _with_compartments(negative_prediction)
+
+
+#: Operating points of the fake weights: ICH and CPH need more than 0.5, SDH less (0.40 at
+#: 0.35 is Present here, Absent at the default 0.5).
+OPERATING_POINTS = OperatingPoints(
+    subject={"any": 0.31, "CPH": 0.95, "IVH": 0.35, "EDH": 0.2, "SDH": 0.35, "SAH": 0.25},
+    source="validation split of the test fixtures",
+)
+
+
 def hemorrhage_volume_ml(volume: Volume, prediction: Prediction) -> float:
     """DESIGN.md's volume rule, computed here independently of the writers."""
     counts = (prediction.labels == HEMORRHAGE).sum(axis=(1, 2))
@@ -128,11 +178,18 @@ class WrittenResults:
     prediction: Prediction
     uids: ResultUids
     volume_ml: float
+    volumes: HemorrhageVolumes
+    operating_points: OperatingPoints | None
     seg_path: Path
     sr_path: Path
 
 
-def _write_results(volume: Volume, prediction: Prediction, directory: Path) -> WrittenResults:
+def _write_results(
+    volume: Volume,
+    prediction: Prediction,
+    directory: Path,
+    operating_points: OperatingPoints | None = None,
+) -> WrittenResults:
     uids = ResultUids.derive(volume.series_instance_uid, MODEL)
     seg = build_seg(
         volume,
@@ -144,12 +201,14 @@ def _write_results(volume: Volume, prediction: Prediction, directory: Path) -> W
         content_datetime=CONTENT_DATETIME,
     )
     volume_ml = hemorrhage_volume_ml(volume, prediction)
+    volumes = measure_hemorrhage(volume, prediction)
     sr = build_sr(
         volume,
         prediction,
         seg,
         MODEL,
-        hemorrhage_volume_ml=volume_ml,
+        volumes=volumes,
+        operating_points=operating_points,
         series_instance_uid=uids.sr_series_instance_uid,
         sop_instance_uid=uids.sr_sop_instance_uid,
         series_number=SR_SERIES_NUMBER,
@@ -158,7 +217,7 @@ def _write_results(volume: Volume, prediction: Prediction, directory: Path) -> W
     seg_path, sr_path = directory / "seg.dcm", directory / "sr.dcm"
     seg.save_as(seg_path, enforce_file_format=True)
     sr.save_as(sr_path, enforce_file_format=True)
-    return WrittenResults(prediction, uids, volume_ml, seg_path, sr_path)
+    return WrittenResults(prediction, uids, volume_ml, volumes, operating_points, seg_path, sr_path)
 
 
 @pytest.fixture(scope="session")
@@ -175,6 +234,36 @@ def negative_results(
 ) -> WrittenResults:
     """SEG + SR of the all-negative prediction, written to a temporary folder."""
     return _write_results(head_volume, negative_prediction, tmp_path_factory.mktemp("negative"))
+
+
+@pytest.fixture(scope="session")
+def compartment_results(
+    head_volume: Volume,
+    compartment_prediction: Prediction,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> WrittenResults:
+    """SEG + SR of the compartment prediction at :data:`OPERATING_POINTS`."""
+    return _write_results(
+        head_volume,
+        compartment_prediction,
+        tmp_path_factory.mktemp("compartments"),
+        OPERATING_POINTS,
+    )
+
+
+@pytest.fixture(scope="session")
+def compartment_negative_results(
+    head_volume: Volume,
+    compartment_negative_prediction: Prediction,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> WrittenResults:
+    """SEG + SR of weights with compartments on a scan without hemorrhage."""
+    return _write_results(
+        head_volume,
+        compartment_negative_prediction,
+        tmp_path_factory.mktemp("compartments-negative"),
+        OPERATING_POINTS,
+    )
 
 
 def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess[str]:

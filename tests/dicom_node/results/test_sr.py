@@ -17,14 +17,15 @@ from dicom_node.results import codes
 from dicom_node.results.device import MANUFACTURER, ModelIdentity
 from dicom_node.results.seg import HEMORRHAGE_SEGMENT_NUMBER
 from dicom_node.results.sr import (
-    PRESENCE_THRESHOLD,
     PROBABILITY_DECIMALS,
     VOLUME_DECIMALS,
     build_sr,
     presence,
 )
+from dicom_node.results.volumes import HemorrhageVolumes
 from ichnet_core.imaging.volume import Volume
 from ichnet_core.labels import CLASS_NAMES, SUBTYPES
+from ichnet_core.operating_points import DEFAULT_THRESHOLD
 from ichnet_core.prediction import Prediction
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def test_volume_probabilities_and_findings_are_reported(
         assert float(measurement.value) == pytest.approx(subject[name], abs=0.5e-3)
         evaluations = group.get_qualitative_evaluations(name=finding)
         assert len(evaluations) == 1
-        expected = codes.PRESENT if subject[name] >= PRESENCE_THRESHOLD else codes.ABSENT
+        expected = codes.PRESENT if subject[name] >= DEFAULT_THRESHOLD else codes.ABSENT
         assert evaluations[0].value == expected
 
 
@@ -86,7 +87,8 @@ def test_positive_and_negative_scans_read_differently(
     assert negative.get_qualitative_evaluations(name=ich)[0].value == codes.ABSENT
     cph = codes.SUBTYPE_FINDINGS["CPH"]
     assert positive.get_qualitative_evaluations(name=cph)[0].value == codes.PRESENT
-    # SDH at 0.40 is reported with its probability but Absent at the 0.5 threshold.
+    # SDH at 0.40 is reported with its probability but Absent at the 0.5 threshold (these
+    # results were written without operating points: the fallback).
     sdh = codes.SUBTYPE_FINDINGS["SDH"]
     assert _single_value(positive, sdh) == pytest.approx(0.4, abs=1e-3)
     assert positive.get_qualitative_evaluations(name=sdh)[0].value == codes.ABSENT
@@ -192,8 +194,8 @@ def test_dsrdump_reads_the_report_as_a_radiologist_would(
 
 
 def test_presence_uses_an_inclusive_threshold() -> None:
-    assert presence(PRESENCE_THRESHOLD) == codes.PRESENT
-    assert presence(PRESENCE_THRESHOLD - 10**-PROBABILITY_DECIMALS) == codes.ABSENT
+    assert presence(DEFAULT_THRESHOLD) == codes.PRESENT
+    assert presence(DEFAULT_THRESHOLD - 10**-PROBABILITY_DECIMALS) == codes.ABSENT
     assert presence(0.3, threshold=0.25) == codes.PRESENT
 
 
@@ -211,17 +213,21 @@ def test_inputs_out_of_range_are_rejected(
     }
 
     with pytest.raises(ValueError, match="finite number of mL"):
-        build_sr(head_volume, positive_prediction, seg, model, hemorrhage_volume_ml=-1.0, **kwargs)
-    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
         build_sr(
             head_volume,
             positive_prediction,
             seg,
             model,
-            hemorrhage_volume_ml=1.0,
-            threshold=0.0,
+            volumes=HemorrhageVolumes(total_ml=-1.0, compartments_ml=None),
             **kwargs,
         )
     seg.StudyInstanceUID = "2.25.3"
     with pytest.raises(ValueError, match="not to the analysed study"):
-        build_sr(head_volume, positive_prediction, seg, model, hemorrhage_volume_ml=1.0, **kwargs)
+        build_sr(
+            head_volume,
+            positive_prediction,
+            seg,
+            model,
+            volumes=HemorrhageVolumes(total_ml=1.0, compartments_ml=None),
+            **kwargs,
+        )
