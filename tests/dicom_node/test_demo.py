@@ -30,5 +30,14 @@ def test_demo_round_trip(tmp_path: Path, engine_cache_dir: Path) -> None:
     assert float(summary["ground_truth_volume_ml"]) > 0.0  # the demo case has a hemorrhage
     assert float(summary["hemorrhage_volume_ml"]) >= 0.0
     assert float(summary["seconds_last_instance_to_results"]) > 0.0
+    # The printed findings are the decisions at the weights' operating points (as in the SR).
+    points, present = summary["operating_points"], summary["present"]
+    assert isinstance(points, dict) and isinstance(present, dict)
+    assert present == {name: float(subject[name]) >= points[name] for name in CLASS_NAMES}
+    volumes = summary["volumes_ml"]
+    truth = summary["ground_truth_volumes_ml"]
+    assert isinstance(volumes, dict) and isinstance(truth, dict)
+    assert volumes["hemorrhage"] == summary["hemorrhage_volume_ml"]
+    assert sum(truth.values()) == pytest.approx(float(summary["ground_truth_volume_ml"]))
     with Image.open(str(summary["overlay"])) as overlay:
         assert overlay.size == (512, 512)
