@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -193,7 +194,7 @@ def backoff_delay(failed_attempts: int, settings: SenderSection, rng: random.Ran
 
 
 def _describe_peer(peer: Peer) -> str:
-    return f"peer {peer.ae_title} at {peer.host}:{peer.port}"
+    return f"peer {peer.ae_title} at {peer.host}:{peer.port}" + (" (TLS)" if peer.tls else "")
 
 
 @dataclass(frozen=True)
@@ -297,6 +298,9 @@ class ResultSender:
         Time source for ``next_attempt_at`` (a fake clock in tests).
     rng
         Jitter source; a seeded :class:`random.Random` makes delays reproducible.
+    tls_context
+        Client TLS context (:func:`dicom_node.tls.client_context`: our certificate, the peers'
+        CAs) for peers with ``tls: true``; the peer's certificate must name its ``host``.
     """
 
     def __init__(
@@ -310,8 +314,10 @@ class ResultSender:
         network_timeout_s: float = 60.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
+        self._tls_context = tls_context
         self.our_ae_title = our_ae_title
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
@@ -364,6 +370,12 @@ class ResultSender:
         if not files:
             return self._failed("; ".join(permanent), tuple(unreadable))
 
+        if peer.tls and self._tls_context is None:
+            return self._failed(
+                f"{_describe_peer(peer)} is configured with tls: true but the node has no TLS "
+                "client certificate (node.tls)",
+                tuple(unreadable),
+            )
         watch = _AssociationWatch()
         assoc = self._ae.associate(
             peer.host,
@@ -371,6 +383,7 @@ class ResultSender:
             contexts=build_presentation_contexts(files),
             ae_title=peer.ae_title,
             evt_handlers=watch.handlers(),
+            tls_args=(self._tls_context, peer.host) if peer.tls and self._tls_context else None,
         )
         if not assoc.is_established:
             reason, transient = self._association_failure(assoc, peer, watch)
@@ -487,6 +500,13 @@ class ResultSender:
                 False,
             )
         if not watch.connected:
+            if peer.tls:
+                return (
+                    f"cannot connect to {where}: connection refused, timed out, or the TLS "
+                    "handshake failed (the peer's certificate must chain to "
+                    "node.tls.ca_certificates and name the peer's host; see the log)",
+                    True,
+                )
             return (f"cannot connect to {where} (connection refused or timed out)", True)
         return (
             f"no A-ASSOCIATE response from {where} (timed out, or the peer aborted or closed "

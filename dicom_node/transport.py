@@ -63,6 +63,17 @@ _LAST_FRAGMENT_BIT: Final[int] = 0x02
 _ABORT_SOURCE_PROVIDER: Final[int] = 2
 #: A-ABORT reason "invalid-PDU-parameter value" (PS3.8 9.3.8).
 _ABORT_INVALID_PARAMETER: Final[int] = 6
+#: What the usual OpenSSL handshake errors mean for an administrator.
+_HANDSHAKE_HINTS: Final[dict[str, str]] = {
+    "WRONG_VERSION_NUMBER": ": the peer does not speak TLS (plain DICOM to the TLS port?)",
+    "HTTP_REQUEST": ": the peer sent HTTP",
+    "CERTIFICATE_VERIFY_FAILED": ": its certificate is not signed by node.tls.ca_certificates",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": (
+        ": it sent no client certificate (node.tls.require_client_certificate)"
+    ),
+    "UNSUPPORTED_PROTOCOL": ": it offers only TLS versions below 1.2",
+    "NO_SHARED_CIPHER": ": no cipher suite in common",
+}
 #: How long sending the A-ABORT may take before the connection is closed anyway.
 _ABORT_SEND_TIMEOUT_S: Final[float] = 2.0
 
@@ -268,8 +279,15 @@ class GuardedRequestHandler(RequestHandler):
             tls_socket.settimeout(None)
         except (ssl.SSLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            hint = _HANDSHAKE_HINTS.get(str(reason), "")
+            if isinstance(exc, TimeoutError):
+                hint = f": no handshake within {guard.handshake_timeout_s:g} s"
             logger.warning(
-                "TLS handshake with %s:%d failed (%s); connection closed", host, port, reason
+                "TLS handshake with %s:%d failed (%s%s); connection closed",
+                host,
+                port,
+                reason,
+                hint,
             )
             guard.on_tls_failure()
             self.server.shutdown_request(tls_socket)
