@@ -12,10 +12,19 @@ Threads and what they own:
 Every state lives on disk (spool, SQLite, outbox), so :meth:`NodeService.start` after a crash
 resumes everything: RUNNING jobs are rerun, RECEIVED series complete after a fresh quiet period,
 SENDING outboxes are resent, and spool files no job has seen get a job.
+
+Self-healing: the three loops run under :meth:`NodeService._run_loop`, which survives any
+exception of a round (a "database is locked" in ``claim_next`` or ``mark_queued``, a full
+disk, a bug), logs it, counts it (``ichnet_loop_errors_total``), backs off exponentially
+(:data:`LOOP_BACKOFF_INITIAL_S` doubling up to :data:`LOOP_BACKOFF_MAX_S`) and tries again;
+nothing a failed round was holding is dropped (series to queue, failures to record). Each loop
+reports to a :class:`~dicom_node.health.LoopMonitor`, so ``/healthz`` names a loop that is dead,
+failing or stuck.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -29,13 +38,16 @@ import pydicom
 from dicom_node import app
 from dicom_node.config import NodeConfig, engine_cache_dir
 from dicom_node.handlers import ReceiveMonitor
-from dicom_node.jobs import Job, JobStore, JobStoreError
-from dicom_node.metrics import NodeMetrics, start_metrics_server
+from dicom_node.health import HealthCheck, HealthReport, LoopMonitor
+from dicom_node.jobs import IllegalTransitionError, Job, JobStore, JobStoreError, UnknownJobError
+from dicom_node.metrics import NodeMetrics, NodeStateCollector, start_metrics_server
 from dicom_node.outbox import Outbox
 from dicom_node.results import write_result
-from dicom_node.sender import ResultSender
-from dicom_node.series_tracker import SeriesKey, SeriesTracker
+from dicom_node.sender import ResultSender, SendOutcomeKind
+from dicom_node.series_tracker import CompletedSeries, SeriesKey, SeriesTracker
 from dicom_node.storage import InstanceStore, StoredInstance
+from dicom_node.tls import client_context
+from dicom_node.transport import GuardedAssociationServer
 from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
 from ichnet_core.inference.engine import InferenceEngine, create_engine
 from ichnet_core.models.weights import ModelWeights, load_weights
@@ -48,6 +60,21 @@ RESULTS_DIR_NAME: Final[str] = "results"
 IDLE_WAIT_S: Final[float] = 1.0
 #: Tolerance when comparing a spool file's mtime with a job's last_instance_at.
 _MTIME_SLACK_S: Final[float] = 1e-3
+#: Wait after a loop round failed for the first time; doubles with each further failure ...
+LOOP_BACKOFF_INITIAL_S: Final[float] = 0.5
+#: ... up to this.
+LOOP_BACKOFF_MAX_S: Final[float] = 30.0
+#: Loop names as ``/healthz`` and the metrics use them, with their threads' names.
+_LOOP_THREADS: Final[dict[str, str]] = {
+    "assembling": "ichnet-assembler",
+    "inference": "ichnet-worker",
+    "sending": "ichnet-sender",
+}
+
+
+def loop_backoff(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th consecutive failed round (1 = first)."""
+    return min(LOOP_BACKOFF_INITIAL_S * 2.0 ** min(failures - 1, 32), LOOP_BACKOFF_MAX_S)
 
 
 class NodeService:
@@ -87,6 +114,7 @@ class NodeService:
         self.results_dir = storage_dir / RESULTS_DIR_NAME
         self.tracker = SeriesTracker(config.series.complete_after_s)
         self.metrics = NodeMetrics()
+        tls = config.node.tls
         self.sender = ResultSender(
             config.sender,
             config.node.ae_title,
@@ -94,14 +122,35 @@ class NodeService:
             dimse_timeout_s=config.node.dimse_timeout_s,
             network_timeout_s=config.node.network_timeout_s,
             clock=clock,
+            tls_context=(
+                client_context(tls)
+                if tls is not None and any(p.tls for p in config.peers)
+                else None
+            ),
         )
         self._clock = clock
         self._stopping = threading.Event()
         self._work_ready = threading.Event()
         self._send_ready = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._server = None
+        self._server: GuardedAssociationServer | None = None
         self._metrics_server = None
+        self.loops = {name: LoopMonitor(name) for name in _LOOP_THREADS}
+        self.health = HealthCheck(
+            lambda: self._server is not None and self._server.is_serving,
+            self.loops,
+            self.jobs.path,
+        )
+        self.metrics.registry.register(
+            NodeStateCollector(self.jobs, storage_dir, self.health.report, clock)
+        )
+        #: Instances stored but not yet counted on a job (the queue was locked); oldest first.
+        self._unrecorded_instances: list[tuple[str, str, str, float]] = []
+        self._unrecorded_lock = threading.Lock()
+        #: Completed series whose job could not be queued yet (retried each assembler round).
+        self._to_queue: dict[SeriesKey, CompletedSeries] = {}
+        #: Jobs whose FAILED state could not be recorded yet (retried each worker round).
+        self._unrecorded_failures: dict[int, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -112,19 +161,31 @@ class NodeService:
             logger.info("removed %d partial spool file(s) of an interrupted write", removed)
         self._recover()
         self._server = app.start(
-            self.config, self.store, self._on_stored, ReceiveMonitor(self.metrics)
+            self.config,
+            self.store,
+            self._on_stored,
+            ReceiveMonitor(self.metrics),
+            self.metrics,
         )
         node = self.config.node
         if node.metrics_port is not None:
             self._metrics_server, _ = start_metrics_server(
-                node.metrics_port, node.bind, self.metrics.registry
+                node.metrics_port, node.bind, self.metrics.registry, self.health.report
             )
-        for name, target in (
-            ("assembler", self._assembler_loop),
-            ("worker", self._worker_loop),
-            ("sender", self._sender_loop),
-        ):
-            thread = threading.Thread(target=target, name=f"ichnet-{name}", daemon=True)
+        rounds: dict[str, tuple[Callable[[], None], float]] = {
+            "assembling": (self._queue_complete_series, self.config.series.poll_interval_s),
+            "inference": (self._worker_round, 0.0),
+            "sending": (self._sender_round, 0.0),
+        }
+        for name, (round_, interval_s) in rounds.items():
+            monitor = self.loops[name]
+            thread = threading.Thread(
+                target=self._run_loop,
+                args=(monitor, round_, interval_s),
+                name=_LOOP_THREADS[name],
+                daemon=True,
+            )
+            monitor.thread = thread
             thread.start()
             self._threads.append(thread)
         logger.info(
@@ -168,21 +229,40 @@ class NodeService:
             raise RuntimeError("the node is not started")
         return int(self._server.server_address[1])
 
+    def health_report(self) -> HealthReport:
+        """What ``/healthz`` answers now (see :mod:`dicom_node.health`)."""
+        return self.health.report()
+
     # -- receiving ---------------------------------------------------------------------------
 
     def _on_stored(self, instance: StoredInstance) -> None:
-        """Called by the C-STORE handler once the instance is durable on disk."""
-        self.jobs.record_instance(
-            instance.study_instance_uid,
-            instance.series_instance_uid,
-            instance.calling_ae_title,
-            self._clock(),
-        )
+        """Called by the C-STORE handler once the instance is durable on disk.
+
+        The tracker (memory) is fed first; if the job queue cannot record the instance now (a
+        locked database) the record waits in ``_unrecorded_instances`` and the assembler
+        writes it before it queues anything, so the series still completes and is analysed.
+        """
         self.tracker.instance_received(
             SeriesKey(instance.study_instance_uid, instance.series_instance_uid),
             instance.sop_instance_uid,
             instance.calling_ae_title,
         )
+        record = (
+            instance.study_instance_uid,
+            instance.series_instance_uid,
+            instance.calling_ae_title,
+            self._clock(),
+        )
+        try:
+            self.jobs.record_instance(*record)
+        except (JobStoreError, sqlite3.Error) as exc:
+            logger.warning(
+                "job queue cannot record SOP Instance %s now (%s); the assembler retries",
+                instance.sop_instance_uid,
+                exc,
+            )
+            with self._unrecorded_lock:
+                self._unrecorded_instances.append(record)
 
     def _recover(self) -> None:
         """Resume what a previous run left: the job queue first, then the spool."""
@@ -243,35 +323,93 @@ class NodeService:
 
     # -- loops -------------------------------------------------------------------------------
 
-    def _assembler_loop(self) -> None:
-        interval = max(0.05, self.config.series.poll_interval_s)
-        while not self._stopping.wait(interval):
+    def _run_loop(
+        self, monitor: LoopMonitor, round_: Callable[[], None], interval_s: float
+    ) -> None:
+        """Run ``round_`` until stopped; an exception never ends the loop.
+
+        A failed round is logged (with its traceback the first time, in one line while it keeps
+        failing), counted and followed by :func:`loop_backoff`; the first round that succeeds
+        again is logged too. ``interval_s`` is the pause after a successful round (rounds that
+        wait for work themselves pass 0).
+        """
+        while not self._stopping.is_set():
+            monitor.beat()
             try:
-                self._queue_complete_series()
-            except Exception:  # a database hiccup must not end completion for good
-                logger.exception("assembler: could not queue completed series; retrying")
+                round_()
+            except Exception as exc:
+                failures = monitor.failed(exc)
+                self.metrics.loop_errors.labels(loop=monitor.name).inc()
+                delay = loop_backoff(failures)
+                if failures == 1:
+                    logger.exception("%s: round failed; retrying in %.1f s", monitor.name, delay)
+                else:
+                    logger.error(
+                        "%s: still failing after %d attempts (%s: %s); retrying in %.1f s",
+                        monitor.name,
+                        failures,
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                    )
+                self._stopping.wait(delay)
+                continue
+            recovered = monitor.succeeded()
+            if recovered:
+                logger.info("%s: working again after %d failed round(s)", monitor.name, recovered)
+            if interval_s > 0:
+                self._stopping.wait(max(0.05, interval_s))
 
     def _queue_complete_series(self) -> None:
-        for completed in self.tracker.pop_complete():
-            job = self.jobs.received_job(*completed.key)
-            if job is None:
-                continue
-            self.jobs.mark_queued(job.id)
-            logger.info(
-                "series %s complete: %d instance(s), job %d queued",
-                completed.key.series_instance_uid,
-                completed.instance_count,
-                job.id,
-            )
-            self._work_ready.set()
+        """Assembler round: quiet series -> QUEUED jobs.
 
-    def _worker_loop(self) -> None:
-        while not self._stopping.is_set():
-            job = self.jobs.claim_next(self._clock())
-            if job is None:
-                self._work_ready.wait(IDLE_WAIT_S)
-                self._work_ready.clear()
+        Instances the C-STORE path could not record are recorded first. Series popped from the
+        tracker wait in ``_to_queue`` until their job is queued, so a failing ``mark_queued``
+        (a locked database) delays them but never loses them; one that receives more instances
+        meanwhile is back in the tracker and waits for its new quiet period instead.
+        """
+        self._record_pending_instances()
+        for completed in self.tracker.pop_complete():
+            self._to_queue[completed.key] = completed
+        if not self._to_queue:
+            return
+        arriving = {activity.key for activity in self.tracker.pending()}
+        for key, completed in list(self._to_queue.items()):
+            if key in arriving:
+                del self._to_queue[key]
                 continue
+            job = self.jobs.received_job(*key)
+            if job is not None:
+                self.jobs.mark_queued(job.id)
+                logger.info(
+                    "series %s complete: %d instance(s), job %d queued",
+                    key.series_instance_uid,
+                    completed.instance_count,
+                    job.id,
+                )
+                self._work_ready.set()
+            del self._to_queue[key]
+
+    def _record_pending_instances(self) -> None:
+        """Count instances the C-STORE path could not record; stops at the first failure."""
+        while True:
+            with self._unrecorded_lock:
+                if not self._unrecorded_instances:
+                    return
+                record = self._unrecorded_instances[0]
+            self.jobs.record_instance(*record)
+            with self._unrecorded_lock:
+                self._unrecorded_instances.pop(0)
+
+    def _worker_round(self) -> None:
+        """Worker round: claim one QUEUED job and process it, or wait for work."""
+        self._record_pending_failures()
+        job = self.jobs.claim_next(self._clock())
+        if job is None:
+            self._work_ready.wait(IDLE_WAIT_S)
+            self._work_ready.clear()
+            return
+        with self.loops["inference"].busy(f"job {job.id}"):
             try:
                 self._process(job)
             except Exception as exc:  # the outbox or results folder cannot be written, ...
@@ -280,16 +418,36 @@ class NodeService:
                 self._record_failure(job.id, f"processing failed: {type(exc).__name__}: {exc}")
 
     def _record_failure(self, job_id: int, reason: str) -> None:
-        """Mark a job FAILED; if the queue cannot even record that, the job stays RUNNING and
-        is rerun at the next start."""
+        """Mark a job FAILED; if the queue cannot record that now, keep it and retry at the
+        next worker rounds (and, should the node stop first, the job stays RUNNING on disk and
+        is rerun at the next start)."""
         try:
             self.jobs.mark_failed(job_id, reason)
         except (JobStoreError, sqlite3.Error):
-            logger.exception("job %d: cannot record the failure (%s)", job_id, reason)
+            logger.exception("job %d: cannot record the failure (%s); will retry", job_id, reason)
+            self._unrecorded_failures[job_id] = reason
+
+    def _record_pending_failures(self) -> None:
+        for job_id, reason in list(self._unrecorded_failures.items()):
+            # A job decided otherwise meanwhile has nothing left to record; any other error
+            # propagates and this round is retried after a backoff.
+            with contextlib.suppress(IllegalTransitionError, UnknownJobError):
+                self.jobs.mark_failed(job_id, reason)
+            del self._unrecorded_failures[job_id]
 
     def _process(self, job: Job) -> None:
         """Analyse one claimed job; leaves it SENDING, SKIPPED or FAILED."""
         paths = self.store.series_paths(job.study_instance_uid, job.series_instance_uid)
+        rules = self.config.selection
+        if len(paths) > rules.max_slices:
+            # The slice-count rule of selection.py, decided from the spool alone: reading a
+            # 2000-slice series only to refuse it would cost a gigabyte of pixel data.
+            self.jobs.mark_skipped(
+                job.id,
+                f"{len(paths)} slices, more than selection.max_slices {rules.max_slices} "
+                "(counted in the spool; no pixel data read)",
+            )
+            return
         datasets, unreadable = read_datasets(paths)
         for line in unreadable:
             logger.warning("job %d: %s", job.id, line)
@@ -320,14 +478,16 @@ class NodeService:
         self.jobs.mark_sending(job.id, self.outbox.job_dir(job.id))
         self._send_ready.set()
 
-    def _sender_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                for job in self.jobs.due_for_sending(self._clock()):
-                    if self._stopping.is_set():
-                        return
-                    self.sender.deliver(self.jobs, job, self.config.peer(job.calling_ae))
-            except Exception:  # the outbox stays on disk; the next round retries it
-                logger.exception("sender: delivery round failed; retrying")
-            self._send_ready.wait(IDLE_WAIT_S)
-            self._send_ready.clear()
+    def _sender_round(self) -> None:
+        """Sender round: deliver every due outbox, then wait for the next one."""
+        with self.loops["sending"].busy("delivering results"):
+            for job in self.jobs.due_for_sending(self._clock()):
+                if self._stopping.is_set():
+                    return
+                outcome = self.sender.deliver(self.jobs, job, self.config.peer(job.calling_ae))
+                if outcome.kind is SendOutcomeKind.RETRY:
+                    self.metrics.send_failures.labels(outcome="retry").inc()
+                elif outcome.kind is SendOutcomeKind.FAILED:
+                    self.metrics.send_failures.labels(outcome="failed").inc()
+        self._send_ready.wait(IDLE_WAIT_S)
+        self._send_ready.clear()
