@@ -8,6 +8,7 @@ the tree walking; the validators below phrase the messages.
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -130,12 +131,30 @@ class TlsSection(_Section):
     require_client_certificate: bool = True
 
     @model_validator(mode="after")
-    def _ca_for_client_certificates(self) -> TlsSection:
+    def _usable(self) -> TlsSection:
         if self.require_client_certificate and self.ca_certificates is None:
             raise ValueError(
                 "require_client_certificate is true but ca_certificates is not set: "
                 "there is nothing to check client certificates against"
             )
+        # Load the files once here so check-config finds what the SCP would fail on at start.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.certificate, self.private_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"certificate {str(self.certificate)!r} and private_key "
+                f"{str(self.private_key)!r} cannot be used together ({exc}); both must be PEM, "
+                "the key unencrypted and matching the certificate"
+            ) from None
+        if self.ca_certificates is not None:
+            try:
+                context.load_verify_locations(cafile=self.ca_certificates)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"ca_certificates {str(self.ca_certificates)!r} holds no usable PEM "
+                    f"certificate ({exc})"
+                ) from None
         return self
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from dicom_node.config import (
     load_config,
     parse_config,
 )
+from tests.dicom_node.certificates import Pki, make_pki
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "node.yaml"
 
@@ -95,13 +98,9 @@ def test_security_keys_have_the_design_defaults() -> None:
     assert announced_max_pdu(config) == config.limits.max_pdu_bytes
 
 
-@pytest.fixture
-def pem_files(tmp_path: Path) -> dict[str, str]:
-    """Paths that exist (content is checked when the node builds its TLS context)."""
-    files = {name: tmp_path / f"{name}.pem" for name in ("cert", "key", "ca")}
-    for path in files.values():
-        path.write_text("-----BEGIN CERTIFICATE-----\n")
-    return {name: str(path) for name, path in files.items()}
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.mark.parametrize(
@@ -138,20 +137,47 @@ def test_each_security_problem_names_its_key(data: dict[str, object], expected: 
     assert any(problem.startswith(expected) for problem in problems_of(data)), problems_of(data)
 
 
-def test_client_certificates_need_a_ca(pem_files: dict[str, str]) -> None:
-    tls = {"certificate": pem_files["cert"], "private_key": pem_files["key"]}
+def test_tls_files_are_checked_at_load(pki: Pki, tmp_path: Path) -> None:
+    tls = {"certificate": str(pki.node.certificate), "private_key": str(pki.node.key)}
     assert any(
         p.startswith("node.tls: require_client_certificate is true but ca_certificates is not set")
         for p in problems_of({"node": {"tls": tls}})
     )
     config = parse_config(
         {
-            "node": {"tls": {**tls, "ca_certificates": pem_files["ca"]}},
+            "node": {"tls": {**tls, "ca_certificates": str(pki.ca)}},
             "peers": [{"ae_title": "P", "host": "h", "port": 1, "tls": True}],
         }
     )
     assert config.node.tls is not None and config.node.tls.require_client_certificate
     assert parse_config({"node": {"tls": {**tls, "require_client_certificate": False}}})
+
+    mismatched = {**tls, "private_key": str(pki.peer.key), "require_client_certificate": False}
+    [problem] = problems_of({"node": {"tls": mismatched}})
+    assert problem.startswith("node.tls: certificate ") and "cannot be used together" in problem
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    [problem] = problems_of({"node": {"tls": {**tls, "ca_certificates": str(not_pem)}}})
+    assert problem.startswith(f"node.tls: ca_certificates {str(not_pem)!r} holds no usable PEM")
+
+
+def test_check_config_reports_a_tls_problem_by_its_key(pki: Pki, tmp_path: Path) -> None:
+    config_file = tmp_path / "node.yaml"
+    config_file.write_text(
+        "node:\n  tls:\n"
+        f"    certificate: {pki.node.certificate}\n"
+        f"    private_key: {pki.peer.key}\n"
+        "    require_client_certificate: false\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "dicom_node.cli", "check-config", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode != 0
+    assert f"{config_file}: node.tls: certificate " in run.stderr, run.stderr
 
 
 def test_the_example_config_names_the_security_keys() -> None:

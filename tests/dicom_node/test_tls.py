@@ -155,17 +155,24 @@ def test_the_pdu_limit_holds_inside_tls(tls_node: RunningNode, pki: Pki) -> None
     assert answer == A_ABORT_INVALID_PARAMETER
 
 
-def test_unusable_tls_files_are_a_clear_start_up_error(pki: Pki, tmp_path: Path) -> None:
+def test_tls_files_spoiled_after_loading_are_a_clear_start_up_error(
+    pki: Pki, tmp_path: Path
+) -> None:
+    # check-config refuses unusable files (test_config.py); files can still change before
+    # the node starts, and then the start fails naming the keys.
+    key = tmp_path / "node.key"
+    ca = tmp_path / "ca.pem"
+    key.write_bytes(pki.node.key.read_bytes())
+    ca.write_bytes(pki.ca.read_bytes())
     config = parse_config(
-        {"node": {"tls": _tls_section(pki, private_key=str(pki.peer.key))}}  # wrong key
+        {"node": {"tls": _tls_section(pki, private_key=str(key), ca_certificates=str(ca))}}
     )
     assert config.node.tls is not None
+    key.write_bytes(pki.peer.key.read_bytes())  # replaced by a key of another certificate
     with pytest.raises(TlsSetupError, match=r"node.tls.certificate / node.tls.private_key"):
         server_context(config.node.tls)
-    not_pem = tmp_path / "ca.pem"
-    not_pem.write_text("not a certificate\n")
-    config = parse_config({"node": {"tls": _tls_section(pki, ca_certificates=str(not_pem))}})
-    assert config.node.tls is not None
+    key.write_bytes(pki.node.key.read_bytes())
+    ca.write_text("not a certificate\n")
     with pytest.raises(TlsSetupError, match=r"node.tls.ca_certificates: cannot load"):
         client_context(config.node.tls)
 
