@@ -175,7 +175,13 @@ def start(
         if metrics is not None:
             metrics.tls_handshake_failures.inc()
 
-    guard = TransportGuard(config.limits, node.acse_timeout_s, refused, tls_failed)
+    guard = TransportGuard(
+        config.limits,
+        handshake_timeout_s=node.acse_timeout_s,
+        read_timeout_s=node.network_timeout_s or None,
+        on_refused=refused,
+        on_tls_failure=tls_failed,
+    )
     server = ae.make_server(
         (node.bind, node.port),
         ssl_context=ssl_context,

@@ -13,7 +13,10 @@ message. :class:`GuardedAssociationSocket` sits at the point where those reads h
   allocating the body;
 * walks the PDV items of every P-DATA-TF (PS3.8 9.3.5.1) and aborts the same way once one
   message's data set fragments add up to more than ``limits.max_instance_bytes`` (or its
-  command set to more than :data:`MAX_COMMAND_SET_BYTES`), so no message grows beyond that.
+  command set to more than :data:`MAX_COMMAND_SET_BYTES`), so no message grows beyond that;
+* closes a connection whose peer stops sending in the middle of a PDU for longer than the
+  network timeout (pynetdicom would wait inside that read for ever, holding an association
+  slot of ``node.max_associations``).
 
 pynetdicom then sees the connection closed (Evt17) and ends the association (its log says the
 PDU was "shorter than expected"; the node's own warning before it names the limit).
@@ -97,6 +100,7 @@ class TransportRefusal(str, Enum):
     DATA_SET_TOO_LARGE = "data_set_too_large"
     COMMAND_SET_TOO_LARGE = "command_set_too_large"
     MALFORMED_P_DATA = "malformed_p_data"
+    STALLED_PDU = "stalled_pdu"
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,10 @@ class TransportGuard:
         ``limits:`` of the config.
     handshake_timeout_s:
         Longest TLS handshake (the ACSE timeout: the time a peer has to associate anyway).
+    read_timeout_s:
+        Longest wait for the rest of a PDU once its header arrived (the network timeout);
+        ``None`` waits forever. pynetdicom reads a PDU body in one blocking call, so without it
+        a peer that stops in the middle of a PDU would hold its association slot for good.
     on_refused:
         Called with the :class:`TransportRefusal` of every connection aborted here (metrics).
     on_tls_failure:
@@ -117,6 +125,7 @@ class TransportGuard:
 
     limits: LimitsSection
     handshake_timeout_s: float
+    read_timeout_s: float | None = None
     on_refused: Callable[[TransportRefusal], None] = lambda _reason: None
     on_tls_failure: Callable[[], None] = lambda: None
 
@@ -161,14 +170,22 @@ class GuardedAssociationSocket(AssociationSocket):
         """Read as pynetdicom's DUL asks: a PDU header, then that PDU's body."""
         if self._refused:
             return bytearray()  # the DUL sees a closed connection (Evt17)
-        if self._body_of is None:
+        try:
+            if self._body_of is None:
+                data = super().recv(nr_bytes)
+                if nr_bytes == PDU_HEADER.size and len(data) == PDU_HEADER.size:
+                    self._check_header(bytes(data))
+                return data
+            pdu_type, _ = self._body_of
+            self._body_of = None
             data = super().recv(nr_bytes)
-            if nr_bytes == PDU_HEADER.size and len(data) == PDU_HEADER.size:
-                self._check_header(bytes(data))
-            return data
-        pdu_type, _ = self._body_of
-        self._body_of = None
-        data = super().recv(nr_bytes)
+        except TimeoutError:
+            self._refuse(
+                TransportRefusal.STALLED_PDU,
+                f"no data for {self._guard.read_timeout_s:g} s in the middle of a PDU "
+                "(node.network_timeout_s)",
+            )
+            return bytearray()
         if pdu_type == PduType.P_DATA_TF and len(data) == nr_bytes:
             self._count_fragments(data)
         return data
@@ -261,6 +278,7 @@ class GuardedRequestHandler(RequestHandler):
         """Finish the TLS handshake (if any), then run the association as pynetdicom does."""
         if isinstance(self.request, ssl.SSLSocket) and not self._handshake(self.request):
             return
+        self.request.settimeout(self.server.guard.read_timeout_s)
         assoc = self._create_association()
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
@@ -276,7 +294,6 @@ class GuardedRequestHandler(RequestHandler):
         try:
             tls_socket.settimeout(guard.handshake_timeout_s)
             tls_socket.do_handshake()
-            tls_socket.settimeout(None)
         except (ssl.SSLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
             hint = _HANDSHAKE_HINTS.get(str(reason), "")

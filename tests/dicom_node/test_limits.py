@@ -131,6 +131,28 @@ def test_a_pdu_at_the_limit_is_read(start_node: NodeFactory) -> None:
     assert _refusals(node, "malformed_p_data") == 0
 
 
+def test_a_peer_stalling_inside_a_pdu_loses_its_connection_and_slot(
+    start_node: NodeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = start_node(config={"node": {"network_timeout_s": 1, "max_associations": 1}})
+    with (
+        caplog.at_level(logging.WARNING, logger="dicom_node.transport"),
+        socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock,
+    ):
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 1000) + b"\x00" * 10)  # 990 bytes missing
+        started = time.monotonic()
+        answer = _read_until_closed(sock)
+        elapsed = time.monotonic() - started
+    assert answer == A_ABORT_INVALID_PARAMETER
+    assert elapsed < 5, f"the stalled connection was held {elapsed:.1f} s"
+    assert "no data for 1 s in the middle of a PDU" in caplog.text
+    assert _refusals(node, "stalled_pdu") == 1
+    deadline = time.monotonic() + 10
+    while node.server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _echo(node.port) == StoreStatus.SUCCESS  # the only slot is free again
+
+
 def _association(port: int, *syntaxes: str) -> AE:
     ae = AE(ae_title=PEER_AE)
     ae.add_requested_context(CTImageStorage, list(syntaxes) or [ExplicitVRLittleEndian])
