@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmwrite
 
-from dicom_node.durable import fsync_directory
+from ichnet_core.durable import fsync_directory
 
 logger = logging.getLogger(__name__)
 

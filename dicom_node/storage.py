@@ -29,8 +29,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 
-from dicom_node.durable import fsync_directory
 from dicom_node.status import DataSetMismatchError, OutOfResourcesError
+from ichnet_core.durable import fsync_directory
 
 logger = logging.getLogger(__name__)
 

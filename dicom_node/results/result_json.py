@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from dicom_node.durable import fsync_directory
 from dicom_node.results.checks import check_prediction, check_volume_ml
 from dicom_node.results.device import ModelIdentity
 from dicom_node.results.volumes import HemorrhageVolumes
+from ichnet_core.durable import fsync_directory
 from ichnet_core.imaging.volume import Volume
 from ichnet_core.labels import CLASS_NAMES
 from ichnet_core.operating_points import OperatingPoints
