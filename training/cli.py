@@ -77,6 +77,14 @@ def _load(
     return config.model_copy(update=update) if update else config
 
 
+def _runtime(args: argparse.Namespace) -> tuple[TrainConfig, torch.device]:
+    """The config of ``--config`` with ``--device``/``--threads`` applied, and its device."""
+    config = _load(args.config, None, args.device, args.threads)
+    if config.cpu_threads is not None:
+        torch.set_num_threads(config.cpu_threads)
+    return config, resolve_device(config.device)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="training config (YAML)")
     parser.add_argument(
@@ -252,10 +260,7 @@ def _operating_points(argv: Sequence[str]) -> int:
     parser.add_argument("--threads", type=int, help="override cpu_threads")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
-    config = _load(args.config, None, args.device, args.threads)
-    if config.cpu_threads is not None:
-        torch.set_num_threads(config.cpu_threads)
-    device = resolve_device(config.device)
+    config, device = _runtime(args)
     checkpoint = _checkpoint_of(config, args.checkpoint)
     model, grid, _ = load_trained_model(checkpoint, device)
     split = Split(args.split)
@@ -360,10 +365,7 @@ def _evaluate(argv: Sequence[str]) -> int:
     parser.add_argument("--threads", type=int, help="override cpu_threads")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
-    config = _load(args.config, None, args.device, args.threads)
-    if config.cpu_threads is not None:
-        torch.set_num_threads(config.cpu_threads)
-    device = resolve_device(config.device)
+    config, device = _runtime(args)
     operating_points: OperatingPoints | None = None
     if args.weights is not None:
         from ichnet_core.models.weights import build_model, load_weights

@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any, Final
 from dicom_node.results.checks import check_prediction, check_volume_ml
 from dicom_node.results.device import ModelIdentity
 from dicom_node.results.volumes import HemorrhageVolumes
-from ichnet_core.durable import fsync_directory
+from ichnet_core.durable import write_atomic
 from ichnet_core.imaging.volume import Volume
 from ichnet_core.labels import CLASS_NAMES
 from ichnet_core.operating_points import OperatingPoints
@@ -144,20 +142,8 @@ def write_result(path: Path, result: Mapping[str, Any]) -> None:
         When the folder cannot be written; no partial file is left behind.
     """
     text = json.dumps(result, indent=2, allow_nan=False) + "\n"
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        # mkstemp creates 0600; result.json is a report for admins and tools, not a secret.
-        os.fchmod(descriptor, RESULT_FILE_MODE)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
+    # result.json is a report for admins and tools (RESULT_FILE_MODE), not a secret.
+    write_atomic(path, text.encode("utf-8"), mode=RESULT_FILE_MODE)
     logger.info(
         "Wrote %s for series %s.", path, result.get("series_instance_uid", "<no series UID>")
     )

@@ -29,9 +29,7 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Any, Final
 import torch
 from torch import Tensor
 
+from ichnet_core.durable import write_atomic
 from ichnet_core.models.ichnet import ICHNet, ICHNetConfig
 from ichnet_core.models.registry import DEFAULT_MODEL, create_model
 from ichnet_core.operating_points import OperatingPoints, OperatingPointsError
@@ -321,22 +320,6 @@ def _storage_state_dict(model: ICHNet) -> dict[str, Tensor]:
     return stored
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file + fsync + rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, WRITTEN_FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def save_weights(model: ICHNet, path: Path, *, name: str, metadata: Mapping[str, Any]) -> str:
     """Write ``model`` as a weights file and return its sha256.
 
@@ -384,7 +367,7 @@ def save_weights(model: ICHNet, path: Path, *, name: str, metadata: Mapping[str,
     buffer = io.BytesIO()  # an in-memory archive: no file name or path ends up in the bytes
     torch.save(payload, buffer)
     data = buffer.getvalue()
-    _atomic_write(Path(path), data)
+    write_atomic(Path(path), data, mode=WRITTEN_FILE_MODE)
     sha256 = sha256_of_bytes(data)
     logger.info("saved weights %s: model %s sha256 %s", path, name, sha256)
     return sha256
@@ -484,7 +467,7 @@ def register_bundled_weights(path: Path, *, make_default: bool = True) -> None:
     if make_default:
         manifest["default"] = path.name
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    _atomic_write(MANIFEST_PATH, text.encode("utf-8"))
+    write_atomic(MANIFEST_PATH, text.encode("utf-8"), mode=WRITTEN_FILE_MODE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
