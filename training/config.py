@@ -160,6 +160,11 @@ class ValidationSection(_Section):
     every_epochs: PositiveInt = 1
     #: Decision threshold on sigmoid probabilities for accuracy/sensitivity/specificity/F1.
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    #: Folders of real head CTs without hemorrhage, checked at every validation: their subject
+    #: ``any`` and false hemorrhage volume go into metrics.csv (``val_real_normal_*``, the worst
+    #: series), because synthetic figures alone do not show what a model does on a scanner's
+    #: images. A missing folder is skipped with a warning (checkouts without ../shared).
+    real_normal_series: list[Path] = []
 
 
 class CheckpointSection(_Section):
@@ -278,7 +283,7 @@ def config_hash(config: TrainConfig) -> str:
             "cache_dir": True,
             "synthetic": {"test_cases"},
         },
-        "validation": {"every_epochs"},
+        "validation": {"every_epochs", "real_normal_series"},
         "logging": True,
         "checkpoint": True,
     }

@@ -65,6 +65,23 @@ def plot_curves(run_dir: Path) -> list[Path]:
             points = [(row["epoch"], row[name]) for row in validated if row[name] is not None]
             if points:
                 metric_axis.plot(*zip(*points, strict=True), "o-", label=name.removeprefix("val_"))
+        real = [
+            (row["epoch"], row["val_real_normal_any"])
+            for row in validated
+            if row.get("val_real_normal_any") is not None
+        ]
+        if real:
+            metric_axis.plot(
+                *zip(*real, strict=True), "x--", label="real normal CT: any (low is right)"
+            )
+            false_ml = [
+                (row["epoch"], row["val_real_normal_false_ml"])
+                for row in validated
+                if row.get("val_real_normal_false_ml") is not None
+            ]
+            ml_axis = metric_axis.twinx()
+            ml_axis.plot(*zip(*false_ml, strict=True), "x:", color="grey")
+            ml_axis.set(ylabel="real normal CT: false hemorrhage (mL, grey)")
         metric_axis.set(xlabel="epoch", ylabel="metric", title="Validation metrics", ylim=(0, 1.02))
         if metric_axis.get_legend_handles_labels()[0]:
             metric_axis.legend(fontsize="small")

@@ -20,14 +20,18 @@ from typing import Any, Final
 
 import numpy as np
 import pydicom
+import torch
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
 from ichnet_core.imaging.measure import label_volume_ml
+from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.imaging.volume import Volume, build_volume
-from ichnet_core.inference.pipeline import hemorrhage_volume_ml
+from ichnet_core.inference.pipeline import hemorrhage_volume_ml, run_pipeline
+from ichnet_core.inference.staged import NetworkOutput
 from ichnet_core.inference.torch_engine import TorchEngine
 from ichnet_core.labels import BRAIN, CLASS_NAMES, HEMORRHAGE, SUBTYPES
+from ichnet_core.models.ichnet import seg_probabilities
 from ichnet_core.models.weights import load_weights
 from ichnet_core.prediction import Prediction
 
@@ -67,6 +71,32 @@ def write_overlay(volume: Volume, prediction: Prediction, path: Path) -> None:
             rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colour
         tiles.append(rgb.astype(np.uint8))
     Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
+
+
+def normal_ct_figures(model: torch.nn.Module, grid: ModelGrid, volume: Volume) -> dict[str, float]:
+    """Subject ``any`` probability and false hemorrhage (mL) of a training model on a normal CT.
+
+    The trainer logs these at every validation (``validation.real_normal_series``), so the
+    curves show whether the real study's false positives fall as training goes on, not only
+    the synthetic figures. ``model`` runs whole series in one pass on its current device, in
+    eval mode; the caller restores training mode.
+    """
+    device = next(model.parameters()).device
+
+    def run_network(x: np.ndarray) -> NetworkOutput:
+        with torch.inference_mode():
+            seg_logits, slice_logits, subject_logits = model(torch.from_numpy(x)[None].to(device))
+        return NetworkOutput(
+            seg_probabilities(seg_logits[0].float(), dim=1).cpu().numpy(),
+            slice_logits[0].float().cpu().numpy(),
+            subject_logits[0].float().cpu().numpy(),
+        )
+
+    prediction = run_pipeline(volume, run_network, grid, keep_probabilities=False)
+    return {
+        "any": float(prediction.subject_probabilities[CLASS_NAMES.index("any")]),
+        "false_hemorrhage_ml": hemorrhage_volume_ml(prediction.labels, volume),
+    }
 
 
 def check(folder: Path, weights_path: Path | None, out_dir: Path) -> dict[str, Any]:

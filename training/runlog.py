@@ -9,11 +9,13 @@ resumed run appends to the same files. TensorBoard event files are written only 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from ichnet_core.durable import write_atomic
 from training.losses import Term
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ EPOCH_COLUMNS: Final[tuple[str, ...]] = (
     "lr",
     "epoch_time_s",
     "mean_step_time_s",
+    # Added later: appended, so the metrics.csv of a run started before them is extended.
+    "val_real_normal_any",
+    "val_real_normal_false_ml",
 )
 
 
@@ -58,7 +63,9 @@ class CsvLog:
         if self.path.exists():
             with self.path.open(newline="", encoding="utf-8") as handle:
                 header = next(csv.reader(handle), None)
-            if header is not None and tuple(header) != columns:
+            if header is not None and _extends(header, columns):
+                self._add_columns(len(header))
+            elif header is not None and tuple(header) != columns:
                 raise ValueError(
                     f"{self.path} has columns {header}, this version writes {list(columns)}; "
                     "use a new output_dir"
@@ -68,12 +75,33 @@ class CsvLog:
             with self.path.open("w", newline="", encoding="utf-8") as handle:
                 csv.writer(handle).writerow(columns)
 
+    def _add_columns(self, old_width: int) -> None:
+        """Rewrite the file with this version's header, old rows padded with empty cells.
+
+        A run continued over many sessions outlives versions of this file; columns are only
+        ever appended, so the run keeps one CSV instead of being forced into a new folder.
+        """
+        with self.path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))[1:]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(self.columns)
+        padding = [""] * (len(self.columns) - old_width)
+        writer.writerows(row + padding for row in rows)
+        write_atomic(self.path, buffer.getvalue().encode("utf-8"))
+        logger.info("%s: added columns %s", self.path, list(self.columns[old_width:]))
+
     def write(self, row: Mapping[str, Any]) -> None:
         unknown = sorted(set(row) - set(self.columns))
         if unknown:
             raise ValueError(f"{self.path}: no columns {unknown}")
         with self.path.open("a", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerow([_cell(row.get(column)) for column in self.columns])
+
+
+def _extends(header: list[str], columns: tuple[str, ...]) -> bool:
+    """Whether ``columns`` is ``header`` with more columns appended."""
+    return len(header) < len(columns) and tuple(header) == columns[: len(header)]
 
 
 def _cell(value: Any) -> str:

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from ichnet_core.imaging.model_grid import ModelGrid
+from ichnet_core.imaging.volume import Volume
 from training.checkpoint import (
     CheckpointError,
     capture_rng,
@@ -50,6 +51,7 @@ from training.evaluate import EvalResult, evaluate_model, total_loss
 from training.losses import Term, UncertaintyWeighting, loss_terms
 from training.networks import build_network, grid_of
 from training.plots import plot_curves
+from training.real_ct import normal_ct_figures, read_series
 from training.runlog import RunLog
 from training.step import forward_batch
 from training.transforms import AugmentSettings
@@ -244,6 +246,7 @@ class Trainer:
             self._set_aside_previous_run()
         self.train_source = build_split(config, Split.TRAIN)
         self.val_source = build_split(config, Split.VAL)
+        self.real_normal = _read_real_normal(config.validation.real_normal_series)
         if len(self.train_source) == 0:
             raise ValueError("no training cases: check data.synthetic and data.datasets")
         augment = None
@@ -498,6 +501,21 @@ class Trainer:
             description="validation",
         )
 
+    def check_real_normal(self) -> dict[str, float]:
+        """The worst subject ``any`` and false hemorrhage (mL) over the real normal series."""
+        if not self.real_normal:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            figures = [normal_ct_figures(self.model, self.grid, v) for v in self.real_normal]
+        finally:
+            self.model.train(was_training)
+        return {
+            "val_real_normal_any": max(f["any"] for f in figures),
+            "val_real_normal_false_ml": max(f["false_hemorrhage_ml"] for f in figures),
+        }
+
     def _epoch_row(
         self, train: dict[str, float], result: EvalResult | None, seconds: float, steps: int
     ) -> dict[str, Any]:
@@ -523,6 +541,7 @@ class Trainer:
             row["val_slice_auc_any"] = slices.auc if slices else None
             row["val_dice_hemorrhage"] = result.table3["hemorrhage"]["dice"]
             row["val_dice_mean"] = result.table3["mean"]["dice"]
+            row.update(self.check_real_normal())
         return row
 
     def fit(self) -> TrainSummary:
@@ -587,6 +606,17 @@ class Trainer:
             mean_step_time_s=float(np.mean(self.step_times)) if self.step_times else None,
             mean_data_time_s=float(np.mean(self.data_times)) if self.data_times else None,
         )
+
+
+def _read_real_normal(folders: list[Path]) -> list[Volume]:
+    """The volumes of ``validation.real_normal_series``; missing folders skipped with a warning."""
+    volumes = []
+    for folder in folders:
+        if not folder.is_dir():
+            logger.warning("validation.real_normal_series: %s not found; not checked", folder)
+            continue
+        volumes.append(read_series(folder))
+    return volumes
 
 
 def load_trained_model(

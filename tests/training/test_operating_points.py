@@ -155,6 +155,13 @@ def test_operating_points_travel_from_the_val_split_into_the_weights(
     assert set(subject) == set(CLASS_NAMES) and all(0 < t <= 1 for t in subject.values())
     assert set(written["selection"]) == {"subject", "slice"}
 
+    # More seeds of the val block than the run validates on.
+    more = tmp_path / "more_points.json"
+    command = ["operating-points", "--config", str(config_file), "--cases", "6", "--out", str(more)]
+    assert train_main(command) == EXIT_OK
+    assert json.loads(more.read_text())["n_cases"] == 6
+    capsys.readouterr()
+
     weights = tmp_path / "with_points.pt"
     export = ["export", "--checkpoint", checkpoint, "--out", str(weights), "--version", "0.0.2"]
     points_file = str(tmp_path / "run" / "operating_points.json")

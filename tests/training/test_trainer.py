@@ -165,3 +165,51 @@ def test_sampler_skips_what_a_resumed_run_did_and_crops_whole_batches() -> None:
     assert {crop for _, _, crop in full} == {True, False}
     sampler.set_epoch(3, skip=4)
     assert list(sampler) == full[4:] and len(sampler) == 6
+
+
+def test_validation_checks_real_normal_series_and_logs_their_figures(
+    tmp_path: Path, tiny_overrides: dict[str, Any]
+) -> None:
+    """``validation.real_normal_series``: logged per validation, equal to a fresh check of the
+    saved model; a missing folder is skipped; the setting leaves the config hash alone."""
+    from ichnet_core.synthetic import SyntheticConfig, generate_case, write_series
+    from training.real_ct import normal_ct_figures, read_series
+    from training.trainer import load_trained_model
+
+    normal = tmp_path / "normal"
+    write_series(generate_case(5, SyntheticConfig(rows=64, columns=64), hemorrhage=False), normal)
+    plain = tiny_config(tmp_path, tiny_overrides)
+    config = tiny_config(
+        tmp_path,
+        tiny_overrides,
+        validation={"real_normal_series": [str(normal), str(tmp_path / "absent")]},
+    )
+    assert config_hash(config) == config_hash(plain)
+    Trainer(config).fit()
+    row = _rows(tmp_path / "run" / "metrics.csv")[0]
+    model, grid, _ = load_trained_model(
+        tmp_path / "run" / "checkpoints" / "last.pt", torch.device("cpu")
+    )
+    expected = normal_ct_figures(model, grid, read_series(normal))
+    assert float(row["val_real_normal_any"]) == pytest.approx(expected["any"], abs=1e-5)
+    assert float(row["val_real_normal_false_ml"]) == pytest.approx(
+        expected["false_hemorrhage_ml"], rel=1e-4, abs=1e-4
+    )
+    assert 0.0 < expected["any"] < 1.0 and expected["false_hemorrhage_ml"] >= 0.0
+
+
+def test_metrics_csv_of_an_older_version_is_extended_not_refused(tmp_path: Path) -> None:
+    """A run continued over sessions: columns appended by a newer version are added in place."""
+    from training.runlog import EPOCH_COLUMNS, CsvLog
+
+    path = tmp_path / "metrics.csv"
+    old = EPOCH_COLUMNS[:-2]
+    CsvLog(path, old).write({"epoch": 1, "step": 10, "train_loss": 0.5})
+    log = CsvLog(path, EPOCH_COLUMNS)
+    log.write({"epoch": 2, "step": 20, "val_real_normal_any": 0.25})
+    rows = _rows(path)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert rows[0]["train_loss"] == "0.5" and rows[0]["val_real_normal_any"] == ""
+    assert rows[1]["val_real_normal_any"] == "0.25"
+    with pytest.raises(ValueError, match="use a new output_dir"):
+        CsvLog(path, ("epoch", "other"))
