@@ -36,8 +36,8 @@ from typing import Final
 import pydicom
 
 from dicom_node import app
+from dicom_node.associations import ReceiveMonitor
 from dicom_node.config import NodeConfig, engine_cache_dir
-from dicom_node.handlers import ReceiveMonitor
 from dicom_node.health import HealthCheck, HealthReport, LoopMonitor
 from dicom_node.jobs import IllegalTransitionError, Job, JobStore, JobStoreError, UnknownJobError
 from dicom_node.metrics import NodeMetrics, NodeStateCollector, start_metrics_server
