@@ -18,13 +18,12 @@ that references it.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from pydicom import Dataset, dcmwrite
 
-from ichnet_core.durable import fsync_directory
+from ichnet_core.durable import fsync_directory, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -137,13 +136,7 @@ class Outbox:
             )
         index = sum(1 for p in job_dir.iterdir() if not p.name.startswith(TEMP_PREFIX))
         final = job_dir / f"{index:02d}-{name}{RESULT_SUFFIX}"
-        temp = job_dir / f"{TEMP_PREFIX}{final.name}.tmp"
-        with temp.open("wb") as fh:
-            dcmwrite(fh, dataset, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        temp.replace(final)
-        fsync_directory(job_dir)
+        write_atomic(final, lambda handle: dcmwrite(handle, dataset, enforce_file_format=True))
         logger.debug(
             "job %d: result %s written (SOP instance %s)",
             job_id,
