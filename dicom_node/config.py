@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from dicom_node.layout import StorageLayout
 from ichnet_core.config_errors import ConfigError, format_validation_error, read_yaml
 from ichnet_core.inference.base import MAX_SERIES_SLICES, EngineName
 
@@ -168,6 +169,11 @@ class NodeSection(_Section):
     #: DICOM TLS for the SCP; absent = plain TCP.
     tls: TlsSection | None = None
 
+    @property
+    def layout(self) -> StorageLayout:
+        """The folders and files under ``storage_dir`` (:mod:`dicom_node.layout`)."""
+        return StorageLayout(Path(self.storage_dir))
+
 
 class Peer(_Section):
     """A DICOM peer allowed to send to us; results go back to its host/port."""
@@ -314,7 +320,7 @@ def engine_cache_dir(config: NodeConfig) -> Path:
 
     Without a persistent cache, ``engine: auto`` would export and measure on every run.
     """
-    return Path(config.model.cache_dir or Path(config.node.storage_dir) / "engine-cache")
+    return Path(config.model.cache_dir or config.node.layout.engine_cache)
 
 
 def announced_max_pdu(config: NodeConfig) -> int:

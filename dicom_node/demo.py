@@ -174,7 +174,7 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR) -> dict[str, object]:
         node.stop()
         pacs_server.shutdown()
 
-    result_files = sorted((workdir / "node" / "results").glob("*/result.json"))
+    result_files = sorted(node.layout.results.glob("*/result.json"))
     result = json.loads(result_files[-1].read_text())
     truth_ml = _true_compartment_volumes(case, datasets)
     seg = dcmread(workdir / "pacs" / "seg.dcm")

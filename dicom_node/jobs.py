@@ -48,11 +48,11 @@ from dicom_node.job_states import (
     check_transition,
     recovery_target,
 )
+from dicom_node.layout import StorageLayout
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
     "DEFAULT_MAX_RUNS",
-    "JOBS_DB_NAME",
     "TERMINAL_STATES",
     "IllegalTransitionError",
     "Job",
@@ -66,8 +66,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File name of the queue database inside ``storage_dir``.
-JOBS_DB_NAME = "jobs.sqlite3"
 #: Bumped whenever the table layout changes; an unknown version is refused, never guessed at.
 SCHEMA_VERSION = 1
 #: How long a statement waits for another connection's write lock before failing.
@@ -229,7 +227,7 @@ class JobStore:
         cls, storage_dir: str | Path, *, clock: Callable[[], float] = time.time
     ) -> JobStore:
         """Open ``<storage_dir>/jobs.sqlite3``."""
-        return cls(Path(storage_dir) / JOBS_DB_NAME, clock=clock)
+        return cls(StorageLayout(Path(storage_dir)).jobs_db, clock=clock)
 
     def _init_schema(self) -> None:
         with self._transaction(durable=True):

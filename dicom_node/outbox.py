@@ -23,12 +23,11 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmwrite
 
+from dicom_node.layout import StorageLayout
 from ichnet_core.durable import fsync_directory, write_atomic
 
 logger = logging.getLogger(__name__)
 
-#: Name of the outbox folder inside ``storage_dir``.
-OUTBOX_DIR_NAME = "outbox"
 #: Suffix of every result file; anything else in a job folder is not sent.
 RESULT_SUFFIX = ".dcm"
 #: Files being written start with this and are never listed as pending.
@@ -92,7 +91,7 @@ class Outbox:
     @classmethod
     def for_storage_dir(cls, storage_dir: str | Path) -> Outbox:
         """The outbox under ``<storage_dir>/outbox``."""
-        return cls(Path(storage_dir) / OUTBOX_DIR_NAME)
+        return cls(StorageLayout(Path(storage_dir)).outbox)
 
     def job_dir(self, job_id: int) -> Path:
         """Where job ``job_id``'s results wait (whether or not the folder exists yet)."""

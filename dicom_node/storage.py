@@ -26,12 +26,12 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 
+from dicom_node.layout import StorageLayout
 from dicom_node.status import DataSetMismatchError, OutOfResourcesError
 from ichnet_core.durable import TEMPORARY_SUFFIX, fsync_directory, write_atomic
 
 logger = logging.getLogger(__name__)
 
-INCOMING_DIR_NAME: Final[str] = "incoming"
 INSTANCE_SUFFIX: Final[str] = ".dcm"
 #: Temporary files start with a dot and end in ``.partial``: never mistaken for an instance.
 #: PS3.10 7.1: a 128-byte preamble (zeros when unused) followed by the prefix "DICM".
@@ -159,7 +159,7 @@ class InstanceStore:
 
     def __init__(self, storage_dir: Path) -> None:
         self.storage_dir = Path(storage_dir)
-        self.incoming_dir = self.storage_dir / INCOMING_DIR_NAME
+        self.incoming_dir = StorageLayout(self.storage_dir).incoming
 
     def path_for(
         self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
