@@ -7,7 +7,7 @@ reason 3 (calling AE title not recognized) for a peer not in ``peers`` and reaso
 title not recognized) for any called AE title other than ``node.ae_title``. Both comparisons
 ignore leading and trailing spaces (PS3.8 9.3.2: they are not significant). On top of those:
 
-* :class:`~dicom_node.handlers.PeerHostCheck` rejects a known calling AE title that connects
+* :class:`~dicom_node.associations.PeerHostCheck` rejects a known calling AE title that connects
   from an address other than its peer's ``host`` (``peers[].check_host``);
 * ``node.max_associations`` is pynetdicom's association limit, made explicit: one more is
   rejected-transient, presentation provider, local limit exceeded;
@@ -40,15 +40,10 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_node.associations import PeerHostCheck, ReceiveMonitor
 from dicom_node.config import NodeConfig, announced_max_pdu
-from dicom_node.handlers import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    PeerHostCheck,
-    ReceiveMonitor,
-    handle_echo,
-    handle_store,
-)
+from dicom_node.handlers import handle_echo, handle_store
+from dicom_node.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.metrics import NodeMetrics
 from dicom_node.storage import InstanceStore, StoredInstance
 from dicom_node.tls import server_context

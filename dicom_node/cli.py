@@ -23,7 +23,8 @@ from dicom_node.results import write_result
 from dicom_node.selection import select_series
 from dicom_node.service import NodeService
 from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
-from ichnet_core.inference.engine import EngineUnavailableError, create_engine
+from ichnet_core.inference.base import EngineName, EngineUnavailableError
+from ichnet_core.inference.engine import create_engine
 from ichnet_core.models.weights import WeightsError, load_weights
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_UNUSABLE = 1
 
-ENGINE_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+#: ``--engine`` takes the names the config's ``engine:`` takes.
+ENGINE_CHOICES = tuple(name.value for name in EngineName)
 
 
 #: Libraries that log every association, C-STORE or copied module at INFO: too much for a node.

@@ -12,7 +12,6 @@ import ssl
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -22,20 +21,12 @@ from pydantic import (
     model_validator,
 )
 
-from ichnet_core.config_errors import format_validation_error
-
-EngineName = Literal["auto", "tensorrt", "onnxruntime", "torch"]
+from dicom_node.layout import StorageLayout
+from ichnet_core.config_errors import ConfigError, format_validation_error, read_yaml
+from ichnet_core.inference.base import MAX_SERIES_SLICES, EngineName
 
 # PS3.5 6.2: AE is 16 characters of the default repertoire, no backslash and no control characters.
 _AE_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f]")
-
-
-class ConfigError(ValueError):
-    """A configuration file that cannot be used; ``problems`` holds one ``key: message`` each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 def _ae_title(value: Any) -> str:
@@ -178,6 +169,11 @@ class NodeSection(_Section):
     #: DICOM TLS for the SCP; absent = plain TCP.
     tls: TlsSection | None = None
 
+    @property
+    def layout(self) -> StorageLayout:
+        """The folders and files under ``storage_dir`` (:mod:`dicom_node.layout`)."""
+        return StorageLayout(Path(self.storage_dir))
+
 
 class Peer(_Section):
     """A DICOM peer allowed to send to us; results go back to its host/port."""
@@ -261,7 +257,7 @@ class SelectionSection(_Section):
     #: Accept a series with no body-part information at all (many anonymised studies lack it).
     allow_unlabelled_body_part: bool = True
     min_slices: PositiveInt = 5
-    max_slices: PositiveInt = 1200
+    max_slices: PositiveInt = MAX_SERIES_SLICES
     max_slice_thickness_mm: Annotated[float, Field(gt=0)] = 10.0
     #: Largest angle between the slice normal and the patient's foot-head axis (gantry tilt is fine).
     max_axial_deviation_deg: Annotated[float, Field(gt=0, le=90)] = 35.0
@@ -298,7 +294,7 @@ class NodeConfig(_Section):
     peers: tuple[Peer, ...] = ()
     series: SeriesSection = SeriesSection()
     selection: SelectionSection = SelectionSection()
-    engine: EngineName = "auto"
+    engine: EngineName = EngineName.AUTO
     model: ModelSection = ModelSection()
     sender: SenderSection = SenderSection()
     logging: LoggingSection = LoggingSection()
@@ -324,7 +320,7 @@ def engine_cache_dir(config: NodeConfig) -> Path:
 
     Without a persistent cache, ``engine: auto`` would export and measure on every run.
     """
-    return Path(config.model.cache_dir or Path(config.node.storage_dir) / "engine-cache")
+    return Path(config.model.cache_dir or config.node.layout.engine_cache)
 
 
 def announced_max_pdu(config: NodeConfig) -> int:
@@ -370,13 +366,4 @@ def parse_config(data: Any) -> NodeConfig:
 
 def load_config(path: str | Path) -> NodeConfig:
     """Read and validate a YAML config file; raises :class:`ConfigError` naming every problem."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML ({exc})"]) from None
-    return parse_config(data)
+    return parse_config(read_yaml(path))

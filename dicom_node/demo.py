@@ -33,6 +33,7 @@ from pynetdicom.events import Event
 from dicom_node.config import NodeConfig, parse_config
 from dicom_node.results import hemorrhage_segments
 from dicom_node.service import NodeService
+from dicom_node.status import StoreStatus
 from ichnet_core.imaging.measure import label_volume_ml
 from ichnet_core.imaging.volume import build_volume
 from ichnet_core.labels import CLASS_NAMES, HEMORRHAGE, SUBTYPES
@@ -77,7 +78,7 @@ class DemoPacs:
         self.arrived_at[kind] = time.perf_counter()
         if {"seg", "sr"} <= self.received.keys():
             self.done.set()
-        return 0x0000
+        return int(StoreStatus.SUCCESS)
 
 
 def _demo_config(workdir: Path, node_port: int, pacs_port: int) -> NodeConfig:
@@ -100,7 +101,7 @@ def _send_series(datasets: list[Dataset], port: int) -> None:
     try:
         for ds in datasets:
             status = assoc.send_c_store(ds)
-            if status.get("Status", 0xFFFF) != 0x0000:
+            if status.get("Status") != StoreStatus.SUCCESS:
                 raise RuntimeError(f"the node answered C-STORE with status {status.get('Status')}")
     finally:
         assoc.release()
@@ -173,7 +174,7 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR) -> dict[str, object]:
         node.stop()
         pacs_server.shutdown()
 
-    result_files = sorted((workdir / "node" / "results").glob("*/result.json"))
+    result_files = sorted(node.layout.results.glob("*/result.json"))
     result = json.loads(result_files[-1].read_text())
     truth_ml = _true_compartment_volumes(case, datasets)
     seg = dcmread(workdir / "pacs" / "seg.dcm")

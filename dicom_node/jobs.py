@@ -1,19 +1,8 @@
 """Durable job queue: one row per received series batch, in SQLite (WAL) under ``storage_dir``.
 
-A job follows one path through the node (../shared/DESIGN.md "Data flow")::
-
-    RECEIVED -> QUEUED -> RUNNING -> SENDING -> DONE
-    RUNNING  -> QUEUED             (only by recover(): the process died mid-inference)
-    SENDING  -> SENDING            (schedule_retry: a transient send failure, attempts + 1)
-    RECEIVED | QUEUED | RUNNING -> SKIPPED            (selection refused the series)
-    RECEIVED | QUEUED | RUNNING | SENDING -> FAILED   (with the reason)
-
-DONE, FAILED and SKIPPED are terminal.
-
-* ``RECEIVED``: instances are still arriving; :meth:`JobStore.record_instance` counts them.
-* ``QUEUED``: the series tracker saw the series go quiet; waiting for a worker.
-* ``RUNNING``: a worker claimed it (selection, volume, inference, result objects).
-* ``SENDING``: the results lie in the job's outbox folder until the peer acknowledged each one.
+The lifecycle (states, legal transitions, what recovery does with an interrupted job) is pure
+logic in :mod:`dicom_node.job_states`; this module stores it. Every state this module writes
+goes through :func:`~dicom_node.job_states.check_transition` first, recovery included.
 
 Why SQLite: the queue must survive a crash or power cut at any instant without a server to run,
 and the node is one process. Every state change is a single SQL statement (or one ``BEGIN
@@ -44,56 +33,43 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from dicom_node.job_states import (
+    ALLOWED_TRANSITIONS,
+    DEFAULT_MAX_RUNS,
+    TERMINAL_STATES,
+    IllegalTransitionError,
+    Job,
+    JobState,
+    JobStoreError,
+    check_transition,
+    recovery_target,
+)
+from dicom_node.layout import StorageLayout
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "DEFAULT_MAX_RUNS",
+    "TERMINAL_STATES",
+    "IllegalTransitionError",
+    "Job",
+    "JobState",
+    "JobStore",
+    "JobStoreError",
+    "RecoveryReport",
+    "SchemaVersionError",
+    "UnknownJobError",
+]
+
 logger = logging.getLogger(__name__)
 
-#: File name of the queue database inside ``storage_dir``.
-JOBS_DB_NAME = "jobs.sqlite3"
 #: Bumped whenever the table layout changes; an unknown version is refused, never guessed at.
 SCHEMA_VERSION = 1
 #: How long a statement waits for another connection's write lock before failing.
 BUSY_TIMEOUT_S = 10.0
-#: A job whose RUNNING stage was interrupted this many times is failed instead of rerun, so a
-#: series that crashes the process (out of memory, a native library fault) cannot crash-loop it.
-DEFAULT_MAX_RUNS = 3
-
-
-class JobState(str, Enum):
-    """Where a job stands; the values are what the database stores."""
-
-    RECEIVED = "RECEIVED"
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    SENDING = "SENDING"
-    DONE = "DONE"
-    FAILED = "FAILED"
-    SKIPPED = "SKIPPED"
-
-
-#: States a job never leaves.
-TERMINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.SKIPPED})
-
-#: The legal transitions, ``from -> {to, ...}``. RUNNING -> QUEUED happens only in
-#: :meth:`JobStore.recover`; SENDING -> SENDING is a rescheduled send.
-ALLOWED_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
-    JobState.RECEIVED: frozenset({JobState.QUEUED, JobState.SKIPPED, JobState.FAILED}),
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.SKIPPED, JobState.FAILED}),
-    JobState.RUNNING: frozenset(
-        {JobState.QUEUED, JobState.SENDING, JobState.SKIPPED, JobState.FAILED}
-    ),
-    JobState.SENDING: frozenset({JobState.SENDING, JobState.DONE, JobState.FAILED}),
-    JobState.DONE: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.SKIPPED: frozenset(),
-}
-
-
-class JobStoreError(Exception):
-    """Base class of the queue's own errors."""
 
 
 class UnknownJobError(JobStoreError, LookupError):
@@ -104,64 +80,8 @@ class UnknownJobError(JobStoreError, LookupError):
         super().__init__(f"no job with id {job_id} in the job store")
 
 
-class IllegalTransitionError(JobStoreError, ValueError):
-    """A state change the lifecycle does not allow (see :data:`ALLOWED_TRANSITIONS`)."""
-
-    def __init__(
-        self, job_id: int, current: JobState, wanted: JobState, needed: Iterable[JobState]
-    ) -> None:
-        self.job_id = job_id
-        self.current = current
-        self.wanted = wanted
-        super().__init__(
-            f"job {job_id} is {current.value}: cannot move it to {wanted.value}, which needs a "
-            f"job in {' or '.join(s.value for s in needed)}"
-        )
-
-
 class SchemaVersionError(JobStoreError):
     """The database was written by a different, incompatible version of the node."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """One row of the queue, as read at one instant (a snapshot: re-read with :meth:`JobStore.get`).
-
-    Times are seconds since the epoch (whatever clock the caller passes as ``now``).
-    """
-
-    id: int
-    study_instance_uid: str
-    series_instance_uid: str
-    #: Calling AE title of the association that sent the batch; results go back to this peer.
-    calling_ae: str
-    state: JobState
-    #: Why the job FAILED or was SKIPPED, or the last transient send error while SENDING.
-    reason: str | None
-    instance_count: int
-    created_at: float
-    updated_at: float
-    last_instance_at: float
-    #: Send attempts that failed transiently and were rescheduled.
-    attempts: int
-    #: How often a worker claimed the job (more than one means a restart interrupted it).
-    runs: int
-    #: When the next send attempt is due; ``None`` = as soon as possible.
-    next_attempt_at: float | None
-    #: ``<storage_dir>/outbox/<job_id>/`` once the job is SENDING.
-    outbox_dir: Path | None
-    #: Stage timings in seconds as JSON text (``{"inference": 1.2, ...}``).
-    timings_json: str
-
-    @property
-    def timings(self) -> dict[str, float]:
-        """The stage timings as a dict (decoded from :attr:`timings_json`)."""
-        return dict(json.loads(self.timings_json))
-
-    @property
-    def is_terminal(self) -> bool:
-        """True for DONE, FAILED and SKIPPED."""
-        return self.state in TERMINAL_STATES
 
 
 @dataclass(frozen=True)
@@ -307,7 +227,7 @@ class JobStore:
         cls, storage_dir: str | Path, *, clock: Callable[[], float] = time.time
     ) -> JobStore:
         """Open ``<storage_dir>/jobs.sqlite3``."""
-        return cls(Path(storage_dir) / JOBS_DB_NAME, clock=clock)
+        return cls(StorageLayout(Path(storage_dir)).jobs_db, clock=clock)
 
     def _init_schema(self) -> None:
         with self._transaction(durable=True):
@@ -351,6 +271,35 @@ class JobStore:
             raise UnknownJobError(job_id)
         return _row_to_job(row)
 
+    def _transition_locked(
+        self,
+        conn: sqlite3.Connection,
+        job_id: int,
+        wanted: JobState,
+        now: float,
+        *,
+        only_from: JobState | None = None,
+        increment: str | None = None,
+        **columns: Any,
+    ) -> tuple[Job, JobState]:
+        """Inside an open transaction: move one job to ``wanted`` (and set ``columns``) if
+        :func:`~dicom_node.job_states.check_transition` allows it; returns the job as
+        written and its previous state.
+
+        ``increment`` names an integer column to add one to in the same statement.
+        """
+        previous = self._get_locked(job_id).state
+        check_transition(job_id, previous, wanted, only_from=only_from)
+        assignments = "".join(f", {name} = ?" for name in columns)
+        if increment is not None:
+            assignments += f", {increment} = {increment} + 1"
+        row = conn.execute(
+            f"UPDATE jobs SET state = ?, updated_at = ?{assignments} WHERE id = ? "
+            f"RETURNING {_COLUMNS}",
+            (wanted.value, now, *columns.values(), job_id),
+        ).fetchone()
+        return _row_to_job(row), previous
+
     def _transition(
         self,
         job_id: int,
@@ -360,32 +309,17 @@ class JobStore:
         increment: str | None = None,
         **columns: Any,
     ) -> Job:
-        """Move one job to ``wanted`` (and set ``columns``) if the lifecycle allows it.
-
-        ``only_from`` narrows the legal source states to one (a retry is SENDING -> SENDING
-        only, even though SENDING is also reached from RUNNING); ``increment`` names an integer
-        column to add one to in the same statement.
-        """
-        assignments = "".join(f", {name} = ?" for name in columns)
-        if increment is not None:
-            assignments += f", {increment} = {increment} + 1"
-        sql = (
-            f"UPDATE jobs SET state = ?, updated_at = ?{assignments} WHERE id = ? "
-            f"RETURNING {_COLUMNS}"
-        )
+        """One state change in its own durable transaction, logged once committed."""
         with self._transaction(durable=True) as conn:
-            previous = self._get_locked(job_id).state
-            needed = (
-                [only_from]
-                if only_from is not None
-                else [s for s, targets in ALLOWED_TRANSITIONS.items() if wanted in targets]
+            job, previous = self._transition_locked(
+                conn,
+                job_id,
+                wanted,
+                self._clock(),
+                only_from=only_from,
+                increment=increment,
+                **columns,
             )
-            if previous not in needed:
-                raise IllegalTransitionError(job_id, previous, wanted, needed)
-            row = conn.execute(
-                sql, (wanted.value, self._clock(), *columns.values(), job_id)
-            ).fetchone()
-        job = _row_to_job(row)
         _log_transition(job, previous)
         return job
 
@@ -451,15 +385,15 @@ class JobStore:
         """
         with self._transaction(durable=True) as conn:
             row = conn.execute(
-                f"UPDATE jobs SET state = ?, updated_at = ?, runs = runs + 1 "
-                f"WHERE id = (SELECT id FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT 1) "
-                f"RETURNING {_COLUMNS}",
-                (JobState.RUNNING.value, now, JobState.QUEUED.value),
+                "SELECT id FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT 1",
+                (JobState.QUEUED.value,),
             ).fetchone()
-        if row is None:
-            return None
-        job = _row_to_job(row)
-        _log_transition(job, JobState.QUEUED)
+            if row is None:
+                return None
+            job, previous = self._transition_locked(
+                conn, row["id"], JobState.RUNNING, now, only_from=JobState.QUEUED, increment="runs"
+            )
+        _log_transition(job, previous)
         return job
 
     def mark_sending(self, job_id: int, outbox_dir: str | Path) -> Job:
@@ -584,20 +518,12 @@ class JobStore:
                 (JobState.RUNNING.value,),
             ).fetchall()
             for job in map(_row_to_job, running):
-                if job.runs >= max_runs:
-                    reason = (
-                        f"interrupted {job.runs} times while RUNNING (the node stopped during "
-                        "processing); not retried again"
+                target, reason = recovery_target(job.runs, max_runs)
+                requeued.append(
+                    self._transition_locked(
+                        conn, job.id, target, now, only_from=JobState.RUNNING, reason=reason
                     )
-                    new_state, new_reason = JobState.FAILED, reason
-                else:
-                    new_state, new_reason = JobState.QUEUED, None
-                row = conn.execute(
-                    f"UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE id = ? "
-                    f"RETURNING {_COLUMNS}",
-                    (new_state.value, new_reason, now, job.id),
-                ).fetchone()
-                requeued.append((_row_to_job(row), job.state))
+                )
             others = conn.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE state IN (?, ?, ?) ORDER BY id",
                 (JobState.RECEIVED.value, JobState.QUEUED.value, JobState.SENDING.value),

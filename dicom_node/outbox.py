@@ -18,18 +18,16 @@ that references it.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from pydicom import Dataset, dcmwrite
 
-from ichnet_core.durable import fsync_directory
+from dicom_node.layout import StorageLayout
+from ichnet_core.durable import fsync_directory, write_atomic
 
 logger = logging.getLogger(__name__)
 
-#: Name of the outbox folder inside ``storage_dir``.
-OUTBOX_DIR_NAME = "outbox"
 #: Suffix of every result file; anything else in a job folder is not sent.
 RESULT_SUFFIX = ".dcm"
 #: Files being written start with this and are never listed as pending.
@@ -93,7 +91,7 @@ class Outbox:
     @classmethod
     def for_storage_dir(cls, storage_dir: str | Path) -> Outbox:
         """The outbox under ``<storage_dir>/outbox``."""
-        return cls(Path(storage_dir) / OUTBOX_DIR_NAME)
+        return cls(StorageLayout(Path(storage_dir)).outbox)
 
     def job_dir(self, job_id: int) -> Path:
         """Where job ``job_id``'s results wait (whether or not the folder exists yet)."""
@@ -137,13 +135,7 @@ class Outbox:
             )
         index = sum(1 for p in job_dir.iterdir() if not p.name.startswith(TEMP_PREFIX))
         final = job_dir / f"{index:02d}-{name}{RESULT_SUFFIX}"
-        temp = job_dir / f"{TEMP_PREFIX}{final.name}.tmp"
-        with temp.open("wb") as fh:
-            dcmwrite(fh, dataset, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        temp.replace(final)
-        fsync_directory(job_dir)
+        write_atomic(final, lambda handle: dcmwrite(handle, dataset, enforce_file_format=True))
         logger.debug(
             "job %d: result %s written (SOP instance %s)",
             job_id,

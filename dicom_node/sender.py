@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Final
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -60,6 +61,12 @@ from pynetdicom.status import (
 from dicom_node.config import Peer, SenderSection
 from dicom_node.jobs import Job, JobState, JobStore
 from dicom_node.outbox import acknowledge, pending_files, remove_if_empty
+from dicom_node.status import (
+    ASSOCIATION_ACCEPTED,
+    REFUSED_OUT_OF_RESOURCES_CODES,
+    RejectResult,
+    StoreStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +79,12 @@ _MAX_DOUBLINGS = 60
 #: a peer that only takes the default Implicit VR Little Endian (PS3.5 10.1) is still served.
 UNCOMPRESSED_TRANSFER_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
-#: A-ASSOCIATE-RJ Result "rejected-transient" (PS3.8 9.3.4, Table 9-21); anything else that
-#: rejects ("rejected-permanent") will not change by itself.
-ASSOCIATE_RJ_REJECTED_TRANSIENT = 2
-#: A-ASSOCIATE-AC/RJ Result value for an accepted association (PS3.8 9.3.3).
-ASSOCIATE_ACCEPTED = 0
-
-# C-STORE failure statuses that say "not now" rather than "never" (PS3.4 B.2.3, PS3.7 C).
-#: Refused: Out of Resources (A7xx, PS3.4 Table B.2-1).
-OUT_OF_RESOURCES = range(0xA700, 0xA800)
-#: Resource Limitation (PS3.7 C.5.17): the SCP is temporarily short of something.
-RESOURCE_LIMITATION = 0x0213
-#: Processing Failure (PS3.7 C.4.2): a general failure, often a PACS database hiccup; retried
-#: because the attempt count bounds the cost and dropping results on a hiccup is worse.
-PROCESSING_FAILURE = 0x0110
+#: Failure statuses besides Refused: Out of Resources that say "not now" rather than "never".
+#: Processing Failure is often a PACS database hiccup: retried because the attempt count bounds
+#: the cost and dropping results on a hiccup is worse.
+_NOT_NOW: Final[frozenset[int]] = frozenset(
+    {StoreStatus.RESOURCE_LIMITATION, StoreStatus.GENERAL_PROCESSING_FAILURE}
+)
 
 
 class StatusCategory(str, Enum):
@@ -111,9 +110,7 @@ def classify_store_status(code: int) -> StatusCategory:
         return StatusCategory.SUCCESS
     if category == STATUS_WARNING:
         return StatusCategory.WARNING
-    if category == STATUS_FAILURE and (
-        code in OUT_OF_RESOURCES or code in (RESOURCE_LIMITATION, PROCESSING_FAILURE)
-    ):
+    if category == STATUS_FAILURE and (code in REFUSED_OUT_OF_RESOURCES_CODES or code in _NOT_NOW):
         return StatusCategory.TRANSIENT
     return StatusCategory.PERMANENT
 
@@ -481,7 +478,7 @@ class ResultSender:
         where = _describe_peer(peer)
         if watch.rejection is not None:
             detail = _describe_rejection(watch.rejection)
-            if watch.rejection.result == ASSOCIATE_RJ_REJECTED_TRANSIENT:
+            if watch.rejection.result == RejectResult.REJECTED_TRANSIENT:
                 return (f"{where} rejected the association for now (A-ASSOCIATE-RJ {detail})", True)
             return (
                 f"{where} rejected the association (A-ASSOCIATE-RJ {detail}); check that it "
@@ -490,7 +487,7 @@ class ResultSender:
                 False,
             )
         rsp: A_ASSOCIATE | None = assoc.acceptor.primitive
-        if rsp is not None and rsp.result == ASSOCIATE_ACCEPTED:
+        if rsp is not None and rsp.result == ASSOCIATION_ACCEPTED:
             proposed = sorted(
                 {UID(cx.abstract_syntax or "").name for cx in assoc.requestor.requested_contexts}
             )

@@ -36,8 +36,8 @@ from typing import Final
 import pydicom
 
 from dicom_node import app
+from dicom_node.associations import ReceiveMonitor
 from dicom_node.config import NodeConfig, engine_cache_dir
-from dicom_node.handlers import ReceiveMonitor
 from dicom_node.health import HealthCheck, HealthReport, LoopMonitor
 from dicom_node.jobs import IllegalTransitionError, Job, JobStore, JobStoreError, UnknownJobError
 from dicom_node.metrics import NodeMetrics, NodeStateCollector, start_metrics_server
@@ -54,8 +54,6 @@ from ichnet_core.models.weights import ModelWeights, load_weights
 
 logger = logging.getLogger(__name__)
 
-#: Folder under storage_dir that keeps each job's result.json (what was found, for admins).
-RESULTS_DIR_NAME: Final[str] = "results"
 #: Longest idle wait of the worker and sender loops; a wake-up event normally cuts it short.
 IDLE_WAIT_S: Final[float] = 1.0
 #: Tolerance when comparing a spool file's mtime with a job's last_instance_at.
@@ -100,7 +98,8 @@ class NodeService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        storage_dir = Path(config.node.storage_dir)
+        self.layout = config.node.layout
+        storage_dir = self.layout.root
         self.weights = weights or load_weights(config.model.weights, config.model.weights_sha256)
         self.engine = engine or create_engine(
             config.engine,
@@ -111,7 +110,7 @@ class NodeService:
         self.store = InstanceStore(storage_dir)
         self.jobs = JobStore.for_storage_dir(storage_dir)
         self.outbox = Outbox.for_storage_dir(storage_dir)
-        self.results_dir = storage_dir / RESULTS_DIR_NAME
+        self.results_dir = self.layout.results
         self.tracker = SeriesTracker(config.series.complete_after_s)
         self.metrics = NodeMetrics()
         tls = config.node.tls
@@ -467,7 +466,7 @@ class NodeService:
         self.outbox.prepare(job.id)
         self.outbox.add(job.id, analysis.seg, "seg")
         self.outbox.add(job.id, analysis.sr, "sr")
-        job_results = self.results_dir / str(job.id)
+        job_results = self.layout.result_dir(job.id)
         job_results.mkdir(parents=True, exist_ok=True)
         write_result(job_results / "result.json", analysis.result)
         timings = analysis.timings

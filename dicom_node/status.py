@@ -1,4 +1,8 @@
-"""Named DIMSE status codes for C-STORE and the errors that carry them.
+"""Named DIMSE statuses, association results and reasons, and the errors that carry them.
+
+Every status or reason code the node sends or interprets lives here, by name: C-STORE
+statuses (ours and the peers'), A-ASSOCIATE-RJ results/sources/reasons, A-ABORT
+sources/reasons.
 
 The Storage Service Class defines its statuses in PS3.4 B.2.3 (Table B.2-1); the general codes
 come from PS3.7 Annex C. A code is only ever written here, by name: a handler that refuses an
@@ -46,6 +50,14 @@ class StoreStatus(IntEnum):
     ERROR_CANNOT_DECODE = 0xC210
     #: Cannot understand: an unexpected failure while processing it (pynetdicom's handler-exception code).
     ERROR_PROCESSING_FAILURE = 0xC211
+    #: Processing Failure (PS3.7 C.4.2), a general failure status a peer may answer.
+    GENERAL_PROCESSING_FAILURE = 0x0110
+    #: Resource Limitation (PS3.7 C.5.17): the SCP is temporarily short of something.
+    RESOURCE_LIMITATION = 0x0213
+
+
+#: Refused: Out of Resources is a range (A7xx, PS3.4 Table B.2-1), not one code.
+REFUSED_OUT_OF_RESOURCES_CODES: Final[range] = range(0xA700, 0xA800)
 
 
 def error_comment_text(message: str) -> str:
@@ -131,6 +143,10 @@ class CannotUnderstandError(DicomNodeError):
     status = StoreStatus.ERROR_CANNOT_DECODE
 
 
+#: A-ASSOCIATE-AC Result value of an accepted association (PS3.8 7.1.1.7).
+ASSOCIATION_ACCEPTED: Final[int] = 0
+
+
 class RejectResult(IntEnum):
     """A-ASSOCIATE-RJ Result (PS3.8 7.1.1.9, Table 9-21)."""
 
@@ -167,6 +183,24 @@ class PresentationProviderRejectReason(IntEnum):
 
     TEMPORARY_CONGESTION = 1
     LOCAL_LIMIT_EXCEEDED = 2
+
+
+class AbortSource(IntEnum):
+    """A-ABORT Source (PS3.8 9.3.8, Table 9-26)."""
+
+    SERVICE_USER = 0
+    SERVICE_PROVIDER = 2
+
+
+class AbortReason(IntEnum):
+    """A-ABORT Reason/Diag. when the Source is the service provider (PS3.8 Table 9-26)."""
+
+    NOT_SPECIFIED = 0
+    UNRECOGNIZED_PDU = 1
+    UNEXPECTED_PDU = 2
+    UNRECOGNIZED_PDU_PARAMETER = 4
+    UNEXPECTED_PDU_PARAMETER = 5
+    INVALID_PDU_PARAMETER_VALUE = 6
 
 
 _REASONS_BY_SOURCE: Final[dict[RejectSource, type[IntEnum]]] = {

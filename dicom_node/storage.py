@@ -13,11 +13,8 @@ PS3.5 9.1) before it touches the file system: a value such as ``..`` never escap
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,15 +26,14 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 
+from dicom_node.layout import StorageLayout
 from dicom_node.status import DataSetMismatchError, OutOfResourcesError
-from ichnet_core.durable import fsync_directory
+from ichnet_core.durable import TEMPORARY_SUFFIX, fsync_directory, write_atomic
 
 logger = logging.getLogger(__name__)
 
-INCOMING_DIR_NAME: Final[str] = "incoming"
 INSTANCE_SUFFIX: Final[str] = ".dcm"
 #: Temporary files start with a dot and end in ``.partial``: never mistaken for an instance.
-PARTIAL_SUFFIX: Final[str] = ".partial"
 #: PS3.10 7.1: a 128-byte preamble (zeros when unused) followed by the prefix "DICM".
 _PREAMBLE_AND_PREFIX: Final[bytes] = b"\x00" * 128 + b"DICM"
 #: PS3.5 9.1: a UID is at most 64 characters. Components are digit runs separated by single dots;
@@ -163,7 +159,7 @@ class InstanceStore:
 
     def __init__(self, storage_dir: Path) -> None:
         self.storage_dir = Path(storage_dir)
-        self.incoming_dir = self.storage_dir / INCOMING_DIR_NAME
+        self.incoming_dir = StorageLayout(self.storage_dir).incoming
 
     def path_for(
         self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
@@ -279,7 +275,7 @@ class InstanceStore:
         if not self.incoming_dir.is_dir():
             return 0
         removed = 0
-        for partial in self.incoming_dir.glob(f"*/*/.*{PARTIAL_SUFFIX}"):
+        for partial in self.incoming_dir.glob(f"*/*/.*{TEMPORARY_SUFFIX}"):
             partial.unlink(missing_ok=True)
             removed += 1
         if removed:
@@ -298,26 +294,13 @@ class InstanceStore:
         return path.suffix == INSTANCE_SUFFIX and _UID_PATTERN.fullmatch(path.stem) is not None
 
     def _write_durably(self, path: Path, chunks: tuple[bytes, ...]) -> None:
-        # A unique temporary name: two associations storing the same SOP Instance at once must
-        # not write into each other's file; the last rename wins, both files are complete.
-        partial = path.with_name(f".{path.stem}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
+        # write_atomic's temporary name is unique per write: two associations storing the same
+        # SOP Instance at once never write into each other's file; the last rename wins.
         try:
             self._make_directories(path.parent)
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-            try:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             replaced = path.exists()
-            os.replace(partial, path)
-            fsync_directory(path.parent)
+            write_atomic(path, lambda handle: handle.writelines(chunks), mode=_FILE_MODE)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
             raise OutOfResourcesError(
                 f"cannot write {path}: {exc.strerror or exc}",
                 error_comment=f"cannot store instance: {exc.strerror or type(exc).__name__}",

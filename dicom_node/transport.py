@@ -47,6 +47,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node.config import LimitsSection
+from dicom_node.status import AbortReason, AbortSource
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -62,10 +63,6 @@ MAX_COMMAND_SET_BYTES: Final[int] = 1024 * 1024
 #: Message control header bits (PS3.8 E.2): bit 0 set = command, bit 1 set = last fragment.
 _COMMAND_BIT: Final[int] = 0x01
 _LAST_FRAGMENT_BIT: Final[int] = 0x02
-#: A-ABORT source "DICOM UL service-provider" (PS3.8 9.3.8).
-_ABORT_SOURCE_PROVIDER: Final[int] = 2
-#: A-ABORT reason "invalid-PDU-parameter value" (PS3.8 9.3.8).
-_ABORT_INVALID_PARAMETER: Final[int] = 6
 #: What the usual OpenSSL handshake errors mean for an administrator.
 _HANDSHAKE_HINTS: Final[dict[str, str]] = {
     "WRONG_VERSION_NUMBER": ": the peer does not speak TLS (plain DICOM to the TLS port?)",
@@ -256,8 +253,8 @@ class GuardedAssociationSocket(AssociationSocket):
         )
         self._guard.on_refused(reason)
         abort = A_ABORT_RQ()
-        abort.source = _ABORT_SOURCE_PROVIDER
-        abort.reason_diagnostic = _ABORT_INVALID_PARAMETER
+        abort.source = AbortSource.SERVICE_PROVIDER
+        abort.reason_diagnostic = AbortReason.INVALID_PDU_PARAMETER_VALUE
         raw = self.socket
         if raw is None:
             return

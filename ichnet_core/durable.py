@@ -4,7 +4,12 @@ A file is durable, and never seen half written, when it is written to a temporar
 same directory, flushed and fsynced, renamed over its final name, and the directory is fsynced
 (POSIX makes a file's content durable with fsync on the file, but its name only with fsync on
 the directory that holds it). Received instances, outboxes, result.json, weights, engine plans,
-exports, training checkpoints and caches all go through :func:`write_atomic`.
+exports, training checkpoints and caches all go through :func:`write_atomic`; files another
+library writes itself (an ONNX export) are made durable with :func:`fsync_file`.
+
+Temporary files are ``.<final name>.<random>.tmp`` beside the final file: hidden, unique per
+write (two threads writing the same name never share one), never mistaken for a final file,
+and easy to find after a crash (:data:`TEMPORARY_SUFFIX`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,16 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final
+
+#: Every temporary file of :func:`write_atomic` starts with a dot and ends with this.
+TEMPORARY_SUFFIX: Final[str] = ".tmp"
+
+
+def fsync_file(path: Path | str) -> None:
+    """Flush a file someone else wrote (its content, not its name: see :func:`fsync_directory`)."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def fsync_directory(directory: Path | str) -> None:
@@ -46,7 +60,9 @@ def write_atomic(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX
+    )
     try:
         if mode is not None:
             os.fchmod(fd, mode)

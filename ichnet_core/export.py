@@ -33,7 +33,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -47,7 +46,7 @@ from typing import Any, Final
 import torch
 from torch import Tensor, nn
 
-from ichnet_core.durable import fsync_directory
+from ichnet_core.durable import fsync_directory, fsync_file
 from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.labels import NUM_SEGMENTATION_CLASSES
 from ichnet_core.models.ichnet import (
@@ -499,8 +498,7 @@ def export_staged(
             json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
         for path in staging.iterdir():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
+            fsync_file(path)
         fsync_directory(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from dicom_node.results.version import software_version
-
-if TYPE_CHECKING:
-    from dicom_node.results.device import ModelIdentity
 
 #: Namespace of every name-based UUID the node derives (a fixed, project-specific UUID).
 UID_NAMESPACE: Final[uuid.UUID] = uuid.UUID("71105d43-0090-43d1-b7c8-5ef5b15f6efc")
@@ -39,6 +36,17 @@ def derived_uid(*parts: str) -> str:
     return f"2.25.{uuid.uuid5(UID_NAMESPACE, _PART_SEPARATOR.join(parts)).int}"
 
 
+class IdentifiedModel(Protocol):
+    """What UID derivation needs of a model: the digest of its weights.
+
+    :class:`~dicom_node.results.device.ModelIdentity` is one; naming only the digest here
+    keeps this module below ``device.py``, which derives its Device Observer UID from this one.
+    """
+
+    @property
+    def weights_sha256(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class ResultUids:
     """Series and SOP Instance UIDs of the SEG and the SR made for one source series."""
@@ -49,7 +57,7 @@ class ResultUids:
     sr_sop_instance_uid: str
 
     @classmethod
-    def derive(cls, source_series_instance_uid: str, model: ModelIdentity) -> ResultUids:
+    def derive(cls, source_series_instance_uid: str, model: IdentifiedModel) -> ResultUids:
         """Deterministic UIDs for the results of ``model`` on one source series.
 
         Parameters

@@ -22,18 +22,21 @@ if TYPE_CHECKING:  # imaging.volume imports pydicom; engines must import without
 
 #: Slices per encode/decode chunk: bounds activation memory regardless of the series length.
 DEFAULT_CHUNK_SLICES: Final[int] = 16
-#: Longest series the engines are prepared for (TensorRT profile maximum); the node's selection
-#: rules accept at most 1200 slices by default.
+#: Longest series the engines are prepared for (TensorRT profile maximum), and the default of
+#: the node's ``selection.max_slices``, which refuses longer series before reading pixel data.
 MAX_SERIES_SLICES: Final[int] = 1200
 
 
 class EngineName(str, Enum):
-    """Engine names accepted by the node config (``engine:``) and ``--engine``."""
+    """The engine names: the node config's ``engine:``, ``--engine`` and :func:`create_engine`."""
 
     AUTO = "auto"
-    TORCH = "torch"
-    ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
+    ONNXRUNTIME = "onnxruntime"
+    TORCH = "torch"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 #: Every engine ``auto`` considers, in order of preference when timings tie.
@@ -90,9 +93,6 @@ class EngineOptions:
 
     chunk_slices: int = DEFAULT_CHUNK_SLICES
     cache_dir: Path | None = None
-
-
-EngineBuilder = Callable[["ModelWeights", EngineOptions], NetworkEngine]
 
 
 EngineBuilder = Callable[["ModelWeights", EngineOptions], NetworkEngine]

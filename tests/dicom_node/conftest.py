@@ -11,8 +11,8 @@ import pytest
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.app import start
+from dicom_node.associations import ReceiveMonitor
 from dicom_node.config import NodeConfig, parse_config
-from dicom_node.handlers import ReceiveMonitor
 from dicom_node.metrics import NodeMetrics
 from dicom_node.storage import InstanceStore, StoredInstance
 

@@ -177,7 +177,7 @@ def test_unknown_ae_titles_are_rejected_with_the_standard_reason(
     reason: ServiceUserRejectReason,
     dcmtk_reason: str,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="dicom_node.handlers"):
+    with caplog.at_level(logging.WARNING, logger="dicom_node.associations"):
         run = echoscu(node.port, calling, called)
     assert run.returncode != 0, run
     assert "Result: Rejected Permanent, Source: Service User" in run.output, run
@@ -485,7 +485,7 @@ def test_association_summary_and_metrics(
     node: RunningNode, head_ct_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sources = sorted(head_ct_dir.glob("*.dcm"))[:4]
-    with caplog.at_level(logging.INFO, logger="dicom_node.handlers"):
+    with caplog.at_level(logging.INFO, logger="dicom_node.associations"):
         run = storescu(node.port, sources, PEER_AE, NODE_AE)
         assert run.returncode == 0, run
         # storescu may exit before the node's thread has logged the release it just answered
@@ -508,7 +508,7 @@ def test_aborted_association_is_summed_up_too(
 ) -> None:
     source = tmp_path / "slice.dcm"
     _write_ct_slice(source)
-    with caplog.at_level(logging.INFO, logger="dicom_node.handlers"):
+    with caplog.at_level(logging.INFO, logger="dicom_node.associations"):
         run = storescu(node.port, [source], PEER_AE, NODE_AE, "--abort")
         _wait_until(lambda: not node.server.active_associations)
     assert "Aborting Association" in run.output or run.returncode == 0, run

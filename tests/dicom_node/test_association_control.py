@@ -61,7 +61,7 @@ def test_a_known_ae_title_from_another_host_is_rejected_and_logged(
     start_node: NodeFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     node = start_node(config=_peer("127.0.0.2"))
-    with caplog.at_level(logging.WARNING, logger="dicom_node.handlers"):
+    with caplog.at_level(logging.WARNING, logger="dicom_node.associations"):
         run = echoscu(node.port, PEER_AE, NODE_AE)  # from 127.0.0.1
     assert run.returncode != 0, run
     assert "Reason: Calling AE Title Not Recognized" in run.output, run
@@ -93,7 +93,7 @@ def test_an_unresolvable_host_rejects_and_says_so(
     start_node: NodeFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     node = start_node(config=_peer("no-such-host.invalid"))
-    with caplog.at_level(logging.WARNING, logger="dicom_node.handlers"):
+    with caplog.at_level(logging.WARNING, logger="dicom_node.associations"):
         assoc = _associate(node)
     assert _rejection(assoc) == CALLING_AE_NOT_RECOGNIZED
     assert "its configured host 'no-such-host.invalid' cannot be resolved" in caplog.text

@@ -25,12 +25,8 @@ from pydicom.uid import (
 )
 from pynetdicom.dimse_primitives import C_STORE
 
-from dicom_node.handlers import (
-    IMPLEMENTATION_CLASS_UID,
-    check_native_pixel_data,
-    read_header,
-    receive_instance,
-)
+from dicom_node.handlers import receive_instance
+from dicom_node.identity import IMPLEMENTATION_CLASS_UID
 from dicom_node.status import (
     CannotUnderstandError,
     DataSetMismatchError,
@@ -38,6 +34,7 @@ from dicom_node.status import (
     StoreStatus,
 )
 from dicom_node.storage import InstanceStore
+from dicom_node.validation import check_native_pixel_data, read_header
 from tests.dicom_node.instances import (
     SERIES_UID,
     STUDY_UID,

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from dicom_node.jobs import (
-    JOBS_DB_NAME,
     IllegalTransitionError,
     JobState,
     JobStore,
@@ -72,7 +71,7 @@ def _job_in_state(store: JobStore, state: JobState, series: str = SERIES_A) -> i
 
 
 def test_database_lives_in_storage_dir_in_wal_mode(tmp_path: Path, store: JobStore) -> None:
-    assert store.path == tmp_path / JOBS_DB_NAME
+    assert store.path == tmp_path / "jobs.sqlite3"
     conn = sqlite3.connect(store.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
@@ -351,7 +350,7 @@ def test_recover_rejects_nonsense_max_runs(store: JobStore) -> None:
 
 
 def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / JOBS_DB_NAME
+    path = tmp_path / "jobs.sqlite3"
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version=99")
     conn.close()

@@ -33,9 +33,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.config import LimitsSection
-from dicom_node.handlers import build_file_meta, inflate_capped, receive_instance
+from dicom_node.handlers import build_file_meta, receive_instance
 from dicom_node.status import LimitExceededError, StoreStatus
 from dicom_node.storage import InstanceStore, encode_file_meta
+from dicom_node.validation import inflate_capped
 from tests.dicom_node.conftest import NODE_AE, PEER_AE, NodeFactory, RunningNode
 from tests.dicom_node.instances import ct_slice, encode_dataset
 

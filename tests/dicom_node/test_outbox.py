@@ -11,7 +11,6 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from dicom_node.outbox import (
-    OUTBOX_DIR_NAME,
     Outbox,
     acknowledge,
     pending_files,
@@ -46,9 +45,9 @@ def _secondary_capture(rows: int = 4) -> Dataset:
 
 def test_for_storage_dir_uses_outbox_folder(tmp_path: Path) -> None:
     outbox = Outbox.for_storage_dir(tmp_path)
-    assert outbox.root == tmp_path / OUTBOX_DIR_NAME
+    assert outbox.root == tmp_path / "outbox"
     assert outbox.root.is_dir()
-    assert outbox.job_dir(7) == tmp_path / OUTBOX_DIR_NAME / "7"
+    assert outbox.job_dir(7) == tmp_path / "outbox" / "7"
 
 
 def test_job_dir_refuses_non_positive_id(tmp_path: Path) -> None:

@@ -29,6 +29,8 @@ from dicom_node.status import (
         (StoreStatus.ERROR_CANNOT_UNDERSTAND, "Failure", "Cannot Understand"),
         (StoreStatus.ERROR_CANNOT_DECODE, "Failure", "Cannot Understand"),
         (StoreStatus.ERROR_PROCESSING_FAILURE, "Failure", "Cannot Understand"),
+        (StoreStatus.GENERAL_PROCESSING_FAILURE, "Failure", "Processing Failure"),
+        (StoreStatus.RESOURCE_LIMITATION, "Failure", "Resource Limitation"),
         (StoreStatus.WARNING_COERCION_OF_DATA_ELEMENTS, "Warning", "Coercion of Data Elements"),
         (StoreStatus.WARNING_ELEMENTS_DISCARDED, "Warning", "Element Discarded"),
         (

@@ -163,7 +163,7 @@ def test_iter_series_reports_complete_instances_only(tmp_path: Path) -> None:
     os.utime(first, (1_000_000.0, 1_000_000.0))
     os.utime(second, (2_000_000.0, 2_000_000.0))
     series_dir = second.parent
-    (series_dir / ".1.2.3.4.3.0123abcd.partial").write_bytes(b"half a file")
+    (series_dir / ".1.2.3.4.3.dcm.0123abcd.tmp").write_bytes(b"half a file")
     (series_dir / "notes.txt").write_text("not an instance")
     (tmp_path / "incoming" / "lost+found").mkdir()
     [series] = list(store.iter_series())
@@ -181,6 +181,6 @@ def test_iter_series_on_an_empty_spool(tmp_path: Path) -> None:
 def test_remove_partial_files(tmp_path: Path) -> None:
     store = InstanceStore(tmp_path)
     path, _ = _store_slice(store, "1.2.3.4.1")
-    (path.parent / ".1.2.3.4.2.feedbeef.partial").write_bytes(b"interrupted")
+    (path.parent / ".1.2.3.4.2.dcm.feedbeef.tmp").write_bytes(b"interrupted")
     assert store.remove_partial_files() == 1
     assert [p.name for p in path.parent.iterdir()] == [path.name]

@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import pytest
 
-from ichnet_core.durable import write_atomic
+from ichnet_core.durable import TEMPORARY_SUFFIX, fsync_file, write_atomic
 
 
 def test_bytes_and_streamed_content_land_under_the_final_name(tmp_path: Path) -> None:
@@ -44,3 +44,18 @@ def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path: Path) -
         write_atomic(target, broken)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]
+
+
+def test_temporary_files_are_hidden_and_carry_the_temporary_suffix(tmp_path: Path) -> None:
+    seen: list[str] = []
+    write_atomic(tmp_path / "result.json", lambda _: seen.extend(os.listdir(tmp_path)))
+    [temporary] = seen
+    assert temporary.startswith(".result.json.") and temporary.endswith(TEMPORARY_SUFFIX)
+
+
+def test_fsync_file_flushes_an_existing_file_only(tmp_path: Path) -> None:
+    written = tmp_path / "model.onnx"
+    written.write_bytes(b"graph")
+    fsync_file(written)
+    with pytest.raises(FileNotFoundError):
+        fsync_file(tmp_path / "missing.onnx")

@@ -26,7 +26,7 @@ import pydicom
 import pytest
 import yaml
 
-from dicom_node.jobs import JOBS_DB_NAME
+from dicom_node.layout import StorageLayout
 from tests.dicom_node.dcmtk import echoscu, require_tool
 
 #: The node imports torch and prepares its engine before it listens; the first start of a
@@ -110,7 +110,7 @@ def read_jobs(storage_dir: Path) -> list[dict[str, Any]]:
     The test only observes: it must not take the write lock the running node needs, nor
     change the file it will recover from after a crash.
     """
-    database = storage_dir / JOBS_DB_NAME
+    database = StorageLayout(storage_dir).jobs_db
     if not database.exists():
         return []
     with contextlib.closing(

@@ -22,8 +22,8 @@ import pytest
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from dicom_node.jobs import JobState
+from dicom_node.layout import StorageLayout
 from dicom_node.results import ResultUids
-from dicom_node.storage import INCOMING_DIR_NAME
 from dicom_node.workflow import model_identity
 from ichnet_core.models.weights import load_weights
 from tests.dicom_node.dcmtk import require_tool, storescu
@@ -108,7 +108,9 @@ def test_sigkill_after_the_last_acknowledgement_loses_nothing(
     # Every acknowledged instance is on disk, intact, where the spool keeps it.
     [study_uid] = {ds.StudyInstanceUID for ds in originals.values()}
     [series_uid] = {ds.SeriesInstanceUID for ds in originals.values()}
-    spooled = sorted((node.storage_dir / INCOMING_DIR_NAME / study_uid / series_uid).glob("*.dcm"))
+    spooled = sorted(
+        (StorageLayout(node.storage_dir).incoming / study_uid / series_uid).glob("*.dcm")
+    )
     assert {p.stem for p in spooled} == set(originals)
     for path in spooled:
         stored = pydicom.dcmread(path)

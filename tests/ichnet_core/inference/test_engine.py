@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ichnet_core.inference import (
+from ichnet_core.inference.auto import AUTO_DECISION_FILE
+from ichnet_core.inference.base import (
     EngineName,
     EngineUnavailableError,
     InferenceEngine,
     NetworkEngine,
-    create_engine,
 )
-from ichnet_core.inference.auto import AUTO_DECISION_FILE
+from ichnet_core.inference.engine import create_engine
 from ichnet_core.inference.onnx_engine import OnnxRuntimeEngine
 from ichnet_core.inference.torch_engine import TorchEngine, TorchSettings
 from ichnet_core.models.weights import ModelWeights
@@ -102,7 +102,10 @@ def test_tensorrt_unavailable_says_why(tiny_weights: ModelWeights) -> None:
 
 
 def test_invalid_arguments(tiny_weights: ModelWeights) -> None:
-    with pytest.raises(ValueError, match="unknown engine 'openvino'; choose one of auto, torch"):
+    with pytest.raises(
+        ValueError,
+        match="unknown engine 'openvino'; choose one of auto, tensorrt, onnxruntime, torch",
+    ):
         create_engine("openvino", tiny_weights)
     with pytest.raises(ValueError, match="chunk_slices must be >= 1, got 0"):
         create_engine("torch", tiny_weights, chunk_slices=0)
