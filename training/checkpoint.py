@@ -1,7 +1,8 @@
 """Training checkpoints: everything needed to resume a run exactly, loadable without pickle code.
 
 A checkpoint holds the model, loss weights, optimiser and AMP-scaler state, the completed epoch
-and step, the config (and its hash) and the RNG states. RNG states are converted to tensors and
+and step, the config (and its hash), the RNG states and, when ``optim.ema_decay`` is set, the
+moving average of the weights (``ema``), which is what the run is judged and shipped by. RNG states are converted to tensors and
 plain numbers so that ``torch.load(weights_only=True)`` reads them: opening a checkpoint never
 runs code from the file.
 """
@@ -90,3 +91,23 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (found {found!r})")
     return payload
+
+
+#: Prefix of the network's keys in the state of ``torch.optim.swa_utils.AveragedModel``.
+_AVERAGED_PREFIX: Final[str] = "module."
+
+
+def trained_weights(payload: dict[str, Any]) -> dict[str, Any]:
+    """The network weights a checkpoint is evaluated and exported with.
+
+    The moving average (``ema``) when the run keeps one, else the trained weights (``model``):
+    evaluation, operating points and export must all judge the same network.
+    """
+    ema = payload.get("ema")
+    if ema is None:
+        return payload["model"]
+    return {
+        key.removeprefix(_AVERAGED_PREFIX): value
+        for key, value in ema.items()
+        if key.startswith(_AVERAGED_PREFIX)
+    }

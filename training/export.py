@@ -21,7 +21,7 @@ import torch
 from ichnet_core.models import ICHNet, list_models
 from ichnet_core.models.weights import load_weights, save_weights, sha256_of_bytes
 from ichnet_core.operating_points import METADATA_KEY, OperatingPoints, OperatingPointsError
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, trained_weights
 from training.config import TrainConfig
 from training.networks import build_network
 
@@ -159,7 +159,7 @@ def export_checkpoint(
     model = build_network(config.model)
     if not isinstance(model, ICHNet):
         raise ValueError(f"{checkpoint}: {name!r} did not build an ICHNet")
-    model.load_state_dict(payload["model"])
+    model.load_state_dict(trained_weights(payload))
     metadata: dict[str, Any] = {
         "version": version,
         "trained_on": trained_on,

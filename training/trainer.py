@@ -31,6 +31,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
@@ -42,6 +43,7 @@ from training.checkpoint import (
     load_checkpoint,
     restore_rng,
     save_checkpoint,
+    trained_weights,
 )
 from training.config import TrainConfig, config_hash
 from training.data.build import build_split
@@ -240,10 +242,12 @@ class Trainer:
         self.data_times: list[float] = []
         if resume and init_from is not None:
             self._adopt(Path(init_from))
+        self._ema_state: dict[str, Any] | None = None
         if resume and (self.checkpoint_dir / LAST_CHECKPOINT).is_file():
             self.load(self.checkpoint_dir / LAST_CHECKPOINT)
         else:
             self._set_aside_previous_run()
+        self.ema = self._moving_average(optim.ema_decay)
         self.train_source = build_split(config, Split.TRAIN)
         self.val_source = build_split(config, Split.VAL)
         self.real_normal = _read_real_normal(config.validation.real_normal_series)
@@ -321,6 +325,27 @@ class Trainer:
         save_checkpoint(last, {k: v for k, v in load_checkpoint(path).items() if k != "format"})
         logger.info("resuming from the committed checkpoint %s", path)
 
+    def _moving_average(self, decay: float | None) -> AveragedModel | None:
+        """The weights' moving average, restored from the checkpoint when it kept one.
+
+        Started from the current weights otherwise (a new run, or a run that switches it on).
+        """
+        if decay is None:
+            return None
+        ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        if self._ema_state is not None:
+            ema.load_state_dict(self._ema_state)
+        else:
+            logger.info(
+                "moving average of the weights (decay %g) starts at step %d", decay, self.step
+            )
+        return ema
+
+    @property
+    def judged_model(self) -> torch.nn.Module:
+        """The network validation judges: the moving average when the run keeps one."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _set_aside_previous_run(self) -> None:
         """Move the files of an earlier run in ``output_dir`` to ``previous-<time>/``.
 
@@ -354,6 +379,7 @@ class Trainer:
             "model_name": self.config.model.name,
             "model_overrides": dict(self.config.model.overrides),
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "loss_weighting": self.weighting.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -370,6 +396,7 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Restore a run saved by :meth:`save_checkpoint` (same config hash required)."""
         payload = load_checkpoint(path)
+        self._ema_state = payload.get("ema")
         if payload["config_hash"] != self.hash:
             raise CheckpointError(
                 f"{path} was written with config hash {payload['config_hash'][:12]}, this config "
@@ -456,6 +483,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             elapsed = time.perf_counter() - started
@@ -491,7 +520,7 @@ class Trainer:
         if len(self.val_source) == 0:
             return None
         return evaluate_model(
-            self.model,
+            self.judged_model,
             self.val_source,
             self.grid,
             self.device,
@@ -505,12 +534,13 @@ class Trainer:
         """The worst subject ``any`` and false hemorrhage (mL) over the real normal series."""
         if not self.real_normal:
             return {}
-        was_training = self.model.training
-        self.model.eval()
+        model = self.judged_model
+        was_training = model.training
+        model.eval()
         try:
-            figures = [normal_ct_figures(self.model, self.grid, v) for v in self.real_normal]
+            figures = [normal_ct_figures(model, self.grid, v) for v in self.real_normal]
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
         return {
             "val_real_normal_any": max(f["any"] for f in figures),
             "val_real_normal_false_ml": max(f["false_hemorrhage_ml"] for f in figures),
@@ -626,5 +656,5 @@ def load_trained_model(
     payload = load_checkpoint(checkpoint)
     config = TrainConfig.model_validate(payload["config"])
     model = build_network(config.model)
-    model.load_state_dict(payload["model"])
+    model.load_state_dict(trained_weights(payload))
     return model.to(device).eval(), grid_of(model), config

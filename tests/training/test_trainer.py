@@ -213,3 +213,37 @@ def test_metrics_csv_of_an_older_version_is_extended_not_refused(tmp_path: Path)
     assert rows[1]["val_real_normal_any"] == "0.25"
     with pytest.raises(ValueError, match="use a new output_dir"):
         CsvLog(path, ("epoch", "other"))
+
+
+def test_moving_average_is_resumed_exactly_and_is_what_is_evaluated(
+    tmp_path: Path, tiny_overrides: dict[str, Any]
+) -> None:
+    """``optim.ema_decay``: kept in the checkpoint, resumed exactly, judged by evaluation and
+    export; switching it on leaves the config hash (and so a running run) alone."""
+    from training.checkpoint import trained_weights
+    from training.trainer import load_trained_model
+
+    optim = {"lr": 1e-2, "batch_size": 1, "epochs": 2, "ema_decay": 0.5}
+    config = tiny_config(tmp_path, tiny_overrides, optim=optim)
+    assert config_hash(config) == config_hash(
+        tiny_config(tmp_path, tiny_overrides, optim={**optim, "ema_decay": None})
+    )
+    Trainer(config, max_steps=3).fit()  # stopped inside the second epoch
+    Trainer(config).fit()
+    straight = tiny_config(
+        tmp_path, tiny_overrides, optim=optim, output_dir=str(tmp_path / "straight")
+    )
+    Trainer(straight).fit()
+    resumed = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    uninterrupted = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    average, raw = trained_weights(resumed), resumed["model"]
+    assert set(average) == set(raw)
+    for key, value in trained_weights(uninterrupted).items():
+        torch.testing.assert_close(average[key], value, msg=key)
+    moved = [k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], average[k])]
+    assert moved, "the average must differ from the last weights"
+    model, _, _ = load_trained_model(
+        tmp_path / "run" / "checkpoints" / "last.pt", torch.device("cpu")
+    )
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, average[key], msg=key)
