@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["ingest.py"],
         ["end_to_end.py"],
         ["memory.py", *memory],
+        ["selection.py"],
     ]
     failed = []
     for script, *script_args in runs:

@@ -182,7 +182,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     except (WeightsError, EngineUnavailableError) as exc:
         return _fail(str(exc))
     try:
-        analysis = analyse_series(datasets, engine=engine, weights=weights, rules=config.selection)
+        analysis = analyse_series(
+            datasets, engine=engine, weights=weights, rules=config.selection, selection=selection
+        )
     except SeriesSkipped as exc:
         return _fail(f"series not analysed: {exc.reason}")
 

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from dicom_node.header_evidence import pattern_problem
 from dicom_node.layout import StorageLayout
 from ichnet_core.config_errors import ConfigError, format_validation_error, read_yaml
 from ichnet_core.inference.base import MAX_SERIES_SLICES, EngineName
@@ -208,53 +209,92 @@ class SeriesSection(_Section):
     poll_interval_s: Seconds = 0.5
 
 
+def _regex(value: Any) -> re.Pattern[str]:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a regular expression (a non-empty string), got {value!r}")
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a valid regular expression ({exc})") from None
+
+
+def _word_patterns(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValueError(f"must be a list of word patterns, got {value!r}")
+    for item in value:
+        problem = pattern_problem(item) if isinstance(item, str) else f"{item!r} is not text"
+        if problem:
+            raise ValueError(problem)
+    return tuple(value)
+
+
+def _rule_list(value: Any) -> Any:
+    if not isinstance(value, list | tuple):
+        raise ValueError(
+            "must be a list of rules, e.g. [{series_description: '(?i)cct'}, {calling_ae: CT_ER}]"
+            f", got {value!r}"
+        )
+    return value
+
+
+Regex = Annotated[re.Pattern[str], BeforeValidator(_regex)]
+WordPatterns = Annotated[tuple[str, ...], BeforeValidator(_word_patterns)]
+
+
+class SelectionOverride(_Section):
+    """One admin override rule: every attribute it names must match (``re.search``).
+
+    A series matches the rule when each named attribute's value (any of its distinct values in
+    the series, ``""`` when absent) matches the rule's regular expression.
+    """
+
+    series_description: Regex | None = None
+    study_description: Regex | None = None
+    protocol_name: Regex | None = None
+    body_part_examined: Regex | None = None
+    convolution_kernel: Regex | None = None
+    image_type: Regex | None = None
+    manufacturer: Regex | None = None
+    manufacturer_model_name: Regex | None = None
+    station_name: Regex | None = None
+    institution_name: Regex | None = None
+    #: The calling AE title of the association that sent the series.
+    calling_ae: Regex | None = None
+
+    @model_validator(mode="after")
+    def _names_something(self) -> SelectionOverride:
+        if not self.patterns():
+            raise ValueError(
+                "names no attribute: give at least one of " + ", ".join(type(self).model_fields)
+            )
+        return self
+
+    def patterns(self) -> dict[str, re.Pattern[str]]:
+        """The attributes this rule names, with their expressions."""
+        return {name: value for name, value in self if value is not None}
+
+
 class SelectionSection(_Section):
-    """Which series are suitable for ICHNet (axial head CT); everything else is skipped with a reason."""
+    """Which series are suitable for ICHNet (axial head CT); everything else is skipped with a
+    reason. README "Why a series is skipped" lists the rules in the order they are checked."""
 
     modalities: tuple[str, ...] = ("CT",)
-    #: Words in BodyPartExamined / StudyDescription / SeriesDescription / ProtocolName that mark a head.
-    head_keywords: tuple[str, ...] = (
-        "HEAD",
-        "BRAIN",
-        "SKULL",
-        "CRANIUM",
-        "CEREBR",
-        "NEURO",
-        "KOPF",
-        "SCHADEL",
-    )
-    #: Word stems of other body regions (PS3.16 CID 4031 terms, common description words): a series
-    #: whose description names one of these, and no head keyword, is skipped.
-    non_head_keywords: tuple[str, ...] = (
-        "ABD",
-        "CHEST",
-        "THORA",
-        "LUNG",
-        "PULMO",
-        "PELVI",
-        "COLON",
-        "LIVER",
-        "HEPAT",
-        "KIDNEY",
-        "RENAL",
-        "PANCREA",
-        "SPINE",
-        "LUMBAR",
-        "CARDIA",
-        "HEART",
-        "CORONAR",
-        "BREAST",
-        "KNEE",
-        "SHOULDER",
-        "ANKLE",
-        "FOOT",
-        "WRIST",
-        "ELBOW",
-        "EXTREMIT",
-        "BAUCH",
-        "BECKEN",
-    )
-    #: Accept a series with no body-part information at all (many anonymised studies lack it).
+    #: ``one``: analyse the best series of a study (axial, soft-tissue kernel, thickness nearest
+    #: ``prefer_thickness_mm``, full coverage); ``all``: every suitable series.
+    per_study: Literal["one", "all"] = "one"
+    prefer_thickness_mm: Annotated[float, Field(gt=0)] = 5.0
+    #: Force-include: a matching series counts as a head whatever its headers and pixels say
+    #: (the technical rules and the per-study choice still apply).
+    include: Annotated[tuple[SelectionOverride, ...], BeforeValidator(_rule_list)] = ()
+    #: Force-exclude: a matching series is never analysed.
+    exclude: Annotated[tuple[SelectionOverride, ...], BeforeValidator(_rule_list)] = ()
+    #: Site words for the head, added to the built-in multilingual list
+    #: (dicom_node/selection_words.py): ``WORD``, ``STEM*`` or ``*PART*``.
+    head_keywords: WordPatterns = ()
+    #: Site words for other body regions, added to the built-in lists.
+    non_head_keywords: WordPatterns = ()
+    #: A series whose headers do not decide "head or not" is decided by the image check; false
+    #: skips such series without looking at their pixels.
     allow_unlabelled_body_part: bool = True
     min_slices: PositiveInt = 5
     max_slices: PositiveInt = MAX_SERIES_SLICES

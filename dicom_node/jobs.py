@@ -378,6 +378,22 @@ class JobStore:
         """RECEIVED -> QUEUED: the series is complete and waits for a worker."""
         return self._transition(job_id, JobState.QUEUED, only_from=JobState.RECEIVED)
 
+    def mark_queued_together(self, job_ids: Iterable[int]) -> list[Job]:
+        """RECEIVED -> QUEUED for several jobs in one transaction: no worker claims one of them
+        before all are queued (the series of one study, which the worker compares)."""
+        changed: list[tuple[Job, JobState]] = []
+        with self._transaction(durable=True) as conn:
+            now = self._clock()
+            for job_id in job_ids:
+                changed.append(
+                    self._transition_locked(
+                        conn, job_id, JobState.QUEUED, now, only_from=JobState.RECEIVED
+                    )
+                )
+        for job, previous in changed:
+            _log_transition(job, previous)
+        return [job for job, _ in changed]
+
     def claim_next(self, now: float) -> Job | None:
         """Atomically take the oldest QUEUED job and make it RUNNING; ``None`` if none waits.
 
@@ -469,6 +485,16 @@ class JobStore:
                 (study_instance_uid, series_instance_uid),
             ).fetchone()
         return _row_to_job(row) if row is not None else None
+
+    def jobs_of_study(self, study_instance_uid: str) -> list[Job]:
+        """Every job of one study, oldest first: the study-level series choice compares them
+        (dicom_node.study_selection)."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE study_instance_uid = ? ORDER BY id",
+                (study_instance_uid,),
+            ).fetchall()
+        return [_row_to_job(r) for r in rows]
 
     def list_jobs(self, states: Iterable[JobState | str] | None = None) -> list[Job]:
         """All jobs (or those in ``states``), oldest first."""

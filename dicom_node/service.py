@@ -46,6 +46,7 @@ from dicom_node.results import write_result
 from dicom_node.sender import ResultSender, SendOutcomeKind
 from dicom_node.series_tracker import CompletedSeries, SeriesKey, SeriesTracker
 from dicom_node.storage import InstanceStore, StoredInstance
+from dicom_node.study_selection import StudySelector
 from dicom_node.tls import client_context
 from dicom_node.transport import GuardedAssociationServer
 from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
@@ -112,6 +113,7 @@ class NodeService:
         self.outbox = Outbox.for_storage_dir(storage_dir)
         self.results_dir = self.layout.results
         self.tracker = SeriesTracker(config.series.complete_after_s)
+        self.selector = StudySelector(self.store, self.jobs, config.selection)
         self.metrics = NodeMetrics()
         tls = config.node.tls
         self.sender = ResultSender(
@@ -366,6 +368,10 @@ class NodeService:
         tracker wait in ``_to_queue`` until their job is queued, so a failing ``mark_queued``
         (a locked database) delays them but never loses them; one that receives more instances
         meanwhile is back in the tracker and waits for its new quiet period instead.
+
+        A study's jobs are queued in one transaction and, with ``selection.per_study: one``,
+        only once none of its series is still arriving, so the worker's study-level choice
+        (:mod:`dicom_node.study_selection`) sees them all.
         """
         self._record_pending_instances()
         for completed in self.tracker.pop_complete():
@@ -373,21 +379,31 @@ class NodeService:
         if not self._to_queue:
             return
         arriving = {activity.key for activity in self.tracker.pending()}
-        for key, completed in list(self._to_queue.items()):
+        studies_arriving = (
+            {key.study_instance_uid for key in arriving}
+            if self.config.selection.per_study == "one"
+            else set()
+        )
+        ready: dict[str, list[SeriesKey]] = {}
+        for key in list(self._to_queue):
             if key in arriving:
                 del self._to_queue[key]
-                continue
-            job = self.jobs.received_job(*key)
-            if job is not None:
-                self.jobs.mark_queued(job.id)
-                logger.info(
-                    "series %s complete: %d instance(s), job %d queued",
-                    key.series_instance_uid,
-                    completed.instance_count,
-                    job.id,
-                )
-                self._work_ready.set()
-            del self._to_queue[key]
+            elif key.study_instance_uid not in studies_arriving:
+                ready.setdefault(key.study_instance_uid, []).append(key)
+        for keys in ready.values():
+            jobs = {key: self.jobs.received_job(*key) for key in keys}
+            self.jobs.mark_queued_together([job.id for job in jobs.values() if job is not None])
+            for key in keys:
+                job = jobs[key]
+                if job is not None:
+                    logger.info(
+                        "series %s complete: %d instance(s), job %d queued",
+                        key.series_instance_uid,
+                        self._to_queue[key].instance_count,
+                        job.id,
+                    )
+                del self._to_queue[key]
+            self._work_ready.set()
 
     def _record_pending_instances(self) -> None:
         """Count instances the C-STORE path could not record; stops at the first failure."""
@@ -447,6 +463,10 @@ class NodeService:
                 "(counted in the spool; no pixel data read)",
             )
             return
+        decision = self.selector.decide(job)
+        if not decision.analyse:
+            self.jobs.mark_skipped(job.id, decision.reason)
+            return
         datasets, unreadable = read_datasets(paths)
         for line in unreadable:
             logger.warning("job %d: %s", job.id, line)
@@ -454,7 +474,11 @@ class NodeService:
             if not datasets:
                 raise SeriesSkipped("no readable instance of the series is in the spool")
             analysis = analyse_series(
-                datasets, engine=self.engine, weights=self.weights, rules=self.config.selection
+                datasets,
+                engine=self.engine,
+                weights=self.weights,
+                rules=self.config.selection,
+                selection=decision.selection,
             )
         except SeriesSkipped as exc:
             self.jobs.mark_skipped(job.id, exc.reason)

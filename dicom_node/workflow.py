@@ -31,7 +31,7 @@ from dicom_node.results import (
     build_sr,
     measure_hemorrhage,
 )
-from dicom_node.selection import select_series
+from dicom_node.selection import SelectionResult, select_series
 from ichnet_core.imaging.volume import Volume, VolumeError, build_volume
 from ichnet_core.inference.engine import InferenceEngine
 from ichnet_core.models.weights import ModelWeights
@@ -81,17 +81,20 @@ def model_identity(weights: ModelWeights) -> ModelIdentity:
     )
 
 
-def read_datasets(paths: Iterable[Path]) -> tuple[list[Dataset], list[str]]:
+def read_datasets(
+    paths: Iterable[Path], *, headers_only: bool = False
+) -> tuple[list[Dataset], list[str]]:
     """Read DICOM Part 10 files; returns the datasets and one line per unreadable file.
 
     Pixel data is read as stored (decoding happens in :func:`build_volume`), so a series is
-    read once for selection and volume building alike.
+    read once for selection and volume building alike. ``headers_only`` stops before the pixel
+    data: enough for the series rules, whose image check reads its few slices from the files.
     """
     datasets: list[Dataset] = []
     problems: list[str] = []
     for path in sorted(paths):
         try:
-            datasets.append(pydicom.dcmread(path))
+            datasets.append(pydicom.dcmread(path, stop_before_pixels=headers_only))
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             problems.append(f"{path.name}: not readable as DICOM ({exc})")
     return datasets, problems
@@ -112,6 +115,7 @@ def analyse_series(
     engine: InferenceEngine,
     weights: ModelWeights,
     rules: SelectionSection,
+    selection: SelectionResult | None = None,
 ) -> SeriesAnalysis:
     """Run the whole analysis of one series in memory.
 
@@ -125,13 +129,17 @@ def analyse_series(
         The weights the engine runs (model identification, result UIDs, operating points).
     rules:
         Series selection rules.
+    selection:
+        The caller's accepted selection of this series (the node decides per study, the CLI
+        before it loads the model); ``None`` applies ``rules`` here.
 
     Raises
     ------
     SeriesSkipped
         The selection rules refuse the series, or its volume cannot be built.
     """
-    selection = select_series(datasets, rules)
+    if selection is None:
+        selection = select_series(datasets, rules)
     if not selection.accepted:
         raise SeriesSkipped(selection.reason)
 

@@ -15,6 +15,7 @@ from dicom_node.associations import ReceiveMonitor
 from dicom_node.config import NodeConfig, parse_config
 from dicom_node.metrics import NodeMetrics
 from dicom_node.storage import InstanceStore, StoredInstance
+from tests.dicom_node.head_study import HeadStudy, head_study
 
 NODE_AE = "ICHNET"
 PEER_AE = "PACS"
@@ -93,3 +94,12 @@ def start_node(tmp_path: Path, free_port: int) -> Iterator[NodeFactory]:
 def node(start_node: NodeFactory) -> RunningNode:
     """One running node with the default callback (records what was stored)."""
     return start_node()
+
+
+@pytest.fixture(scope="session")
+def synthetic_head_study() -> HeadStudy:
+    """Five series of one synthetic head CT study (soft, bone, thin, coronal MPR, scout).
+
+    Shared by the session: tests that change a dataset work on copies (``renew_uids``).
+    """
+    return head_study()

@@ -277,3 +277,21 @@ def test_check_config_names_bad_ae_titles_and_unknown_keys(
         f"{path}: peers[1].colour: unknown key (check its spelling and indentation)",
         f"{path}: seriez: unknown key (check its spelling and indentation)",
     ]
+
+
+def test_check_config_names_a_bad_selection_override(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        "selection:\n"
+        "  per_study: one\n"
+        "  include: [{calling_ae: CT_ER}]\n"
+        "  exclude: [{convolution_kernel: '(?i)bone|h7(', kernel: BONE}]\n"
+    )
+    code, path, err = _check(tmp_path, text, capsys)
+    assert code == EXIT_UNUSABLE
+    assert err.splitlines() == [
+        f"{path}: selection.exclude[0].convolution_kernel: '(?i)bone|h7(' is not a valid "
+        "regular expression (missing ), unterminated subpattern at position 11)",
+        f"{path}: selection.exclude[0].kernel: unknown key (check its spelling and indentation)",
+    ]

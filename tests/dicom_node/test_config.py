@@ -34,6 +34,9 @@ def test_example_config_loads_with_the_design_keys() -> None:
     assert config.series.complete_after_s == 5
     assert config.engine == "auto"
     assert [p.ae_title for p in config.peers] == ["ORTHANC"]
+    assert config.selection.per_study == "one"
+    assert config.selection.prefer_thickness_mm == 5.0
+    assert config.selection.include == config.selection.exclude == ()
 
 
 @pytest.mark.parametrize(
@@ -51,6 +54,49 @@ def test_example_config_loads_with_the_design_keys() -> None:
 )
 def test_each_problem_names_its_key(data: dict[str, object], expected: str) -> None:
     assert any(problem.startswith(expected) for problem in problems_of(data)), problems_of(data)
+
+
+@pytest.mark.parametrize(
+    ("selection", "expected"),
+    [
+        ({"per_study": "best"}, "selection.per_study: input should be 'one' or 'all', got 'best'"),
+        (
+            {"prefer_thickness_mm": 0},
+            "selection.prefer_thickness_mm: input should be greater than 0",
+        ),
+        (
+            {"exclude": [{"convolution_kernel": "(?i)bone|h7("}]},
+            "selection.exclude[0].convolution_kernel: '(?i)bone|h7(' is not a valid regular "
+            "expression (missing ), unterminated subpattern",
+        ),
+        ({"include": [{"series_descr": "x"}]}, "selection.include[0].series_descr: unknown key"),
+        ({"include": [{}]}, "selection.include[0]: names no attribute: give at least one of "),
+        ({"include": {"calling_ae": "CT_ER"}}, "selection.include: must be a list of rules"),
+        (
+            {"head_keywords": ["KOPF*", "two words"]},
+            "selection.head_keywords: 'two words' is not a word pattern",
+        ),
+    ],
+)
+def test_each_selection_problem_names_its_key(selection: dict[str, object], expected: str) -> None:
+    problems = problems_of({"selection": selection})
+    assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def test_selection_overrides_compile_their_expressions() -> None:
+    config = parse_config(
+        {
+            "selection": {
+                "include": [{"series_description": "(?i)cct|schaedel"}, {"calling_ae": "CT_ER"}],
+                "exclude": [{"convolution_kernel": "(?i)bone|h7\\d", "calling_ae": "CT_2"}],
+            }
+        }
+    )
+    include, exclude = config.selection.include, config.selection.exclude
+    assert [list(rule.patterns()) for rule in include] == [["series_description"], ["calling_ae"]]
+    assert include[0].patterns()["series_description"].search("CCT nativ")
+    assert list(exclude[0].patterns()) == ["convolution_kernel", "calling_ae"]
+    assert exclude[0].patterns()["convolution_kernel"].search("H70h")
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -490,3 +490,18 @@ def test_sigkill_mid_inference_reruns_the_job(tmp_path: Path) -> None:
         rerun = store.claim_next(now=4.0)
         assert rerun is not None
         assert (rerun.id, rerun.runs) == (claimed, 2)
+
+
+def test_mark_queued_together_queues_all_or_none(store: JobStore) -> None:
+    first = store.record_instance(STUDY, SERIES_A, PEER, now=1.0)
+    second = store.record_instance(STUDY, SERIES_B, PEER, now=1.0)
+    queued = store.mark_queued_together([first, second])
+    assert [(j.id, j.state) for j in queued] == [
+        (first, JobState.QUEUED),
+        (second, JobState.QUEUED),
+    ]
+    third = store.record_instance(STUDY, "1.2.826.0.1.3680043.8.498.1.3", PEER, now=2.0)
+    with pytest.raises(IllegalTransitionError):
+        store.mark_queued_together([third, first])  # first is QUEUED already
+    assert store.get(third).state is JobState.RECEIVED, "the transaction was rolled back"
+    assert [j.id for j in store.jobs_of_study(STUDY)] == [first, second, third]

@@ -1,4 +1,5 @@
-"""Series selection rules (dicom_node.selection): headers only, one clear reason per skip."""
+"""Series selection rules (dicom_node.selection): one clear reason per skip, header words as
+evidence, the image check when headers do not decide, localizers never analysed, overrides."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from pydicom.uid import (
 )
 
 from dicom_node.config import SelectionSection
-from dicom_node.selection import SelectionResult, is_inferable_sop_class, select_series
+from dicom_node.header_evidence import KernelClass
+from dicom_node.selection import is_inferable_sop_class, select_series
 
 RULES = SelectionSection()
 
@@ -68,23 +70,25 @@ def skipped(datasets: Sequence[Dataset], rules: SelectionSection = RULES) -> str
 @pytest.mark.shared_data
 def test_real_tilted_head_ct_is_accepted(head_ct_dir: Path) -> None:
     result = select_series(_headers(head_ct_dir), RULES)
-    assert result == SelectionResult(
-        accepted=True,
-        reason=(
-            "accepted: 28 axial CT slices, head per BodyPartExamined 'HEAD', "
-            "slice extent 2.54-7.00 mm, tilt 18.5 degrees"
-        ),
+    assert result.accepted
+    assert result.reason == (
+        "accepted: head per BodyPartExamined 'HEAD'; 28 axial CT slices of 5.5 mm, "
+        "slice extent 2.54-7.00 mm, tilt 18.5 degrees; soft-tissue kernel 'STD+'"
     )
+    assert result.profile is not None
+    assert result.profile.kernel is KernelClass.SOFT
+    assert result.profile.summary() == "soft-tissue kernel, 5.5 mm"
+    assert result.profile.coverage_mm == pytest.approx(149.6, abs=0.1)
+    assert result.profile.original
 
 
 @pytest.mark.shared_data
 def test_real_abdomen_is_skipped_for_its_protocol(shared_data: Path) -> None:
     datasets = _headers(shared_data / "real" / "abdomen_ct_3slice")
     assert all("BodyPartExamined" not in ds for ds in datasets)
-    reason = skipped(datasets)
-    assert reason.startswith(
-        "skipped: no BodyPartExamined, and ProtocolName '6.9 Colonoscopy' names COLONOSCOPY, "
-        "not a head (expected one of HEAD, BRAIN"
+    assert skipped(datasets) == (
+        "skipped: ProtocolName '6.9 Colonoscopy' names COLONOSCOPY, not a head "
+        "(another region: abdomen)"
     )
 
 
@@ -108,16 +112,25 @@ def test_enhanced_ct_is_skipped_naming_its_sop_class(shared_data: Path) -> None:
 
 
 @pytest.mark.shared_data
-def test_head_ct_labelled_only_by_technique_counts_as_unlabelled(shared_data: Path) -> None:
+def test_head_ct_labelled_only_by_technique_is_decided_by_the_image(shared_data: Path) -> None:
     # A real head CT whose only label is SeriesDescription '5/5mm Plain' (no anatomy named).
     ds = pydicom.dcmread(
         shared_data / "transfer_syntaxes" / "pydicom_data" / "693_UNCR.dcm",
         stop_before_pixels=True,
     )
     one_slice = SelectionSection(min_slices=1)
-    assert select_series([ds], one_slice).accepted
+    result = select_series([ds], one_slice)
+    assert result.accepted, result.reason
+    assert (
+        "headers name no body region (SeriesDescription '5/5mm Plain'); image check: skull ring"
+        in result.reason
+    )
+    assert "on 1/1 sampled slices" in result.reason
     reason = skipped([ds], SelectionSection(min_slices=1, allow_unlabelled_body_part=False))
-    assert "SeriesDescription '5/5mm Plain' name no anatomy" in reason
+    assert reason == (
+        "skipped: headers name no body region (SeriesDescription '5/5mm Plain'), and "
+        "selection.allow_unlabelled_body_part is false"
+    )
 
 
 # --- rules, in order ----------------------------------------------------------------------------
@@ -130,12 +143,12 @@ def test_is_inferable_sop_class() -> None:
     assert not is_inferable_sop_class(SecondaryCaptureImageStorage)
 
 
-def test_synthetic_head_series_is_accepted() -> None:
-    result = select_series(head_series(), RULES)
+def test_head_series_is_accepted_from_its_headers() -> None:
+    result = select_series(head_series(ConvolutionKernel="H30s"), RULES)
     assert result.accepted, result.reason
     assert result.reason == (
-        "accepted: 10 axial CT slices, head per BodyPartExamined 'HEAD', "
-        "slice extent 5.00-5.00 mm, tilt 0.0 degrees"
+        "accepted: head per BodyPartExamined 'HEAD'; 10 axial CT slices of 5 mm, "
+        "slice extent 5.00-5.00 mm, tilt 0.0 degrees; soft-tissue kernel 'H30s'"
     )
 
 
@@ -166,9 +179,13 @@ def test_monochrome1_is_grey_scale() -> None:
     assert select_series(head_series(PhotometricInterpretation="MONOCHROME1"), RULES).accepted
 
 
-def test_body_part_abdomen_is_skipped_even_with_a_head_description() -> None:
+def test_body_part_abdomen_is_skipped_even_with_a_head_study_description() -> None:
+    # The series-level attribute is the more specific: a trauma study "CT HEAD + ABDOMEN"
+    # holds an abdomen series.
     reason = skipped(head_series(BodyPartExamined="ABDOMEN", StudyDescription="CT HEAD + ABDOMEN"))
-    assert reason.startswith("skipped: BodyPartExamined 'ABDOMEN' is not a head (expected one of")
+    assert reason == (
+        "skipped: BodyPartExamined 'ABDOMEN' names ABDOMEN, not a head (another region: abdomen)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -196,23 +213,22 @@ def test_description_naming_another_region_is_skipped() -> None:
         del ds.BodyPartExamined
         ds.SeriesDescription = "Thorax 5mm"
         ds.StudyDescription = "CT"
-    reason = skipped(series)
-    assert reason.startswith(
-        "skipped: no BodyPartExamined, and SeriesDescription 'Thorax 5mm' names THORAX, not a head"
+    assert skipped(series) == (
+        "skipped: SeriesDescription 'Thorax 5mm' names THORAX, not a head (another region: chest)"
     )
 
 
-def test_unlabelled_series_follows_allow_unlabelled_body_part() -> None:
+def test_unlabelled_series_without_pixels_is_skipped_naming_what_the_image_check_missed() -> None:
     series = head_series()
     for ds in series:
         del ds.BodyPartExamined
-    accepted = select_series(series, RULES)
-    assert accepted.accepted
-    assert "no body part named (selection.allow_unlabelled_body_part)" in accepted.reason
-    reason = skipped(series, SelectionSection(allow_unlabelled_body_part=False))
-    assert reason == (
-        "skipped: no body part named (BodyPartExamined empty; no descriptions) and "
-        "selection.allow_unlabelled_body_part is false"
+    reason = skipped(series)
+    assert reason.startswith(
+        "skipped: no body part in headers; image check: cannot read a sampled slice: instance "
+    )
+    assert reason.endswith("no Pixel Data and no file to read it from")
+    assert skipped(series, SelectionSection(allow_unlabelled_body_part=False)) == (
+        "skipped: no body part in headers, and selection.allow_unlabelled_body_part is false"
     )
 
 

@@ -23,6 +23,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     SegmentationStorage,
+    generate_uid,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event
@@ -33,6 +34,7 @@ from dicom_node.config import parse_config
 from dicom_node.jobs import Job, JobState
 from dicom_node.service import NodeService
 from dicom_node.status import StoreStatus
+from tests.dicom_node.instances import ct_slice
 
 pytestmark = pytest.mark.integration
 
@@ -213,3 +215,72 @@ def test_a_job_that_cannot_write_its_results_fails_and_the_worker_goes_on(
     )
     assert skipped.state is JobState.SKIPPED, skipped
     assert result_peer.received == []
+
+
+#: A study's second series arrives one instance every SLOW_SEND_S for longer than the quiet period.
+STUDY_QUIET_S: Final[float] = 2.0
+SLOW_SEND_S: Final[float] = 0.25
+SLOW_SERIES_SLICES: Final[int] = 14
+
+
+def _tiny_series(study_uid: str, count: int) -> list[Dataset]:
+    """``count`` 8x6 slices of one series of ``study_uid`` (no head CT: skipped quickly)."""
+    series_uid = generate_uid()
+    slices = []
+    for index in range(count):
+        ds = ct_slice()
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.ImagePositionPatient = [0, 0, float(index)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        slices.append(ds)
+    return slices
+
+
+@pytest.mark.parametrize("per_study", ["one", "all"])
+def test_a_studys_series_are_queued_together_once_none_is_arriving(
+    tmp_path: Path, free_port: int, engine_cache_dir: Path, per_study: str
+) -> None:
+    config = parse_config(
+        {
+            "node": {"ae_title": NODE_AE, "port": free_port, "storage_dir": str(tmp_path)},
+            "peers": [{"ae_title": PACS_AE, "host": "127.0.0.1", "port": 9}],
+            "series": {"complete_after_s": STUDY_QUIET_S, "poll_interval_s": 0.1},
+            "selection": {"per_study": per_study},
+            "model": {"cache_dir": str(engine_cache_dir)},
+        }
+    )
+    node = NodeService(config)
+    node.start()
+    try:
+        study_uid = generate_uid()
+        first, second = _tiny_series(study_uid, 5), _tiny_series(study_uid, SLOW_SERIES_SLICES)
+        ae = AE(ae_title=PACS_AE)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+        assert assoc.is_established
+        try:
+            for ds in first:
+                assert assoc.send_c_store(ds).Status == StoreStatus.SUCCESS
+            first_done = time.monotonic()
+            for ds in second:
+                assert assoc.send_c_store(ds).Status == StoreStatus.SUCCESS
+                time.sleep(SLOW_SEND_S)
+            # The first series has been quiet for longer than the quiet period by now.
+            assert time.monotonic() - first_done > STUDY_QUIET_S + 0.5
+            states = {j.series_instance_uid: j.state for j in node.jobs.list_jobs()}
+        finally:
+            assoc.release()
+        first_state = states[first[0].SeriesInstanceUID]
+        if per_study == "one":
+            assert first_state is JobState.RECEIVED, "waits for the study's other series"
+        else:
+            assert first_state is not JobState.RECEIVED, "decided on its own"
+        assert states[second[0].SeriesInstanceUID] is JobState.RECEIVED
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while not all(j.is_terminal for j in node.jobs.list_jobs()):
+            assert time.monotonic() < deadline, node.jobs.list_jobs()
+            time.sleep(0.05)
+        assert [j.state for j in node.jobs.list_jobs()] == [JobState.SKIPPED, JobState.SKIPPED]
+    finally:
+        node.stop(STOP_TIMEOUT_S)

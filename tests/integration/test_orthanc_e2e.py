@@ -4,7 +4,9 @@ Nothing is simulated: Orthanc (the Debian package) runs on loopback with the nod
 DicomModalities, the node runs as its console script with a YAML config naming Orthanc as its
 peer, the real GE head study is uploaded to Orthanc over REST and Orthanc C-STOREs it to the
 node. The test then waits for the results to appear in the same study at Orthanc, downloads
-them and checks them with dciodvfy (dicom3tools) and highdicom.
+them and checks them with dciodvfy (dicom3tools) and highdicom. A second test sends a whole
+study as a PACS forwards it (soft-tissue, bone-kernel, thin, coronal MPR and scout series, derived
+from the synthetic generator's output): one SEG + one SR come back, on the soft-tissue series.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,6 +24,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from tests.dicom_node.head_study import head_study
 from tests.dicom_node.results.conftest import dciodvfy_errors
 from tests.integration.conftest import NODE_AE, NodeFactory, failed_so_far
 from tests.integration.node_process import NodeProcess, reserve_ports, wait_until
@@ -46,9 +50,12 @@ RESULTS_TIMEOUT_S: Final[float] = 180.0
 POSITION_TOLERANCE_MM: Final[float] = 1e-3
 
 
-@pytest.fixture
-def orthanc_and_node(
-    tmp_path: Path, node_factory: NodeFactory, request: pytest.FixtureRequest
+@contextmanager
+def _orthanc_with_node(
+    tmp_path: Path,
+    node_factory: NodeFactory,
+    request: pytest.FixtureRequest,
+    complete_after_s: float,
 ) -> Iterator[tuple[Orthanc, NodeProcess]]:
     """Orthanc knowing the node as modality ``ichnet``, and the node knowing Orthanc as its peer."""
     if not orthanc_available():
@@ -58,7 +65,7 @@ def orthanc_and_node(
     dicom_port, http_port = reserve_ports(2)
     node = node_factory(
         peers=[{"ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": dicom_port}],
-        complete_after_s=COMPLETE_AFTER_S,
+        complete_after_s=complete_after_s,
     )
     orthanc_dir = tmp_path / "orthanc"
     orthanc_dir.mkdir()
@@ -76,6 +83,15 @@ def orthanc_and_node(
         orthanc.stop()
         if failed_so_far(request):
             print(f"\n===== Orthanc log =====\n{orthanc.log()}")
+
+
+@pytest.fixture
+def orthanc_and_node(
+    tmp_path: Path, node_factory: NodeFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[Orthanc, NodeProcess]]:
+    """Orthanc and the node; a series is complete one second after its last instance."""
+    with _orthanc_with_node(tmp_path, node_factory, request, COMPLETE_AFTER_S) as pair:
+        yield pair
 
 
 def _series_by_modality(orthanc: Orthanc, study_id: str) -> dict[str, list[dict[str, Any]]]:
@@ -192,3 +208,81 @@ def _check_sr_references(sr: hd.sr.Comprehensive3DSR, seg: hd.seg.Segmentation) 
         for item in series.ReferencedSOPSequence
     }
     assert seg.SOPInstanceUID in evidence
+
+
+#: A whole study goes out in one Orthanc job, series after series; the quiet period only has to
+#: bridge the switch from one series to the next on a busy CI machine.
+STUDY_COMPLETE_AFTER_S: Final[float] = 3.0
+
+
+@pytest.fixture
+def orthanc_and_node_for_studies(
+    tmp_path: Path, node_factory: NodeFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[Orthanc, NodeProcess]]:
+    """Orthanc and the node with the default ``selection.per_study: one``."""
+    with _orthanc_with_node(tmp_path, node_factory, request, STUDY_COMPLETE_AFTER_S) as pair:
+        yield pair
+
+
+def _all_jobs_finished(node: NodeProcess, count: int) -> list[dict[str, Any]] | None:
+    jobs = node.jobs()
+    finished = [j for j in jobs if j["state"] in ("DONE", "SKIPPED", "FAILED")]
+    return jobs if len(jobs) >= count and len(finished) == len(jobs) else None
+
+
+def test_a_whole_head_study_gets_one_seg_and_sr_on_its_soft_tissue_series(
+    orthanc_and_node_for_studies: tuple[Orthanc, NodeProcess], tmp_path: Path
+) -> None:
+    """Issue 13: soft-tissue + bone kernel + thin + coronal MPR + scout, sent together."""
+    orthanc, node = orthanc_and_node_for_studies
+    study = head_study()
+    files = study.write(tmp_path / "study")
+    uploads = [orthanc.upload(p) for paths in files.values() for p in paths]
+    [study_id] = {u["ParentStudy"] for u in uploads}
+    job = orthanc.store_to_modality(NODE_MODALITY, [study_id])
+    assert job.get("FailedInstancesCount", 0) == 0, job
+
+    uid = {name: str(datasets[0].SeriesInstanceUID) for name, datasets in study.series.items()}
+    jobs = wait_until(
+        lambda: _all_jobs_finished(node, len(uid)), RESULTS_TIMEOUT_S, "every job finished"
+    )
+    by_series = {j["series_instance_uid"]: j for j in jobs}
+    assert len(jobs) == len(uid) == len(by_series), jobs
+    assert by_series[uid["soft"]]["state"] == "DONE", by_series[uid["soft"]]
+    instead = (
+        f"skipped: series {uid['soft']} of this study was analysed instead "
+        "(soft-tissue kernel, 5.0 mm)"
+    )
+    for name in ("bone", "thin"):
+        assert (by_series[uid[name]]["state"], by_series[uid[name]]["reason"]) == (
+            "SKIPPED",
+            instead,
+        )
+    assert by_series[uid["coronal"]]["state"] == "SKIPPED"
+    assert "not an axial series" in by_series[uid["coronal"]]["reason"]
+    assert (by_series[uid["scout"]]["state"], by_series[uid["scout"]]["reason"]) == (
+        "SKIPPED",
+        "skipped: a localizer (ImageType ORIGINAL\\PRIMARY\\LOCALIZER): "
+        "projection images are never analysed",
+    )
+
+    arrived = _series_by_modality(orthanc, study_id)
+    assert sorted(arrived) == ["CT", "SEG", "SR"], arrived
+    assert [len(s["Instances"]) for s in arrived["SEG"]] == [1], arrived["SEG"]
+    assert [len(s["Instances"]) for s in arrived["SR"]] == [1], arrived["SR"]
+    seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
+    seg_path.write_bytes(orthanc.instance_file(arrived["SEG"][0]["Instances"][0]))
+    sr_path.write_bytes(orthanc.instance_file(arrived["SR"][0]["Instances"][0]))
+    seg = hd.seg.segread(seg_path)
+    sr = hd.sr.srread(sr_path)
+    assert [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence] == [uid["soft"]]
+    _check_seg_frames(seg, {str(ds.SOPInstanceUID): ds for ds in study.soft})
+    _check_sr_references(sr, seg)
+    evidence_series = {
+        series.SeriesInstanceUID
+        for item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in item.ReferencedSeriesSequence
+    }
+    assert uid["soft"] in evidence_series
+    assert evidence_series.isdisjoint({uid[n] for n in ("bone", "thin", "coronal", "scout")})
+    assert "Traceback" not in node.log(), node.log()
