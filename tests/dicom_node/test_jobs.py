@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from dicom_node import jobs
+from dicom_node.job_states import check_transition
 from dicom_node.jobs import (
     IllegalTransitionError,
     JobState,
@@ -347,6 +349,35 @@ def test_recover_fails_a_job_that_keeps_crashing_the_node(store: JobStore) -> No
 def test_recover_rejects_nonsense_max_runs(store: JobStore) -> None:
     with pytest.raises(ValueError, match="max_runs must be >= 1, got 0"):
         store.recover(now=0.0, max_runs=0)
+
+
+def test_every_state_written_is_asked_of_the_state_machine(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[tuple[JobState, JobState]] = []
+
+    def recording(
+        job_id: int, current: JobState, wanted: JobState, *, only_from: JobState | None = None
+    ) -> None:
+        asked.append((current, wanted))
+        check_transition(job_id, current, wanted, only_from=only_from)
+
+    monkeypatch.setattr(jobs, "check_transition", recording)
+    first = _job_in_state(store, JobState.SENDING)
+    store.schedule_retry(first, next_attempt_at=5.0, reason="busy")
+    store.mark_done(first)
+    _job_in_state(store, JobState.RUNNING, series=SERIES_B)
+    store.recover(now=10.0)
+    assert asked == [
+        (JobState.RECEIVED, JobState.QUEUED),
+        (JobState.QUEUED, JobState.RUNNING),
+        (JobState.RUNNING, JobState.SENDING),
+        (JobState.SENDING, JobState.SENDING),
+        (JobState.SENDING, JobState.DONE),
+        (JobState.RECEIVED, JobState.QUEUED),
+        (JobState.QUEUED, JobState.RUNNING),
+        (JobState.RUNNING, JobState.QUEUED),  # recovery goes through the same rule
+    ]
 
 
 def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
