@@ -23,8 +23,9 @@ from ichnet_core.synthetic.geometry import (
     sample_pose,
     slice_extents_mm,
 )
-from ichnet_core.synthetic.hemorrhage import HemorrhagePlan, SlicePlanes, plan_hemorrhages
+from ichnet_core.synthetic.hemorrhage import SlicePlanes, plan_hemorrhages
 from ichnet_core.synthetic.incidental import Incidentals, sample_incidentals
+from ichnet_core.synthetic.lesions import HemorrhagePlan
 from ichnet_core.synthetic.render import RenderedSeries, apply_scanner, render_series
 from ichnet_core.synthetic.scanner import Cupping, StorageConvention, sample_scanner
 

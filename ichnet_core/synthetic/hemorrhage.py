@@ -1,31 +1,22 @@
-"""Acute hemorrhages: where each subtype sits, its shape, its density, and how it is planned.
+"""Planning acute hemorrhages: where each subtype sits, how large it is, how dense it is.
 
-Shapes follow the compartments a radiologist reads them from:
+Lesions are planned in 3-D before any image exists: centres are drawn among random points whose
+compartment is right, then moved onto the nearest slice centre plane so every requested subtype
+is visible. Each subtype has one planner (:data:`_PLANNERS`), which returns a
+:class:`~ichnet_core.synthetic.lesions.Lesion` with the typed shape its kind needs; the shapes
+and the painting are in :mod:`ichnet_core.synthetic.lesions`.
 
-* **EDH** between inner table and dura: a biconvex lens whose outer face is the inner table.
-* **SDH** under the dura: a crescent over the convexity that stops at the falx, or a layer along
-  the falx (interhemispheric) or on the tentorium.
-* **CPH** in the parenchyma: a lobulated blob (basal ganglia, thalamus, lobar, cerebellum, pons)
-  with an optional hypodense oedema rim; it cannot enter the ventricles or the subarachnoid space.
-* **IVH** in the ventricles: blood layering in the dependent part (the occipital horns of a supine
-  patient) with a fluid level perpendicular to gravity, or a cast filling a ventricle.
-* **SAH** in the extra-ventricular CSF: basal cisterns, Sylvian fissure, convexity sulci or the
-  interhemispheric fissure, whose sulci it distends.
-
-Every shape is a partial-volume fraction like the anatomy (:mod:`ichnet_core.synthetic.shapes`),
-restricted to its compartment by the composition the brain renderer tracks. Lesions are planned
-in 3-D before any image exists: centres are drawn among random points whose compartment is right,
-then moved onto the nearest slice centre plane so every requested subtype is visible.
+The planners draw from the case's random stream in a fixed order; changing that order (or any
+draw) changes every generated case (``tests/ichnet_core/synthetic/test_generator_fingerprint.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 
@@ -44,11 +35,23 @@ from ichnet_core.synthetic.brain import (
     LATERAL_RIGHT,
     THIRD,
     BrainFields,
-    ShiftedPoints,
     render_brain,
 )
-from ichnet_core.synthetic.points import FlatPoints, Points
-from ichnet_core.synthetic.shapes import alpha, edge_width, paint, ramp, random_waves, wave_field
+from ichnet_core.synthetic.lesions import (
+    Blood,
+    ConvexitySubduralShape,
+    EpiduralShape,
+    FalxSubduralShape,
+    HemorrhagePlan,
+    IntraparenchymalShape,
+    IntraventricularShape,
+    Lesion,
+    LesionKind,
+    SubarachnoidShape,
+    TentorialSubduralShape,
+)
+from ichnet_core.synthetic.points import FlatPoints
+from ichnet_core.synthetic.shapes import random_waves
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +59,6 @@ logger = logging.getLogger(__name__)
 BLOOD_HU = (55.0, 82.0)
 #: Amplitude (HU) of the internal density variation of a clot.
 BLOOD_TEXTURE_HU = (2.0, 6.0)
-#: Acute-blood HU never leaves this range before noise (the requirement's "about 50-90").
-BLOOD_HU_LIMITS = (48.0, 92.0)
 #: Volume (mL) range per subtype for one lesion.
 LESION_VOLUME_ML = {
     "CPH": (0.3, 75.0),
@@ -79,244 +80,16 @@ SUBDURAL_KIND_P = (0.75, 0.15, 0.1)
 CANDIDATES = 600
 #: Random points used to measure ventricle volumes for IVH.
 VENTRICLE_SAMPLES = 6000
-
-
-class LesionKind(str, Enum):
-    """Shape family of a lesion (several per subtype: an SDH may be convexity, falx or tentorium)."""
-
-    EPIDURAL = "epidural"
-    SUBDURAL_CONVEXITY = "subdural_convexity"
-    SUBDURAL_FALX = "subdural_falx"
-    SUBDURAL_TENTORIUM = "subdural_tentorium"
-    INTRAPARENCHYMAL = "intraparenchymal"
-    INTRAVENTRICULAR = "intraventricular"
-    SUBARACHNOID = "subarachnoid"
-
-
-@dataclass(frozen=True)
-class Blood:
-    """Density of one clot: mean HU plus a smooth internal variation (plane waves)."""
-
-    hu: float
-    texture_hu: float
-    texture_k: np.ndarray
-    texture_phase: np.ndarray
-
-
-@dataclass(frozen=True)
-class Lesion:
-    """One hemorrhage: subtype, density, shape kind and its parameters (canonical mm).
-
-    ``bound`` is a sphere (centre, radius) that contains the lesion; it decides the crop.
-    ``params`` holds the shape parameters of ``kind`` (see the ``_alpha_*`` functions).
-    """
-
-    subtype: str
-    kind: LesionKind
-    blood: Blood
-    bound: tuple[tuple[float, float, float], float]
-    params: dict[str, Any] = field(default_factory=dict)
-    side: float = 0.0
-
-
-@dataclass(frozen=True)
-class HemorrhagePlan:
-    """All lesions of a case, the midline shift they cause (mm, + = towards patient left) and the
-    regions (centre, semi-axes, extra mm) where subarachnoid blood distends the sulci."""
-
-    lesions: tuple[Lesion, ...] = ()
-    shift_mm: float = 0.0
-    sah_regions: tuple[tuple[np.ndarray, np.ndarray, float], ...] = ()
-
-
-# --------------------------------------------------------------------------------------------
-# Shapes
-
-
-def _cos_angle(cav: Cavity, direction: np.ndarray) -> np.ndarray:
-    rad = cav.radial
-    return (
-        rad.ux * np.float32(direction[0])
-        + rad.uy * np.float32(direction[1])
-        + rad.uz * np.float32(direction[2])
-    )
-
-
-def _alpha_epidural(pts: Points, cav: Cavity, fields: BrainFields, p: dict[str, Any]) -> np.ndarray:
-    """Biconvex lens: thickness ``t * (1 - (theta / Theta)^2)`` inward from the inner table."""
-    direction = np.asarray(p["direction"])
-    half = float(p["half_angle"])
-    q = 2.0 * (1.0 - _cos_angle(cav, direction)) / (half * half)
-    profile = float(p["thickness"]) * (1.0 - q)
-    return alpha(pts, profile - cav.depth, cav.nz)
-
-
-def _alpha_subdural_convexity(
-    pts: Points, cav: Cavity, fields: BrainFields, p: dict[str, Any]
-) -> np.ndarray:
-    """Crescent with a flat plateau, not crossing the falx."""
-    direction = np.asarray(p["direction"])
-    half = float(p["half_angle"])
-    power = float(p["power"])
-    q = np.clip(2.0 * (1.0 - _cos_angle(cav, direction)) / (half * half), 0.0, 4.0)
-    profile = float(p["thickness"]) * (1.0 - q ** (power / 2.0))
-    side = float(p["side"])
-    return alpha(pts, profile - cav.depth, cav.nz) * ramp(side * fields.midline - 1.0, 1.0)
-
-
-def _alpha_subdural_falx(
-    pts: Points, cav: Cavity, fields: BrainFields, p: dict[str, Any]
-) -> np.ndarray:
-    """Layer along one side of the falx, thickest in its middle."""
-    yc, zc, ly, lz = (float(p[k]) for k in ("yc", "zc", "ly", "lz"))
-    side = float(p["side"])
-    profile = float(p["thickness"]) * (1.0 - ((pts.Y - yc) / ly) ** 2 - ((pts.Z - zc) / lz) ** 2)
-    off = side * fields.midline
-    across = abs(float(pts.normal[0]))  # the falx faces +-x
-    return alpha(pts, np.minimum(profile - (off - 0.6), off - 0.3), across) * (
-        fields.supratentorial > 0.5
-    )
-
-
-def _alpha_subdural_tentorium(
-    pts: Points, cav: Cavity, fields: BrainFields, p: dict[str, Any], anatomy: Anatomy
-) -> np.ndarray:
-    """Layer on top of one leaf of the tentorium."""
-    xc, yc, lx, ly = (float(p[k]) for k in ("xc", "yc", "lx", "ly"))
-    profile = float(p["thickness"]) * (1.0 - ((pts.X - xc) / lx) ** 2 - ((pts.Y - yc) / ly) ** 2)
-    above = pts.Z - tentorium_z(anatomy.brain, pts.X, pts.Y)
-    return alpha(pts, np.minimum(profile - (above - 0.6), above - 0.3), 0.9)
-
-
-def _blob_distance(pts: Points, p: dict[str, Any]) -> np.ndarray:
-    """Signed distance to a lobulated blob (radius modulated by a few direction harmonics)."""
-    cx, cy, cz = (float(v) for v in np.asarray(p["center"]))
-    x, y, z = pts.X - cx, pts.Y - cy, pts.Z - cz
-    dist = np.sqrt(x * x + y * y + z * z) + np.float32(1e-3)
-    k = np.asarray(p["lobe_k"])
-    phase = np.asarray(p["lobe_phase"])
-    amp = float(p["lobe_amp"])
-    radius = float(p["radius"])
-    sx, sy, sz = (float(v) for v in np.asarray(p["stretch"]))
-    wob = wave_field(x / dist, y / dist, z / dist, k, phase)
-    r = radius * (1.0 + amp * wob)
-    xs, ys, zs = x / sx, y / sy, z / sz
-    return r - np.sqrt(xs * xs + ys * ys + zs * zs)
-
-
-def _alpha_intraparenchymal(
-    pts: Points, cav: Cavity, fields: BrainFields, p: dict[str, Any]
-) -> np.ndarray:
-    """Lobulated clot confined to the brain (not ventricles, not the subarachnoid space)."""
-    a = alpha(pts, _blob_distance(pts, p), 0.7)
-    a *= 1.0 - fields.ventricle.sum(axis=0)
-    a *= ramp(fields.surface_depth + 0.5, 1.0)
-    return np.clip(a, 0.0, 1.0)
-
-
-def _alpha_oedema(pts: Points, cav: Cavity, fields: BrainFields, p: dict[str, Any]) -> np.ndarray:
-    """Rim of vasogenic oedema around a clot (parenchyma only)."""
-    a = alpha(pts, _blob_distance(pts, p) + float(p["oedema_mm"]), 0.7)
-    return a * fields.parenchyma
-
-
-def _alpha_intraventricular(
-    pts: Points, cav: Cavity, fields: BrainFields, p: dict[str, Any]
-) -> np.ndarray:
-    """Blood in the dependent part of the chosen ventricles (or all of a cast ventricle)."""
-    g = np.asarray(p["gravity"])
-    gx, gy, gz = (float(v) for v in g)
-    height = pts.X * gx + pts.Y * gy + pts.Z * gz
-    w = edge_width(pts, abs(float(g @ pts.normal)))
-    total = np.zeros(pts.shape, dtype=np.float32)
-    levels: dict[int, float] = p["levels"]
-    for vid, level in levels.items():
-        total += fields.ventricle[vid] * ramp(height - level, w)
-    return np.clip(total, 0.0, 1.0)
-
-
-def _alpha_subarachnoid(
-    pts: Points, cav: Cavity, fields: BrainFields, p: dict[str, Any]
-) -> np.ndarray:
-    """Blood replacing CSF in the sulci/cisterns inside a region."""
-    cx, cy, cz = (float(v) for v in np.asarray(p["center"]))
-    ax, ay, az = (float(v) for v in np.asarray(p["semi"]))
-    x, y, z = (pts.X - cx) / ax, (pts.Y - cy) / ay, (pts.Z - cz) / az
-    region = np.clip((1.0 - np.sqrt(x * x + y * y + z * z)) * 4.0, 0.0, 1.0)
-    return fields.csf * region * float(p["fill"])
-
-
-def lesion_alpha(
-    lesion: Lesion, pts: Points, cav: Cavity, fields: BrainFields, anatomy: Anatomy
-) -> np.ndarray:
-    """Fraction of each voxel of ``pts`` filled by ``lesion``'s blood."""
-    p = lesion.params
-    if lesion.kind == LesionKind.EPIDURAL:
-        return _alpha_epidural(pts, cav, fields, p)
-    if lesion.kind == LesionKind.SUBDURAL_CONVEXITY:
-        return _alpha_subdural_convexity(pts, cav, fields, p)
-    if lesion.kind == LesionKind.SUBDURAL_FALX:
-        return _alpha_subdural_falx(pts, cav, fields, p)
-    if lesion.kind == LesionKind.SUBDURAL_TENTORIUM:
-        return _alpha_subdural_tentorium(pts, cav, fields, p, anatomy)
-    if lesion.kind == LesionKind.INTRAPARENCHYMAL:
-        return _alpha_intraparenchymal(pts, cav, fields, p)
-    if lesion.kind == LesionKind.INTRAVENTRICULAR:
-        return _alpha_intraventricular(pts, cav, fields, p)
-    if lesion.kind == LesionKind.SUBARACHNOID:
-        return _alpha_subarachnoid(pts, cav, fields, p)
-    raise ValueError(f"unknown lesion kind {lesion.kind!r}")
-
-
-def paint_hemorrhages(
-    pts: Points, cav: Cavity, fields: BrainFields, plan: HemorrhagePlan, anatomy: Anatomy
-) -> np.ndarray:
-    """Paint every lesion of ``plan`` into ``fields.hu``; return per-subtype blood fractions.
-
-    Oedema rims go first, then the clots in plan order (painter's algorithm, so the fractions of
-    all subtypes at a voxel never add up to more than 1).
-
-    Returns
-    -------
-    np.ndarray
-        ``(5, *pts.shape)`` float32 fraction of each voxel filled by each subtype (SUBTYPES order).
-    """
-    fractions = np.zeros((len(SUBTYPES), *pts.shape), dtype=np.float32)
-    if not plan.lesions:
-        return fractions
-    brain_pts: Points = ShiftedPoints(pts, plan.shift_mm) if plan.shift_mm else pts
-    work: list[tuple[Lesion, Points, tuple[slice, ...]]] = []
-    for lesion in plan.lesions:
-        attached_to_skull = lesion.kind in (LesionKind.EPIDURAL, LesionKind.SUBDURAL_CONVEXITY)
-        base = pts if attached_to_skull else brain_pts
-        center, radius = lesion.bound
-        crop = base.crop(np.asarray(center), radius)
-        if crop is None:
-            continue
-        work.append((lesion, crop, crop.index_in(pts)))
-    for lesion, crop, idx in work:
-        if (
-            lesion.kind == LesionKind.INTRAPARENCHYMAL
-            and float(lesion.params.get("oedema_mm", 0.0)) > 0
-        ):
-            sub = fields.take(idx)
-            a = _alpha_oedema(crop, cav.take(idx), sub, lesion.params)
-            paint(fields.hu[idx], a, float(lesion.params["oedema_hu"]))
-    for lesion, crop, idx in work:
-        sub = fields.take(idx)
-        a = lesion_alpha(lesion, crop, cav.take(idx), sub, anatomy)
-        b = lesion.blood
-        tex = wave_field(crop.X, crop.Y, crop.Z, b.texture_k, b.texture_phase)
-        value = np.clip(b.hu + b.texture_hu * tex, *BLOOD_HU_LIMITS)
-        paint(fields.hu[idx], a, value)
-        s = SUBTYPES.index(lesion.subtype)
-        for j in range(len(SUBTYPES)):
-            paint(fractions[(j, *idx)], a, 1.0 if j == s else 0.0)
-    return fractions
-
-
-# --------------------------------------------------------------------------------------------
-# Planning
+#: Painting order: extra-axial lesions first, so a clot painted later (CPH, IVH) stays visible.
+PAINT_ORDER: Final[dict[LesionKind, int]] = {
+    LesionKind.EPIDURAL: 0,
+    LesionKind.SUBDURAL_CONVEXITY: 1,
+    LesionKind.SUBDURAL_FALX: 1,
+    LesionKind.SUBDURAL_TENTORIUM: 1,
+    LesionKind.SUBARACHNOID: 2,
+    LesionKind.INTRAPARENCHYMAL: 3,
+    LesionKind.INTRAVENTRICULAR: 4,
+}
 
 
 @dataclass(frozen=True)
@@ -388,10 +161,9 @@ def _plan_epidural(
     centre = CRANIAL_CENTRE + u * r_in
     return Lesion(
         subtype="EDH",
-        kind=LesionKind.EPIDURAL,
         blood=blood,
         bound=(tuple(centre), r_in * half_angle * 1.2 + thickness + 4.0),
-        params={"direction": u, "half_angle": half_angle, "thickness": thickness},
+        shape=EpiduralShape(direction=u, half_angle=half_angle, thickness=thickness),
         side=float(np.sign(u[0])),
     )
 
@@ -410,21 +182,20 @@ def _plan_subdural(
         thickness = float(
             np.clip(volume_ml * 1000.0 / (math.pi * ly * lz * 0.5), MIN_SUBDURAL_MM, 7.0)
         )
-        params = {
-            "yc": float(yc_zc[1]),
-            "zc": float(yc_zc[2]),
-            "ly": ly,
-            "lz": lz,
-            "thickness": thickness,
-            "side": side,
-        }
+        falx = FalxSubduralShape(
+            yc=float(yc_zc[1]),
+            zc=float(yc_zc[2]),
+            ly=float(ly),
+            lz=float(lz),
+            thickness=thickness,
+            side=side,
+        )
         return Lesion(
-            "SDH",
-            kind,
-            blood,
-            ((0.0, float(yc_zc[1]), float(yc_zc[2])), max(ly, lz) + 10.0),
-            params,
-            side,
+            subtype="SDH",
+            blood=blood,
+            bound=((0.0, float(yc_zc[1]), float(yc_zc[2])), max(ly, lz) + 10.0),
+            shape=falx,
+            side=side,
         )
     if kind == LesionKind.SUBDURAL_TENTORIUM:
         xc, yc = side * rng.uniform(18.0, 34.0), rng.uniform(32.0, 58.0)
@@ -434,8 +205,16 @@ def _plan_subdural(
         thickness = float(
             np.clip(volume_ml * 1000.0 / (math.pi * lx * ly * 0.5), MIN_SUBDURAL_MM, 6.0)
         )
-        params = {"xc": xc, "yc": yc, "lx": lx, "ly": ly, "thickness": thickness}
-        return Lesion("SDH", kind, blood, ((xc, yc, float(p[2])), max(lx, ly) + 12.0), params, side)
+        tentorial = TentorialSubduralShape(
+            xc=float(xc), yc=float(yc), lx=float(lx), ly=float(ly), thickness=thickness
+        )
+        return Lesion(
+            subtype="SDH",
+            blood=blood,
+            bound=((xc, yc, float(p[2])), max(lx, ly) + 12.0),
+            shape=tentorial,
+            side=side,
+        )
     # Larger haematomas spread further over the convexity (and thicken).
     half_angle = float(
         np.clip(rng.uniform(0.6, 1.0) * (volume_ml / 40.0) ** (1.0 / 3.0), 0.3, 1.05)
@@ -458,21 +237,15 @@ def _plan_subdural(
         thickness = MIN_SUBDURAL_MM
         half_angle = max(math.sqrt(volume_ml * 1000.0 / (shape * thickness)), 0.25)
     thickness = float(min(thickness, 25.0))
-    params = {
-        "direction": u,
-        "half_angle": half_angle,
-        "thickness": thickness,
-        "power": power,
-        "side": side,
-    }
     centre = CRANIAL_CENTRE + u * r_in
     return Lesion(
-        "SDH",
-        LesionKind.SUBDURAL_CONVEXITY,
-        blood,
-        (tuple(centre), r_in * min(half_angle * 1.6, 2.0) + thickness + 4.0),
-        params,
-        side,
+        subtype="SDH",
+        blood=blood,
+        bound=(tuple(centre), r_in * min(half_angle * 1.6, 2.0) + thickness + 4.0),
+        shape=ConvexitySubduralShape(
+            direction=u, half_angle=half_angle, thickness=thickness, power=power, side=side
+        ),
+        side=side,
     )
 
 
@@ -528,24 +301,23 @@ def _plan_intraparenchymal(
     stretch = rng.uniform(0.75, 1.3, 3)
     stretch /= np.prod(stretch) ** (1.0 / 3.0)
     oedema = float(rng.choice([0.0, rng.uniform(2.0, 3.0 + 0.12 * radius)], p=[0.35, 0.65]))
-    params = {
-        "center": centre,
-        "radius": radius,
-        "lobe_k": k,
-        "lobe_phase": ph,
-        "lobe_amp": float(rng.uniform(0.05, 0.2)),
-        "stretch": stretch,
-        "oedema_mm": oedema,
-        "oedema_hu": anatomy.tissue.white - float(rng.uniform(5.0, 12.0)),
-    }
+    shape = IntraparenchymalShape(
+        center=centre,
+        radius=radius,
+        lobe_k=k,
+        lobe_phase=ph,
+        lobe_amp=float(rng.uniform(0.05, 0.2)),
+        stretch=stretch,
+        oedema_mm=oedema,
+        oedema_hu=float(anatomy.tissue.white - float(rng.uniform(5.0, 12.0))),
+    )
     bound = radius * 1.35 * float(stretch.max()) + oedema + 3.0
     return Lesion(
-        "CPH",
-        LesionKind.INTRAPARENCHYMAL,
-        blood,
-        (tuple(centre), bound),
-        params,
-        float(np.sign(centre[0])),
+        subtype="CPH",
+        blood=blood,
+        bound=(tuple(centre), bound),
+        shape=shape,
+        side=float(np.sign(centre[0])),
     )
 
 
@@ -581,17 +353,16 @@ def _plan_intraventricular(
     blood = _blood(rng)
     centre = np.array([0.0, 10.0, -5.0])
     return Lesion(
-        "IVH",
-        LesionKind.INTRAVENTRICULAR,
-        blood,
-        (tuple(centre), 75.0),
-        {"gravity": g, "levels": levels},
+        subtype="IVH",
+        blood=blood,
+        bound=(tuple(centre), 75.0),
+        shape=IntraventricularShape(gravity=g, levels=levels),
     )
 
 
 def _plan_subarachnoid(
     rng: np.random.Generator, anatomy: Anatomy, planes: SlicePlanes, volume_ml: float
-) -> tuple[Lesion, float]:
+) -> Lesion:
     pattern = str(
         rng.choice(["basal", "sylvian", "convexity", "interhemispheric"], p=[0.3, 0.25, 0.3, 0.15])
     )
@@ -613,15 +384,26 @@ def _plan_subarachnoid(
     centre = planes.snap(centre)
     blood = _blood(rng)
     widen = float(rng.uniform(1.0, 2.5))
-    lesion = Lesion(
-        "SAH",
-        LesionKind.SUBARACHNOID,
-        blood,
-        (tuple(centre), float(semi.max()) + 3.0),
-        {"center": centre, "semi": semi, "fill": float(rng.uniform(0.9, 1.0))},
-        side,
+    return Lesion(
+        subtype="SAH",
+        blood=blood,
+        bound=(tuple(centre), float(semi.max()) + 3.0),
+        shape=SubarachnoidShape(
+            center=centre, semi=semi, fill=float(rng.uniform(0.9, 1.0)), widen_mm=widen
+        ),
+        side=side,
     )
-    return lesion, widen
+
+
+Planner = Callable[[np.random.Generator, Anatomy, "SlicePlanes", float], Lesion]
+#: The planner of each subtype.
+_PLANNERS: Final[dict[str, Planner]] = {
+    "EDH": _plan_epidural,
+    "SDH": _plan_subdural,
+    "CPH": _plan_intraparenchymal,
+    "IVH": _plan_intraventricular,
+    "SAH": _plan_subarachnoid,
+}
 
 
 def _subtype_volumes(
@@ -665,43 +447,25 @@ def plan_hemorrhages(
         return HemorrhagePlan()
     volumes = [v * scale for v in _subtype_volumes(rng, kinds, volume_ml)]
     lesions: list[Lesion] = []
-    regions: list[tuple[np.ndarray, np.ndarray, float]] = []
     for s, v in zip(kinds, volumes, strict=True):
-        if s == "EDH":
-            lesions.append(_plan_epidural(rng, anatomy, planes, v))
-        elif s == "SDH":
-            lesions.append(_plan_subdural(rng, anatomy, planes, v))
-        elif s == "CPH":
-            lesions.append(_plan_intraparenchymal(rng, anatomy, planes, v))
-        elif s == "IVH":
-            lesions.append(_plan_intraventricular(rng, anatomy, planes, v))
-        elif s == "SAH":
-            lesion, widen = _plan_subarachnoid(rng, anatomy, planes, v)
-            lesions.append(lesion)
-            regions.append(
-                (np.asarray(lesion.params["center"]), np.asarray(lesion.params["semi"]), widen)
-            )
-        else:
+        planner = _PLANNERS.get(s)
+        if planner is None:
             raise ValueError(f"unknown hemorrhage subtype {s!r}; expected one of {SUBTYPES}")
+        lesions.append(planner(rng, anatomy, planes, v))
+    regions = [
+        (lesion.shape.center, lesion.shape.semi, lesion.shape.widen_mm)
+        for lesion in lesions
+        if isinstance(lesion.shape, SubarachnoidShape)
+    ]
     push = 0.0
     for lesion, v in zip(lesions, volumes, strict=True):
-        if lesion.kind in (LesionKind.EPIDURAL, LesionKind.SUBDURAL_CONVEXITY) or (
-            lesion.kind == LesionKind.INTRAPARENCHYMAL
-            and float(np.asarray(lesion.params["center"])[2]) > -20.0
+        if lesion.attached_to_skull or (
+            isinstance(lesion.shape, IntraparenchymalShape)
+            and float(lesion.shape.center[2]) > -20.0
         ):
             push -= lesion.side * max(v - SHIFT_FREE_ML, 0.0) * SHIFT_PER_ML
     shift = float(np.clip(push, -SHIFT_MAX_MM, SHIFT_MAX_MM))
-    # Extra-axial lesions go first so a clot painted later (CPH, IVH) stays visible.
-    order = {
-        LesionKind.EPIDURAL: 0,
-        LesionKind.SUBDURAL_CONVEXITY: 1,
-        LesionKind.SUBDURAL_FALX: 1,
-        LesionKind.SUBDURAL_TENTORIUM: 1,
-        LesionKind.SUBARACHNOID: 2,
-        LesionKind.INTRAPARENCHYMAL: 3,
-        LesionKind.INTRAVENTRICULAR: 4,
-    }
-    lesions.sort(key=lambda lesion: order[lesion.kind])
+    lesions.sort(key=lambda lesion: PAINT_ORDER[lesion.kind])
     logger.debug(
         "planned %d lesions (%s), shift %.1f mm",
         len(lesions),

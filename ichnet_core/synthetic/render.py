@@ -15,13 +15,13 @@ from ichnet_core.synthetic.anatomy import Anatomy, cavity
 from ichnet_core.synthetic.brain import ShiftedPoints, render_brain
 from ichnet_core.synthetic.geometry import SeriesGeometry
 from ichnet_core.synthetic.head import render_head
-from ichnet_core.synthetic.hemorrhage import HemorrhagePlan, paint_hemorrhages
 from ichnet_core.synthetic.incidental import (
     Incidentals,
     paint_head_holder,
     paint_old_lesions,
     paint_spots,
 )
+from ichnet_core.synthetic.lesions import HemorrhagePlan, paint_hemorrhages
 from ichnet_core.synthetic.points import GridPoints, Points
 from ichnet_core.synthetic.scanner import (
     PETROUS_APICES,

@@ -19,13 +19,8 @@ import ichnet_core.synthetic.case as case_module
 from ichnet_core.labels import HEMORRHAGE, NON_BRAIN, SUBTYPES
 from ichnet_core.synthetic import SyntheticCase, SyntheticConfig, generate_case
 from ichnet_core.synthetic.anatomy import sample_anatomy
-from ichnet_core.synthetic.hemorrhage import (
-    BLOOD_HU,
-    BLOOD_HU_LIMITS,
-    HemorrhagePlan,
-    SlicePlanes,
-    plan_hemorrhages,
-)
+from ichnet_core.synthetic.hemorrhage import BLOOD_HU, SlicePlanes, plan_hemorrhages
+from ichnet_core.synthetic.lesions import BLOOD_HU_LIMITS, HemorrhagePlan
 
 #: Noise-free images (no blur, noise or streaks) so densities can be checked directly.
 CLEAN = SyntheticConfig(
