@@ -31,15 +31,13 @@ from ichnet_core.operating_points import OperatingPoints
 from training.config import ConfigError, TrainConfig, load_config
 from training.data.build import build_split
 from training.data.splits import Split
-from training.evaluate import (
+from training.evaluate import evaluate_model, format_markdown, write_report
+from training.export import OPERATING_POINTS_FORMAT, file_sha256
+from training.operating_points import (
     ANY_MIN_SENSITIVITY,
-    evaluate_model,
-    format_markdown,
     format_operating_points,
     select_operating_points,
-    write_report,
 )
-from training.export import OPERATING_POINTS_FORMAT, file_sha256
 from training.trainer import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,

@@ -28,6 +28,7 @@ from training.config import (
 from training.data.build import build_split
 from training.data.splits import Split
 from training.evaluate import EvalResult, evaluate_model, write_report
+from training.metrics import format_metric
 from training.runlog import read_csv
 from training.trainer import Trainer, load_trained_model
 
@@ -61,20 +62,16 @@ def run_config(compare: CompareConfig, base: dict[str, Any], run: CompareRun) ->
     return parse_config(data)
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def _row(name: str, model_name: str, params: int, result: EvalResult, minutes: float | None) -> str:
     subject, slices = result.table2["subject"]["any"], result.table2["slice"]["any"]
     volume = result.volume or {}
     derived = " (max of slices)" if result.subject_source == "max_of_slices" else ""
     return (
         f"| {name} | `{model_name}` | {params:,} | "
-        f"{_fmt(subject.auc if subject else None)}{derived} | {_fmt(subject.f1 if subject else None)} | "
-        f"{_fmt(slices.auc if slices else None)} | {_fmt(slices.f1 if slices else None)} | "
-        f"{_fmt(result.table3['hemorrhage']['dice'])} | {_fmt(result.table3['mean']['dice'])} | "
-        f"{_fmt(volume.get('mean_absolute_error_ml'), 2)} | "
+        f"{format_metric(subject.auc if subject else None)}{derived} | {format_metric(subject.f1 if subject else None)} | "
+        f"{format_metric(slices.auc if slices else None)} | {format_metric(slices.f1 if slices else None)} | "
+        f"{format_metric(result.table3['hemorrhage']['dice'])} | {format_metric(result.table3['mean']['dice'])} | "
+        f"{format_metric(volume.get('mean_absolute_error_ml'), 2)} | "
         f"{'n/a' if minutes is None else f'{minutes:.1f}'} |"
     )
 

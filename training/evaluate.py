@@ -9,9 +9,8 @@ argmax, so Dice and volumes are measured at source resolution with the case's ow
 * Table 3: Dice of hemorrhage (over cases with labelled hemorrhage), brain and non-brain (over
   cases with complete segmentations) and their mean.
 * Volume: mean absolute / signed / relative error of the hemorrhage volume in mL.
-* Operating points: per-output thresholds chosen on a validation split
-  (:func:`select_operating_points`; ``any``: the highest specificity with sensitivity >= 0.95,
-  subtypes: Youden's J), and Table 2 at such thresholds (``Evaluator(operating_points=...)``).
+* Operating points: Table 2 at per-output thresholds (``Evaluator(operating_points=...)``),
+  chosen on a validation split by :mod:`training.operating_points`.
 
 A model without a subject head (2-D ResNet18) gets subject probabilities as the maximum of its
 slice probabilities; the report says so (``subject_source``).
@@ -22,8 +21,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,16 +43,18 @@ from ichnet_core.labels import (
     SUBTYPES,
 )
 from ichnet_core.models.ichnet import seg_probabilities
-from ichnet_core.operating_points import DEFAULT_THRESHOLD, OperatingPoints
+from ichnet_core.operating_points import OperatingPoints
 from training.bootstrap import Interval, case_bootstrap
 from training.data.case import LabelledCase, SegKind
 from training.data.dataset import make_sample, prepare_case
 from training.data.source import CaseSource
 from training.losses import Term, loss_terms
 from training.metrics import (
+    LEVELS,
     BinaryMetrics,
     binary_metrics,
     dice,
+    format_metric,
     mean_or_none,
     roc_auc,
     roc_curve,
@@ -63,7 +64,6 @@ from training.step import forward_batch
 
 logger = logging.getLogger(__name__)
 
-LEVELS: Final[tuple[str, str]] = ("subject", "slice")
 SUBJECT_FROM_MODEL: Final[str] = "model"
 SUBJECT_FROM_SLICES: Final[str] = "max_of_slices"
 
@@ -375,197 +375,6 @@ def evaluate_model(
     return evaluator.result(bootstrap_replicates)
 
 
-# --------------------------------------------------------------------------- operating points
-
-#: Sensitivity the ``any`` operating point must reach on the validation split.
-ANY_MIN_SENSITIVITY: Final[float] = 0.95
-RULE_MIN_SENSITIVITY: Final[str] = "max specificity with sensitivity >= {target:g}"
-RULE_YOUDEN: Final[str] = "max Youden J (sensitivity + specificity - 1)"
-RULE_DEFAULT: Final[str] = "default {threshold:g}: the validation split lacks {missing}"
-
-
-@dataclass(frozen=True)
-class ThresholdChoice:
-    """One chosen threshold and what it achieves on the data it was chosen on."""
-
-    threshold: float
-    rule: str
-    sensitivity: float | None
-    specificity: float | None
-    n: int
-    positives: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _cut_points(
-    y_true: np.ndarray, y_score: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every decision the scores allow, as (threshold, sensitivity, specificity) arrays.
-
-    Cut ``k`` calls positive exactly the samples whose score is at least the ``k``-th highest
-    distinct score. Its threshold is halfway to the next lower distinct score (the lowest
-    score itself for the last cut), so the decision on these data is the same as at the score
-    itself while a slightly lower score on new data is not flipped by a hair.
-    """
-    order = np.argsort(-y_score, kind="mergesort")
-    scores, truth = y_score[order], y_true[order]
-    last_of_tie = np.r_[scores[1:] != scores[:-1], True]
-    distinct = scores[last_of_tie]
-    tps = np.cumsum(truth)[last_of_tie]
-    fps = np.cumsum(~truth)[last_of_tie]
-    positives, negatives = int(truth.sum()), int((~truth).sum())
-    thresholds = np.r_[(distinct[:-1] + distinct[1:]) / 2.0, distinct[-1]]
-    return thresholds, tps / positives, 1.0 - fps / negatives
-
-
-def select_threshold(
-    y_true: np.ndarray,
-    y_score: np.ndarray,
-    *,
-    min_sensitivity: float | None = None,
-) -> ThresholdChoice:
-    """The decision threshold of one output on validation labels and scores.
-
-    With ``min_sensitivity``: the highest specificity among the thresholds whose sensitivity
-    reaches it. Without: the highest Youden J. Ties go to the higher sensitivity (the lower
-    threshold): a missed bleed costs more than a second look. A score ``>=`` the threshold is a
-    positive call. Without both classes no threshold can be chosen: :data:`DEFAULT_THRESHOLD`,
-    and the rule says why.
-
-    Parameters
-    ----------
-    y_true:
-        0/1 labels.
-    y_score:
-        Probabilities in [0, 1].
-    min_sensitivity:
-        Required sensitivity in (0, 1], or ``None`` for Youden's J.
-
-    Raises
-    ------
-    ValueError
-        When labels and scores differ in shape or ``min_sensitivity`` is out of range.
-    """
-    y_true = np.asarray(y_true).astype(bool).reshape(-1)
-    y_score = np.asarray(y_score, dtype=np.float64).reshape(-1)
-    if y_true.shape != y_score.shape:
-        raise ValueError(f"labels {y_true.shape} and scores {y_score.shape} differ in shape")
-    if min_sensitivity is not None and not 0.0 < min_sensitivity <= 1.0:
-        raise ValueError(f"min_sensitivity must be in (0, 1], found {min_sensitivity}")
-    positives = int(y_true.sum())
-    negatives = int(y_true.size - positives)
-    if positives == 0 or negatives == 0:
-        missing = "positives" if positives == 0 else "negatives"
-        metrics = binary_metrics(y_true, y_score, DEFAULT_THRESHOLD)
-        return ThresholdChoice(
-            threshold=DEFAULT_THRESHOLD,
-            rule=RULE_DEFAULT.format(threshold=DEFAULT_THRESHOLD, missing=missing),
-            sensitivity=metrics.sensitivity,
-            specificity=metrics.specificity,
-            n=int(y_true.size),
-            positives=positives,
-        )
-    thresholds, sensitivity, specificity = _cut_points(y_true, y_score)
-    if min_sensitivity is None:
-        objective = sensitivity + specificity - 1.0
-        rule = RULE_YOUDEN
-    else:
-        # Sensitivity grows with every cut, so the last cut always qualifies.
-        objective = np.where(sensitivity >= min_sensitivity - 1e-12, specificity, -np.inf)
-        rule = RULE_MIN_SENSITIVITY.format(target=min_sensitivity)
-    best = np.flatnonzero(objective >= objective.max() - 1e-12)
-    index = int(best[-1])  # the latest cut among ties: the highest sensitivity
-    return ThresholdChoice(
-        threshold=float(thresholds[index]),
-        rule=rule,
-        sensitivity=float(sensitivity[index]),
-        specificity=float(specificity[index]),
-        n=int(y_true.size),
-        positives=positives,
-    )
-
-
-@dataclass(frozen=True)
-class OperatingPointSelection:
-    """Thresholds per level and output, with what each reached on the validation split."""
-
-    choices: dict[str, dict[str, ThresholdChoice]]
-    source: str
-
-    def operating_points(self) -> OperatingPoints:
-        """The thresholds as stored with the weights."""
-        subject = self.choices["subject"]
-        slices = self.choices.get("slice")
-        return OperatingPoints(
-            subject={name: subject[name].threshold for name in CLASS_NAMES},
-            slice={name: slices[name].threshold for name in CLASS_NAMES} if slices else None,
-            source=self.source,
-            rules={name: subject[name].rule for name in CLASS_NAMES},
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            level: {name: choice.to_dict() for name, choice in rows.items()}
-            for level, rows in self.choices.items()
-        }
-
-
-def select_operating_points(
-    scores: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
-    *,
-    source: str,
-    any_min_sensitivity: float = ANY_MIN_SENSITIVITY,
-) -> OperatingPointSelection:
-    """Operating points of every output from validation truths and scores.
-
-    ``any``: the highest specificity with sensitivity >= ``any_min_sensitivity``; each subtype:
-    Youden's J (:func:`select_threshold`). Levels without scores (a model without a slice head)
-    are left out; the subject level is required.
-
-    Parameters
-    ----------
-    scores:
-        ``{level: {class name: (truth, score)}}``, e.g. :attr:`EvalResult.scores`.
-    source:
-        Where the scores come from (split, cases, checkpoint), stored with the thresholds.
-
-    Raises
-    ------
-    ValueError
-        When the subject level has no scores for some output.
-    """
-    choices: dict[str, dict[str, ThresholdChoice]] = {}
-    for level in LEVELS:
-        rows = scores.get(level, {})
-        if not all(name in rows and np.size(rows[name][0]) for name in CLASS_NAMES):
-            if level == "subject":
-                raise ValueError("operating points need subject-level labels and scores")
-            continue
-        choices[level] = {
-            name: select_threshold(
-                *rows[name], min_sensitivity=any_min_sensitivity if name == "any" else None
-            )
-            for name in CLASS_NAMES
-        }
-    return OperatingPointSelection(choices=choices, source=source)
-
-
-def format_operating_points(selection: OperatingPointSelection) -> str:
-    """The chosen thresholds and their validation sensitivity/specificity as Markdown."""
-    lines = [f"Operating points from {selection.source}", ""]
-    lines += ["| level | class | threshold | rule | sensitivity | specificity | n | positives |"]
-    lines += ["|" + "---|" * 8]
-    for level, rows in selection.choices.items():
-        for name, c in rows.items():
-            lines.append(
-                f"| {level} | {name} | {c.threshold:.4f} | {c.rule} | {_fmt(c.sensitivity)} | "
-                f"{_fmt(c.specificity)} | {c.n} | {c.positives} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
 def total_loss(loss: dict[str, float]) -> float | None:
     """Sum of the mean raw loss terms (model selection; independent of learned weights)."""
     known = [loss[term.value] for term in Term if term.value in loss]
@@ -573,10 +382,6 @@ def total_loss(loss: dict[str, float]) -> float | None:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def format_markdown(result: EvalResult, title: str = "Evaluation") -> str:
@@ -598,14 +403,14 @@ def format_markdown(result: EvalResult, title: str = "Evaluation") -> str:
                 continue
             lines.append(
                 f"| {level} | {name} | {metrics.n} | {metrics.positives} | "
-                f"{_fmt(metrics.accuracy)} | {_fmt(metrics.sensitivity)} | "
-                f"{_fmt(metrics.specificity)} | {_fmt(metrics.f1)} | {_fmt(metrics.auc)} |"
+                f"{format_metric(metrics.accuracy)} | {format_metric(metrics.sensitivity)} | "
+                f"{format_metric(metrics.specificity)} | {format_metric(metrics.f1)} | {format_metric(metrics.auc)} |"
             )
     lines += ["", "## Table 3: segmentation (Dice, mean over cases)", ""]
     lines += ["| class | Dice | cases |", "|---|---|---|"]
     for name in (*SEGMENTATION_CLASSES, "mean"):
         row = result.table3[name]
-        lines.append(f"| {name} | {_fmt(row['dice'])} | {row['n']} |")
+        lines.append(f"| {name} | {format_metric(row['dice'])} | {row['n']} |")
     lines += [
         "",
         "Hemorrhage Dice over cases with labelled hemorrhage; brain and non-brain over cases "
@@ -622,15 +427,15 @@ def format_markdown(result: EvalResult, title: str = "Evaluation") -> str:
             "| cases | mean abs. error (mL) | mean error (mL) | mean relative error | "
             "cases (relative) | false-positive mL in negative cases |",
             "|---|---|---|---|---|---|",
-            f"| {v['n']} | {_fmt(v['mean_absolute_error_ml'], 2)} | {_fmt(v['mean_error_ml'], 2)} "
-            f"| {_fmt(v['mean_relative_error'])} | {v['n_relative']} | "
-            f"{_fmt(v['false_positive_ml_in_negative_cases'], 2)} |",
+            f"| {v['n']} | {format_metric(v['mean_absolute_error_ml'], 2)} | {format_metric(v['mean_error_ml'], 2)} "
+            f"| {format_metric(v['mean_relative_error'])} | {v['n_relative']} | "
+            f"{format_metric(v['false_positive_ml_in_negative_cases'], 2)} |",
         ]
     if result.volume is not None:
         lines += [
             "",
-            f"Median absolute volume error: {_fmt(result.volume['median_absolute_error_ml'], 2)} mL "
-            f"over all cases, {_fmt(result.volume['median_absolute_error_ml_positive'], 2)} mL over "
+            f"Median absolute volume error: {format_metric(result.volume['median_absolute_error_ml'], 2)} mL "
+            f"over all cases, {format_metric(result.volume['median_absolute_error_ml_positive'], 2)} mL over "
             "cases with hemorrhage.",
         ]
     if result.compartment_volume:
@@ -643,8 +448,8 @@ def format_markdown(result: EvalResult, title: str = "Evaluation") -> str:
         ]
         for name, v in result.compartment_volume.items():
             lines.append(
-                f"| {name} | {v['n']} | {_fmt(v['mean_absolute_error_ml'], 2)} | "
-                f"{_fmt(v['median_absolute_error_ml'], 2)} | {_fmt(v['mean_error_ml'], 2)} |"
+                f"| {name} | {v['n']} | {format_metric(v['mean_absolute_error_ml'], 2)} | "
+                f"{format_metric(v['median_absolute_error_ml'], 2)} | {format_metric(v['mean_error_ml'], 2)} |"
             )
     if result.intervals:
         lines += ["", "## 95 % intervals (case bootstrap)", "", "| figure | low | high |"]
@@ -653,7 +458,9 @@ def format_markdown(result: EvalResult, title: str = "Evaluation") -> str:
             if interval is None:
                 lines.append(f"| {name} | n/a | n/a |")
             else:
-                lines.append(f"| {name} | {_fmt(interval.low)} | {_fmt(interval.high)} |")
+                lines.append(
+                    f"| {name} | {format_metric(interval.low)} | {format_metric(interval.high)} |"
+                )
     if result.loss:
         lines += [
             "",
@@ -676,7 +483,7 @@ def plot_roc(result: EvalResult, path: Path, level: str) -> Path | None:
     for name, (fpr, tpr) in curves.items():
         metrics = result.table2[level][name]
         auc = metrics.auc if metrics is not None else None
-        axis.plot(fpr, tpr, label=f"{name} (AUC {_fmt(auc)})")
+        axis.plot(fpr, tpr, label=f"{name} (AUC {format_metric(auc)})")
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     axis.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC, {level} level")
     axis.set_xlim(0, 1)

@@ -7,9 +7,17 @@ Dice of two empty masks) is ``None``, never a made-up 0 or 1.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
+
+#: The two levels a classification is measured at: per subject (series) and per slice.
+LEVELS: Final[tuple[str, str]] = ("subject", "slice")
+
+
+def format_metric(value: float | None, digits: int = 3) -> str:
+    """A metric for a report table; ``n/a`` when it is undefined on the data."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:

@@ -13,12 +13,12 @@ import yaml
 from ichnet_core.labels import CLASS_NAMES, SUBTYPES
 from ichnet_core.models.weights import load_weights
 from training.cli import EXIT_FAILURE, EXIT_OK, eval_main, train_main
-from training.evaluate import (
+from training.metrics import binary_metrics
+from training.operating_points import (
     RULE_YOUDEN,
     select_operating_points,
     select_threshold,
 )
-from training.metrics import binary_metrics
 
 from .test_trainer import tiny_config
 
