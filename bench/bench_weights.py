@@ -4,11 +4,12 @@ No trained weights exist yet, so benchmarks use randomly initialised ones. Speed
 on the values; parity does: a fresh random network gives nearly uniform probabilities and hides
 precision errors, so parity checks use "decisive" weights (random batch-norm statistics, larger
 output heads) whose outputs spread over [0, 1] like a trained model's. The same idea, with the
-same gains, is used by the test suite (tests/ichnet_core/inference/tiny.py).
+same function, is used by the test suite (tests/ichnet_core/models/decisive.py).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Final
 
@@ -16,7 +17,10 @@ import numpy as np
 import torch
 
 from ichnet_core.models.registry import DEFAULT_MODEL, create_model
-from ichnet_core.models.weights import ModelWeights, load_weights, save_weights, spread_outputs
+from ichnet_core.models.weights import ModelWeights, load_weights, save_weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/
+from tests.ichnet_core.models.decisive import spread_outputs
 
 SEED: Final[int] = 0
 

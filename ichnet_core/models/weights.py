@@ -16,21 +16,18 @@ that records its sha256. The bundled file is *always* checked against the manife
 file is checked against the sha256 the caller expects (node config, CLI). There is no switch to
 turn a check off: a mismatch raises :class:`WeightsError`.
 
-The bundled file comes from ``ichnet-train export`` (see docs/model_card.md for the command);
-a randomly initialised file for experiments can be written with::
-
-    python -m ichnet_core.models.weights --init-random OUT.pt
+The bundled file comes from ``ichnet-train export`` (see docs/model_card.md for the command).
+Random weights for tests and benchmarks are made there (``save_weights`` of a fresh model).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -41,7 +38,6 @@ from torch import Tensor
 
 from ichnet_core.durable import write_atomic
 from ichnet_core.models.ichnet import ICHNet, ICHNetConfig
-from ichnet_core.models.registry import DEFAULT_MODEL, create_model
 from ichnet_core.operating_points import OperatingPoints, OperatingPointsError
 
 logger = logging.getLogger(__name__)
@@ -71,14 +67,6 @@ STORAGE_DTYPE: Final[torch.dtype] = torch.float16
 #: Permissions of written files (mkstemp would leave 0600; weights are shared read-only data).
 WRITTEN_FILE_MODE: Final[int] = 0o644
 _SHA256_PATTERN: Final[re.Pattern[str]] = re.compile(r"[0-9a-f]{64}")
-
-#: Seed and wording of the bundled, untrained placeholder.
-RANDOM_INIT_SEED: Final[int] = 0
-RANDOM_INIT_VERSION: Final[str] = "0.0.0+random-init"
-RANDOM_INIT_DESCRIPTION: Final[str] = (
-    "untrained: random initialisation, placeholder until training lands; "
-    "synthetic-data weights will replace it; not for clinical use"
-)
 
 
 class WeightsError(RuntimeError):
@@ -393,52 +381,6 @@ def build_model(weights: ModelWeights) -> ICHNet:
     return model.float().eval()
 
 
-#: Output-head gains of :func:`spread_outputs` (segmentation, classification).
-SPREAD_SEG_HEAD_GAIN: Final[float] = 40.0
-SPREAD_CLS_HEAD_GAIN: Final[float] = 20.0
-
-
-def spread_outputs(model: ICHNet) -> None:
-    """Give a randomly initialised network a trained-like output range, in place.
-
-    A fresh ICHNet outputs nearly uniform class probabilities (standard deviation about 0.01),
-    so any arithmetic error vanishes after the softmax and an engine parity check would pass at
-    any precision. Random batch-norm statistics and larger output heads spread the probabilities
-    over [0, 1] like a trained model's. Used by the parity tests and the engine benchmarks.
-    """
-    with torch.no_grad():
-        for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            norm.running_mean.uniform_(-0.2, 0.2)
-            norm.running_var.uniform_(0.5, 2.0)
-        heads = [(model.decoder.head.classifier, SPREAD_SEG_HEAD_GAIN)]
-        heads += [(model.classifier.slice_fc, SPREAD_CLS_HEAD_GAIN)]
-        heads += [(model.classifier.subject_fc, SPREAD_CLS_HEAD_GAIN)]
-        for layer, gain in heads:
-            layer.weight.mul_(gain)
-            layer.bias.mul_(gain)
-
-
-def write_random_weights(
-    path: Path, *, model_name: str = DEFAULT_MODEL, seed: int = RANDOM_INIT_SEED
-) -> str:
-    """Write randomly initialised (untrained) weights of ``model_name``; returns the sha256.
-
-    The global torch RNG is restored afterwards, so callers' random streams are not disturbed.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = create_model(model_name)
-    metadata = {
-        "version": RANDOM_INIT_VERSION,
-        "trained_on": f"nothing: random initialisation (torch.manual_seed({seed}))",
-        "training_data": "none",
-        "description": RANDOM_INIT_DESCRIPTION,
-        "seed": seed,
-        "torch_version": torch.__version__,
-    }
-    return save_weights(model, path, name=model_name, metadata=metadata)
-
-
 def register_bundled_weights(path: Path, *, make_default: bool = True) -> None:
     """Record a file of the bundled folder in ``manifest.json`` (sha256, name, provenance).
 
@@ -468,34 +410,3 @@ def register_bundled_weights(path: Path, *, make_default: bool = True) -> None:
         manifest["default"] = path.name
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     write_atomic(MANIFEST_PATH, text.encode("utf-8"), mode=WRITTEN_FILE_MODE)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ichnet_core.models.weights --init-random OUT [--update-manifest]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m ichnet_core.models.weights", description="Create ICHNet weight files."
-    )
-    parser.add_argument(
-        "--init-random",
-        type=Path,
-        required=True,
-        metavar="OUT",
-        help="write randomly initialised (untrained) weights to OUT",
-    )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="registered variant name")
-    parser.add_argument("--seed", type=int, default=RANDOM_INIT_SEED)
-    parser.add_argument(
-        "--update-manifest",
-        action="store_true",
-        help="record OUT (a bundled file) in manifest.json as the default",
-    )
-    args = parser.parse_args(argv)
-    sha256 = write_random_weights(args.init_random, model_name=args.model, seed=args.seed)
-    if args.update_manifest:
-        register_bundled_weights(args.init_random)
-    print(f"{args.init_random} sha256={sha256}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

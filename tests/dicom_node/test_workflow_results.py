@@ -16,9 +16,10 @@ from dicom_node.workflow import SeriesAnalysis, analyse_series, read_datasets
 from ichnet_core.inference.engine import create_engine
 from ichnet_core.labels import CLASS_NAMES, NUM_SEGMENTATION_CLASSES, SUBTYPES
 from ichnet_core.models.registry import create_model
-from ichnet_core.models.weights import ModelWeights, load_weights, save_weights, spread_outputs
+from ichnet_core.models.weights import ModelWeights, load_weights, save_weights
 from ichnet_core.operating_points import METADATA_KEY, OperatingPoints
 from tests.ichnet_core.inference.tiny import TINY_OVERRIDES
+from tests.ichnet_core.models.decisive import spread_outputs
 
 pytestmark = pytest.mark.shared_data
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ichnet_core.models.registry import create_model
-from ichnet_core.models.weights import ModelWeights, load_weights, save_weights, spread_outputs
+from ichnet_core.models.weights import ModelWeights, load_weights, save_weights
+from tests.ichnet_core.models.decisive import spread_outputs
 
 TINY_OVERRIDES: Final[dict[str, object]] = {
     "widths": (4, 8, 8, 8),

@@ -22,7 +22,6 @@ from ichnet_core.models.weights import (
     build_model,
     default_weights_path,
     load_weights,
-    main,
     register_bundled_weights,
     save_weights,
 )
@@ -220,12 +219,3 @@ def test_register_bundled_weights_makes_new_default(bundled_dir: Path, tiny_mode
     assert loaded.path.name == "trained.pt" and loaded.sha256 == sha256
     manifest = json.loads((bundled_dir / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["files"]["trained.pt"]["version"] == "1.2.3"
-
-
-def test_init_random_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "random.pt"
-    assert main(["--init-random", str(out), "--model", "ichnet_no_att", "--seed", "3"]) == 0
-    sha256 = capsys.readouterr().out.strip().rsplit("sha256=", 1)[1]
-    loaded = load_weights(out, expected_sha256=sha256)
-    assert loaded.model_name == "ichnet_no_att" and not loaded.config.attention
-    assert loaded.metadata["seed"] == 3 and "untrained" in loaded.description
