@@ -23,6 +23,7 @@ from dicom_node.results import write_result
 from dicom_node.selection import select_series
 from dicom_node.service import NodeService
 from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
+from ichnet_core.durable import write_atomic
 from ichnet_core.inference.base import EngineName, EngineUnavailableError
 from ichnet_core.inference.engine import create_engine
 from ichnet_core.models.weights import WeightsError, load_weights
@@ -78,9 +79,7 @@ def _group_by_series(datasets: Sequence[Dataset]) -> dict[str, list[Dataset]]:
 
 
 def _write_dataset(dataset: Dataset, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    dcmwrite(tmp, dataset, enforce_file_format=True)
-    tmp.replace(path)
+    write_atomic(path, lambda handle: dcmwrite(handle, dataset, enforce_file_format=True))
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -59,6 +59,7 @@ from pynetdicom.status import (
 )
 
 from dicom_node.config import Peer, SenderSection
+from dicom_node.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.jobs import Job, JobState, JobStore
 from dicom_node.outbox import acknowledge, pending_files, remove_if_empty
 from dicom_node.status import (
@@ -319,6 +320,9 @@ class ResultSender:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._ae = AE(ae_title=our_ae_title)
+        # The same identity as the SCP's, so the peer's log names this software either way.
+        self._ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        self._ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         self._ae.connection_timeout = connection_timeout_s
         self._ae.acse_timeout = acse_timeout_s
         self._ae.dimse_timeout = dimse_timeout_s

@@ -44,6 +44,7 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.events import Event
 
 from dicom_node.config import Peer, SenderSection
+from dicom_node.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.jobs import JobState, JobStore
 from dicom_node.outbox import Outbox, pending_files
 from dicom_node.sender import (
@@ -407,6 +408,22 @@ def test_send_delivers_every_file_byte_equal_and_empties_outbox(
     assert pending_files(results.job_dir) == []
     assert peer.received() == results.payload
     assert [r.status.category for r in outcome.results if r.status] == [StatusCategory.SUCCESS] * 2
+
+
+@needs_storescp
+def test_outgoing_association_announces_our_implementation(
+    sender: ResultSender,
+    results: Results,
+    storescp: Callable[..., StoreScp],
+    free_port: int,
+    tmp_path: Path,
+) -> None:
+    # storescp -d logs the A-ASSOCIATE-RQ it received, with the requestor's identity.
+    storescp(free_port, "-d")
+    assert sender.send(results.job_dir, _peer(free_port)).kind is SendOutcomeKind.SENT
+    log = (tmp_path / "storescp-0.log").read_text(errors="replace")
+    assert f"Their Implementation Class UID:    {IMPLEMENTATION_CLASS_UID}" in log, log
+    assert f"Their Implementation Version Name: {IMPLEMENTATION_VERSION_NAME}" in log, log
 
 
 @needs_storescp
