@@ -105,7 +105,8 @@ def build_ae(config: NodeConfig) -> AE:
     ae.require_calling_aet = [peer.ae_title for peer in config.peers]
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+        if context.abstract_syntax is not None:  # set in every one of pynetdicom's contexts
+            ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
     return ae
 
 

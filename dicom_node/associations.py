@@ -93,7 +93,7 @@ class ReceiveMonitor:
         diagnostic = int(reject.diagnostic or 0)
         reason = reject_reason_name(source, diagnostic)
         try:
-            result = RejectResult(reject.result).name.lower()
+            result = RejectResult(reject.result or 0).name.lower()
         except ValueError:
             result = f"result{reject.result}"
         if self._metrics is not None:

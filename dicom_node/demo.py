@@ -160,6 +160,8 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR) -> dict[str, object]:
     pacs_server = pacs_ae.start_server(
         ("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, pacs.handle_store)]
     )
+    if pacs_server is None:  # pynetdicom returns the server whenever block=False
+        raise RuntimeError("the demo PACS did not start")
     node = NodeService(_demo_config(workdir, _free_port(), pacs_port))
     try:
         node.start()

@@ -217,7 +217,7 @@ def metrics_app(
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == METRICS_PATH:
-            return prometheus(environ, start_response)  # type: ignore[no-any-return]
+            return prometheus(environ, start_response)
         if path == HEALTHZ_PATH and health is not None:
             report = health()
             body = (json.dumps(report.as_json(), indent=1) + "\n").encode()

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import pydicom
 
@@ -52,6 +52,9 @@ from dicom_node.transport import GuardedAssociationServer
 from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
 from ichnet_core.inference.engine import InferenceEngine, create_engine
 from ichnet_core.models.weights import ModelWeights, load_weights
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ class NodeService:
         self._send_ready = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: GuardedAssociationServer | None = None
-        self._metrics_server = None
+        self._metrics_server: WSGIServer | None = None
         self.loops = {name: LoopMonitor(name) for name in _LOOP_THREADS}
         self.health = HealthCheck(
             lambda: self._server is not None and self._server.is_serving,

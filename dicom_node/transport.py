@@ -306,9 +306,13 @@ class GuardedRequestHandler(RequestHandler):
             guard.on_tls_failure()
             self.server.shutdown_request(tls_socket)
             return False
-        subject = dict(
-            item for rdn in (tls_socket.getpeercert() or {}).get("subject", ()) for item in rdn
+        # getpeercert()["subject"] is a tuple of RDNs, each a tuple of (key, value) pairs (ssl
+        # docs); typeshed types every certificate field as str | tuple.
+        rdns = cast(
+            "tuple[tuple[tuple[str, str], ...], ...]",
+            (tls_socket.getpeercert() or {}).get("subject", ()),
         )
+        subject = dict(item for rdn in rdns for item in rdn)
         logger.debug(
             "TLS %s with %s:%d, client certificate %s",
             tls_socket.version(),

@@ -140,10 +140,10 @@ class RecurrentStage(nn.Module):
     def forward(self, bottleneck: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         lstm = self.conv_lstm
         out = bottleneck
-        for layer, forward_cell in enumerate(lstm.forward_cells):
+        for forward_cell, backward_cell in lstm.layers():
             passes = [_scan_cell(forward_cell, out, reverse=False)]
-            if lstm.backward_cells:
-                passes.append(_scan_cell(lstm.backward_cells[layer], out, reverse=True))
+            if backward_cell is not None:
+                passes.append(_scan_cell(backward_cell, out, reverse=True))
             out = torch.cat(passes, dim=1)
         slice_logits, subject_logits = self.classifier(out.unsqueeze(0))
         return out, slice_logits[0], subject_logits[0]

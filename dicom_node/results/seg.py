@@ -276,7 +276,8 @@ def build_seg(
         instance_number=instance_number,
         manufacturer=device.manufacturer,
         manufacturer_model_name=device.model_name,
-        software_versions=device.software_versions,
+        # highdicom annotates tuple[str] (one version) but takes any sequence of them.
+        software_versions=device.software_versions,  # type: ignore[arg-type]
         device_serial_number=device.device_serial_number,
         content_label=CONTENT_LABEL,
         content_description=content_description(model),

@@ -158,7 +158,9 @@ class PlaneMapping:
         scaled = resize_planes(planes, self.scaled_shape)
         return _window(scaled, self.offset, (self.input_size, self.input_size), fill)
 
-    def to_source(self, planes: np.ndarray, fill: float | Sequence[float] = 0.0) -> np.ndarray:
+    def to_source(
+        self, planes: np.ndarray, fill: float | Sequence[float] | np.ndarray = 0.0
+    ) -> np.ndarray:
         """``[..., I, I]`` model planes (e.g. probabilities) -> ``[..., rows, columns]`` float32.
 
         Source pixels outside the model window get ``fill`` (scalar or per channel of axis -3).
@@ -192,7 +194,7 @@ def _window(
     planes: np.ndarray,
     offset: tuple[int, int],
     size: tuple[int, int],
-    fill: float | Sequence[float],
+    fill: float | Sequence[float] | np.ndarray,
 ) -> np.ndarray:
     """The ``size`` window of ``planes`` starting at ``offset`` (may leave the planes: ``fill``)."""
     height, width = planes.shape[-2:]

@@ -215,7 +215,7 @@ def _orientation(ds: Dataset) -> np.ndarray:
     return iop
 
 
-def slice_normal(iop: Sequence[float]) -> np.ndarray:
+def slice_normal(iop: Sequence[float] | np.ndarray) -> np.ndarray:
     """Unit normal of the image plane: row direction cosines x column direction cosines."""
     values = np.asarray(iop, dtype=np.float64)
     normal = np.cross(values[:3], values[3:])

@@ -154,7 +154,7 @@ def auto_engine(
         logger.info("engine auto: using tensorrt (installed and a CUDA device is present)")
         return engine
 
-    candidates = [name for name in AUTO_PREFERENCE if name is not EngineName.TENSORRT]
+    candidates: list[EngineName] = [n for n in AUTO_PREFERENCE if n is not EngineName.TENSORRT]
     decision_path = options.cache_dir / AUTO_DECISION_FILE if options.cache_dir else None
     context = _decision_context(weights, options)
     earlier = _read_decision(decision_path, context)

@@ -218,7 +218,9 @@ class PipelineEngine:
     executes differs between engines, never the pre- and post-processing.
     """
 
-    description: str
+    @property
+    def description(self) -> str:
+        raise NotImplementedError
 
     @property
     def grid(self) -> ModelGrid:

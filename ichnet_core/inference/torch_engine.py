@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import numpy as np
 import torch
@@ -183,9 +183,10 @@ def fold_batch_norms(model: ICHNet) -> ICHNet:
     folded = copy.deepcopy(model).eval()
     for module in list(folded.modules()):
         if isinstance(module, ResidualBlock):
-            module.conv1 = fuse_conv_bn_eval(module.conv1, module.bn1)
+            # A block of a fresh copy still has its BatchNorms; folding replaces them.
+            module.conv1 = fuse_conv_bn_eval(module.conv1, cast(nn.BatchNorm2d, module.bn1))
             module.bn1 = nn.Identity()
-            module.conv2 = fuse_conv_bn_eval(module.conv2, module.bn2)
+            module.conv2 = fuse_conv_bn_eval(module.conv2, cast(nn.BatchNorm2d, module.bn2))
             module.bn2 = nn.Identity()
         elif isinstance(module, nn.Sequential):
             _fold_pairs(module)
@@ -247,7 +248,10 @@ class _TorchRunner:
         )
         if settings.precision is Precision.FP16:
             stage_model = stage_model.half()
-        self.stage_model = stage_model.to(device=device, memory_format=self.memory_format).eval()
+        # Module.to takes memory_format (torch docs, "Module.to"); torch's overloads omit it.
+        self.stage_model = stage_model.to(  # type: ignore[call-overload]
+            device=device, memory_format=self.memory_format
+        ).eval()
         self.input_dtype = torch.float16 if settings.precision is Precision.FP16 else torch.float32
         self.autocast_dtype = (
             _DTYPES[settings.precision] if settings.precision is Precision.BF16 else None
@@ -389,7 +393,7 @@ class TorchEngine(PipelineEngine):
         chunk_slices: int = DEFAULT_CHUNK_SLICES,
         device: str | torch.device | None = None,
         skip_cache_bytes: int = DEFAULT_SKIP_CACHE_BYTES,
-        **overrides: object,
+        **overrides: Any,
     ) -> TorchEngine:
         """The engine with :meth:`TorchSettings.optimized` for its device (``overrides`` replace
         single settings, e.g. ``compile=True, cuda_graphs=False``)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -223,8 +223,8 @@ class HypercolumnHead(nn.Module):
 
     def forward(self, levels: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
         """``levels`` finest first, channels as ``level_channels``; returns logits at ``size``."""
-        level_weights = torch.split(self.classifier.weight, self.level_channels, dim=1)
-        logits = self.classifier.bias.view(1, -1, 1, 1)
+        level_weights = torch.split(self.classifier.weight, list(self.level_channels), dim=1)
+        logits = cast(Tensor, self.classifier.bias).view(1, -1, 1, 1)  # Conv2d with a bias
         for features, weight in zip(levels, level_weights, strict=True):
             level_logits = F.conv2d(features, weight)
             if tuple(level_logits.shape[-2:]) != tuple(size):

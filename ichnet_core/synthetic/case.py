@@ -157,11 +157,11 @@ def hemorrhage_volume_ml(
 
 def label_summary(subtype_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Slice-level ``(S, 6)`` and subject-level ``(6,)`` labels from per-subtype masks."""
-    per_slice = subtype_masks.any(axis=(2, 3)).T  # (S, 5)
+    per_slice = np.any(subtype_masks, axis=(2, 3)).T  # (S, 5)
     slice_labels = np.concatenate([per_slice.any(axis=1, keepdims=True), per_slice], axis=1).astype(
         np.uint8
     )
-    return slice_labels, slice_labels.any(axis=0).astype(np.uint8)
+    return slice_labels, np.asarray(slice_labels.any(axis=0), dtype=np.uint8)
 
 
 def _choose_subtypes(
@@ -191,12 +191,12 @@ def _choose_subtypes(
     if hemorrhage is None and rng.random() < config.negative_fraction:
         return ()
     count = int(rng.choice(len(SUBTYPE_COUNT_P), p=SUBTYPE_COUNT_P)) + 1
-    chosen = [int(rng.integers(len(SUBTYPES)))]
-    while len(chosen) < count:
-        weight = CO_OCCURRENCE[chosen].sum(axis=0)
-        weight[chosen] = 0.0
-        chosen.append(int(rng.choice(len(SUBTYPES), p=weight / weight.sum())))
-    return tuple(SUBTYPES[i] for i in sorted(chosen))
+    picked = [int(rng.integers(len(SUBTYPES)))]
+    while len(picked) < count:
+        weight = CO_OCCURRENCE[picked].sum(axis=0)
+        weight[picked] = 0.0
+        picked.append(int(rng.choice(len(SUBTYPES), p=weight / weight.sum())))
+    return tuple(SUBTYPES[i] for i in sorted(picked))
 
 
 def _planes(geometry: SeriesGeometry) -> SlicePlanes:

@@ -310,5 +310,5 @@ def paint_hemorrhages(
         paint(fields.hu[idx], a, value)
         s = SUBTYPES.index(lesion.subtype)
         for j in range(len(SUBTYPES)):
-            paint(fractions[(j, *idx)], a, 1.0 if j == s else 0.0)
+            paint(fractions[j][idx], a, 1.0 if j == s else 0.0)
     return fractions

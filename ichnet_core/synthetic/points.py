@@ -37,10 +37,12 @@ class Points(Protocol):
     @property
     def Z(self) -> np.ndarray: ...
 
-    normal: np.ndarray
-    pixel_mm: float
-    thickness_mm: float
-
+    @property
+    def normal(self) -> np.ndarray: ...
+    @property
+    def pixel_mm(self) -> float: ...
+    @property
+    def thickness_mm(self) -> float: ...
     @property
     def shape(self) -> tuple[int, ...]: ...
 

@@ -115,7 +115,7 @@ def _render_chunk(
         which = np.argmax(fractions, axis=0)
         labels[idx][blood] = HEMORRHAGE
         for s in range(len(SUBTYPES)):
-            masks[(s, *idx)] = blood & (which == s)
+            masks[s][idx] = blood & (which == s)
     return hu, labels, masks
 
 

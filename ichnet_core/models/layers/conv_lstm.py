@@ -17,7 +17,7 @@ The layer is written for a staged ONNX/TensorRT export:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 import torch
 from torch import Tensor, nn
@@ -95,7 +95,8 @@ class ConvLSTMCell(nn.Module):
             hidden_channels, gate_channels, kernel_size, padding=padding, bias=False
         )
         with torch.no_grad():
-            self.input_conv.bias[hidden_channels : 2 * hidden_channels].fill_(FORGET_GATE_BIAS)
+            bias = cast(Tensor, self.input_conv.bias)  # a Conv2d made with bias=True
+            bias[hidden_channels : 2 * hidden_channels].fill_(FORGET_GATE_BIAS)
 
     def project_inputs(self, x: Tensor) -> Tensor:
         """Input-to-state convolution for every slice at once: ``[N, C, h, w] -> [N, 4*hid, h, w]``."""
@@ -185,14 +186,24 @@ class ConvLSTM(nn.Module):
                 self.backward_cells.append(ConvLSTMCell(layer_in, hidden_channels, kernel_size))
             layer_in = self.out_channels
 
+    def layers(self) -> list[tuple[ConvLSTMCell, ConvLSTMCell | None]]:
+        """Each layer's forward cell and its backward cell (``None`` when unidirectional).
+
+        The cells live in ``nn.ModuleList``s (so their parameters are registered), which hand
+        out plain ``nn.Module``s; this is the one place that says what they hold.
+        """
+        forward = [cast(ConvLSTMCell, cell) for cell in self.forward_cells]
+        backward = [cast(ConvLSTMCell, cell) for cell in self.backward_cells]
+        return [(cell, backward[layer] if backward else None) for layer, cell in enumerate(forward)]
+
     def forward(self, x: Tensor) -> Tensor:
         """``[B, S, C, h, w] -> [B, S, out_channels, h, w]`` for any ``S >= 1``."""
         if x.dim() != 5 or x.shape[1] < 1:
             raise ValueError(f"ConvLSTM expects [B, S>=1, C, h, w], got shape {tuple(x.shape)}")
         out = x
-        for layer, forward_cell in enumerate(self.forward_cells):
+        for forward_cell, backward_cell in self.layers():
             passes = [forward_cell.run(out)]
-            if self.backward_cells:
-                passes.append(self.backward_cells[layer].run(out, reverse=True))
+            if backward_cell is not None:
+                passes.append(backward_cell.run(out, reverse=True))
             out = torch.cat(passes, dim=2)
         return out
