@@ -30,17 +30,16 @@ POINTS = OperatingPoints(
 )
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> ModelWeights:
+def make_compartment_weights(folder: Path) -> ModelWeights:
     """Tiny random weights with compartments and :data:`POINTS`, outputs spread like a
-    trained model's so that blood and several compartments appear."""
+    trained model's so that blood and several compartments appear (deterministic)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
         model = create_model("ichnet", **TINY_OVERRIDES, compartments=True)
         spread_outputs(model)
     with torch.no_grad():  # no compartment favoured by its bias: seed 3 then gives EDH and SAH
         model.decoder.head.classifier.bias[NUM_SEGMENTATION_CLASSES:] = 0.0
-    path = tmp_path_factory.mktemp("weights") / "compartments.pt"
+    path = folder / "compartments.pt"
     metadata = {
         "version": "test-compartments",
         "trained_on": "nothing",
@@ -51,6 +50,11 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> ModelWeights:
     return load_weights(
         path, expected_sha256=save_weights(model, path, name="ichnet", metadata=metadata)
     )
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> ModelWeights:
+    return make_compartment_weights(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")
