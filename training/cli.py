@@ -31,6 +31,7 @@ from ichnet_core.operating_points import OperatingPoints
 from training.config import ConfigError, TrainConfig, load_config
 from training.data.build import build_split
 from training.data.splits import Split
+from training.device import autocast_dtype, resolve_device
 from training.evaluate import evaluate_model, format_markdown, write_report
 from training.export import OPERATING_POINTS_FORMAT, file_sha256
 from training.operating_points import (
@@ -38,14 +39,7 @@ from training.operating_points import (
     format_operating_points,
     select_operating_points,
 )
-from training.trainer import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
-    Trainer,
-    autocast_dtype,
-    load_trained_model,
-    resolve_device,
-)
+from training.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, Trainer, load_trained_model
 
 logger = logging.getLogger(__name__)
 

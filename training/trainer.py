@@ -19,11 +19,8 @@ stop, so training over many sessions (or a GPU loan of a few minutes) adds up to
 from __future__ import annotations
 
 import logging
-import os
-import random
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -32,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ichnet_core.imaging.model_grid import ModelGrid
@@ -47,14 +44,16 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig, config_hash
 from training.data.build import build_split
-from training.data.dataset import CaseDataset, ModelSample, collate_samples, prepare_all
+from training.data.dataset import collate_samples, prepare_all
 from training.data.splits import Split
+from training.device import autocast_dtype, resolve_device, seed_everything
 from training.evaluate import EvalResult, evaluate_model, total_loss
 from training.losses import Term, UncertaintyWeighting, loss_terms
 from training.networks import build_network, grid_of
 from training.plots import plot_curves
 from training.real_ct import normal_ct_figures, read_series
 from training.runlog import RunLog
+from training.sampling import EpochDataset, EpochSampler
 from training.step import forward_batch
 from training.transforms import AugmentSettings
 
@@ -72,92 +71,6 @@ _RUN_FILES: Final[tuple[str, ...]] = (
     "curves_validation.png",
     "tensorboard",
 )
-#: cuBLAS needs this workspace setting for deterministic results (CUDA docs, "Reproducibility").
-_CUBLAS_WORKSPACE: Final[str] = ":4096:8"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA only: bfloat16 where supported (no loss scaling), else float16."""
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed python, numpy and torch; ask torch for deterministic kernels, or allow fast ones.
-
-    With ``deterministic`` an operation without a deterministic kernel warns instead of failing
-    (measured on an H100: bit-identical kernels cost about 2.3x per step for ICHNet).
-    """
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", _CUBLAS_WORKSPACE)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = deterministic
-
-
-class EpochSampler(Sampler[tuple[int, int, bool]]):
-    """Yields ``(epoch, index, crop)`` in an order shuffled by ``(seed, epoch)``.
-
-    Passing the epoch with each index lets worker processes (which hold their own copy of the
-    dataset) draw the right random crop and transform without any shared state. ``crop`` is
-    drawn per batch of ``batch_size`` (a batch holds one input size): a share
-    ``whole_slice_fraction`` of the batches gets whole slices. ``skip`` leaves out the first
-    samples of the epoch (those a resumed run has already trained on).
-    """
-
-    def __init__(
-        self, size: int, seed: int, batch_size: int = 1, whole_slice_fraction: float = 0.0
-    ) -> None:
-        self.size = size
-        self.seed = seed
-        self.batch_size = batch_size
-        self.whole_slice_fraction = whole_slice_fraction
-        self.epoch = 0
-        self.skip = 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch = epoch
-        self.skip = skip
-
-    def __len__(self) -> int:
-        return self.size - self.skip
-
-    def __iter__(self) -> Iterator[tuple[int, int, bool]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.size)
-        batches = -(-self.size // self.batch_size)
-        crop = rng.random(batches) >= self.whole_slice_fraction
-        return iter(
-            (self.epoch, int(index), bool(crop[position // self.batch_size]))
-            for position, index in enumerate(order)
-            if position >= self.skip
-        )
-
-
-class EpochDataset(CaseDataset):
-    """:class:`CaseDataset` indexed by ``(epoch, index, crop)`` from :class:`EpochSampler`."""
-
-    def __getitem__(self, key: int | tuple[int, int, bool]) -> ModelSample:
-        if isinstance(key, int):
-            return super().__getitem__(key)
-        epoch, index, crop = key
-        self.set_epoch(epoch)
-        return self.sample(index, crop=crop)
 
 
 @dataclass

@@ -154,7 +154,7 @@ def test_init_from_adopts_a_committed_checkpoint_unless_the_run_is_further(
 
 
 def test_sampler_skips_what_a_resumed_run_did_and_crops_whole_batches() -> None:
-    from training.trainer import EpochSampler
+    from training.sampling import EpochSampler
 
     sampler = EpochSampler(10, seed=1, batch_size=2, whole_slice_fraction=0.5)
     sampler.set_epoch(3)
