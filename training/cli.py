@@ -2,7 +2,8 @@
 
 ::
 
-    ichnet-train --config training/configs/cpu_small.yaml [--no-resume] [--max-steps N]
+    ichnet-train [train] --config training/configs/cpu_small.yaml [--no-resume] [--max-steps N]
+    torchrun --nproc-per-node 8 -m training.cli train --config training/configs/gpu8_rsna.yaml
     ichnet-train compare --config training/configs/compare_cpu.yaml
     ichnet-train prepare --config training/configs/cpu_small.yaml     # fill the synthetic cache
     ichnet-train operating-points --config training/configs/cpu_small.yaml [--checkpoint C]
@@ -32,6 +33,7 @@ from training.config import ConfigError, TrainConfig, load_config
 from training.data.build import build_split
 from training.data.splits import Split
 from training.device import autocast_dtype, resolve_device
+from training.distributed import Distributed, from_environment, shutdown
 from training.evaluate import evaluate_model, format_markdown, write_report
 from training.export import OPERATING_POINTS_FORMAT, file_sha256
 from training.operating_points import (
@@ -46,7 +48,13 @@ logger = logging.getLogger(__name__)
 EXIT_OK: Final[int] = 0
 EXIT_FAILURE: Final[int] = 1
 EXIT_USAGE: Final[int] = 2
-SUBCOMMANDS: Final[tuple[str, ...]] = ("compare", "prepare", "export", "operating-points")
+SUBCOMMANDS: Final[tuple[str, ...]] = (
+    "train",
+    "compare",
+    "prepare",
+    "export",
+    "operating-points",
+)
 #: Default file name of ``ichnet-train operating-points`` under the run's output_dir.
 OPERATING_POINTS_FILE: Final[str] = "operating_points.json"
 
@@ -127,8 +135,17 @@ def _fit(argv: Sequence[str]) -> int:
         "already holds a newer one",
     )
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
     config = _load(args.config, args.output_dir, args.device, args.threads)
+    distributed = from_environment(config.device)
+    # One log (and one summary) per job: the other ranks speak only about problems.
+    _setup_logging(args.log_level if distributed.is_main else "WARNING")
+    try:
+        return _train(config, args, distributed)
+    finally:
+        shutdown()
+
+
+def _train(config: TrainConfig, args: argparse.Namespace, distributed: Distributed) -> int:
     if args.fast_kernels:
         config = config.model_copy(update={"deterministic": False})
     if args.prepare_workers is not None:
@@ -140,7 +157,10 @@ def _fit(argv: Sequence[str]) -> int:
         max_steps=args.max_steps,
         max_minutes=args.max_minutes,
         init_from=args.init_from,
+        distributed=distributed,
     ).fit()
+    if not distributed.is_main:
+        return EXIT_OK
     print(
         json.dumps(
             {
@@ -338,6 +358,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     """``ichnet-train`` [compare|prepare|export|operating-points] ..."""
     args = list(sys.argv[1:] if argv is None else argv)
     handlers: dict[str, Handler] = {
+        "train": _fit,
         "compare": _compare,
         "prepare": _prepare,
         "export": _export,
@@ -456,3 +477,7 @@ def _read_operating_points_file(path: Path) -> OperatingPoints:
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """``ichnet-eval`` --config C [--checkpoint K | --weights W] [--split test]"""
     return _run(_evaluate, list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":  # torchrun -m training.cli [train] --config ...
+    sys.exit(train_main())
