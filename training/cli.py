@@ -6,6 +6,7 @@
     torchrun --nproc-per-node 8 -m training.cli train --config training/configs/gpu8_rsna.yaml
     ichnet-train compare --config training/configs/compare_cpu.yaml
     ichnet-train prepare --config training/configs/cpu_small.yaml     # fill the synthetic cache
+    ichnet-train cache --config training/configs/gpu8_rsna.yaml --workers 32   # series cache
     ichnet-train operating-points --config training/configs/cpu_small.yaml [--checkpoint C]
     ichnet-train export --checkpoint runs/x/checkpoints/best.pt --out weights.pt --version 1.0.0 \
         [--operating-points runs/x/operating_points.json]
@@ -30,7 +31,8 @@ from tqdm import tqdm
 
 from ichnet_core.operating_points import OperatingPoints
 from training.config import ConfigError, TrainConfig, load_config
-from training.data.build import build_split
+from training.data.build import build_split, open_dataset
+from training.data.series_cache import SeriesCacheSource, cache_folder, fill_cache
 from training.data.splits import Split
 from training.device import autocast_dtype, resolve_device
 from training.distributed import Distributed, from_environment, shutdown
@@ -50,6 +52,7 @@ EXIT_FAILURE: Final[int] = 1
 EXIT_USAGE: Final[int] = 2
 SUBCOMMANDS: Final[tuple[str, ...]] = (
     "train",
+    "cache",
     "compare",
     "prepare",
     "export",
@@ -210,6 +213,32 @@ def _prepare(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def _cache(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ichnet-train cache",
+        description="Decode every series of the config's public datasets once into the series "
+        "cache (int16 HU .npz under cache_dir/series), for data.series_cache: true.",
+    )
+    _common(parser)
+    parser.add_argument("--workers", type=int, default=1, help="processes decoding in parallel")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    config = load_config(args.config)
+    if not config.data.datasets:
+        raise ValueError(f"{args.config}: no data.datasets, nothing to cache")
+    for section in config.data.datasets:
+        folder = cache_folder(config.data.cache_dir, section.kind, section.root)
+        source = SeriesCacheSource(open_dataset(section), folder)
+        report = fill_cache(source, args.workers)
+        print(
+            f"{section.kind} {section.root}: {report.cases_written} series written "
+            f"({report.slices_written} slices), {report.cases_cached} already cached, "
+            f"{report.seconds:.1f} s, {report.slices_per_second_per_worker:.0f} slices/s per "
+            f"worker ({report.workers} workers) -> {source.folder}"
+        )
+    return EXIT_OK
+
+
 def _export(argv: Sequence[str]) -> int:
     from training.export import export_checkpoint
 
@@ -359,6 +388,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     handlers: dict[str, Handler] = {
         "train": _fit,
+        "cache": _cache,
         "compare": _compare,
         "prepare": _prepare,
         "export": _export,

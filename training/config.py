@@ -109,6 +109,11 @@ class DataSection(_Section):
     #: Worker processes that generate and prepare every case before training starts (0 = the
     #: training process prepares each case at first use).
     prepare_workers: Annotated[int, Field(ge=0)] = 0
+    #: Read public datasets (``datasets``) through the series cache under
+    #: ``cache_dir/series``: each series decoded once from DICOM/NIfTI and kept as int16 HU
+    #: ``.npz`` (``ichnet-train cache`` fills it up front, in parallel;
+    #: training.data.series_cache).
+    series_cache: bool = False
     synthetic: SyntheticSection | None = SyntheticSection()
     datasets: tuple[DatasetSection, ...] = ()
 
@@ -306,6 +311,7 @@ def config_hash(config: TrainConfig) -> str:
             "cache_synthetic": True,
             "cache_in_memory": True,
             "cache_dir": True,
+            "series_cache": True,
             "synthetic": {"test_cases"},
         },
         "validation": {"every_epochs", "real_normal_series"},
