@@ -120,3 +120,27 @@ def test_refuses_a_non_empty_folder_and_other_weights(
         write_repository(tiny_weights, tiny_export, tmp_path / "used")
     with pytest.raises(TritonRepoError, match="holds weights"):
         write_repository(decisive_weights, tiny_export, tmp_path / "new")
+
+
+def test_cli_writes_the_repository_of_the_configured_weights(
+    tmp_path: Path,
+    tiny_weights: ModelWeights,
+    engine_cache: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dicom_node.cli import main
+
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        f"model:\n  weights: {tiny_weights.path}\n  weights_sha256: {tiny_weights.sha256}\n"
+        f"  cache_dir: {engine_cache}\ntriton:\n  model: ich\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "repo"
+    assert main(["triton-repo", "--config", str(config), "--out", str(out), "--kind", "gpu"]) == 0
+    assert "ich, ich_encoder, ich_recurrent, ich_decoder" in capsys.readouterr().out
+    assert (
+        _config(out / "ich").instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    )
+    assert main(["triton-repo", "--config", str(config), "--out", str(out)]) == 1  # not empty
+    assert "not empty" in capsys.readouterr().err
