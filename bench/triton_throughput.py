@@ -11,8 +11,8 @@ labels back at source resolution), one study after the other. Measured:
   bundle, the Python-backend model of ``ichnet-node triton-repo``, one model instance).
 
 The knee is where adding front ends stops adding studies per minute. On this 2-core CPU the
-server and the front ends share the same cores, so the numbers say what the split costs, not
-what a GPU host gains; the GPU figures printed after the table are a projection from the
+server and the front ends share the same cores, so the numbers say what the split costs on one
+machine, not what a GPU host gains; the GPU figures printed after the table are a projection from the
 measured H100 network times (docs/benchmarks.md), not a measurement.
 """
 
@@ -115,10 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = (
         f"{args.seconds:.0f} s per row (one study more or less moves a row by "
         f"{60.0 / args.seconds:.0f} studies/min) on this machine: 2 cores shared with other work, "
-        "server and front ends compete for them, so no knee can show here. Projection, not a "
-        "measurement: one GPU running only the network (fp16 + CUDA graphs times measured on an "
-        f"H100) would take {projection} (each of those spends about {60.0 / local:.1f} s of "
-        "CPU per study on reading, windowing, resampling and labels)."
+        f"server and front ends compete for them, so the knee (more front ends, no more studies) "
+        f"lies at about {os.cpu_count()} front ends, the core count, and Triton adds its gRPC "
+        "copies on the same cores. Projection, not a measurement: one GPU running only the "
+        "network (fp16 + CUDA graphs times measured on an H100) would take "
+        f"{projection} (each of those spends about {60.0 / local:.1f} s per study on reading, "
+        "windowing, resampling, the 96 px network and labels)."
     )
     print(notes)
     if args.write_docs:
