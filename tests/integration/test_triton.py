@@ -1,7 +1,8 @@
 """``engine: triton`` against a real tritonserver (nvidia-pytriton's bundle) on this CPU.
 
 The repository is what ``ichnet-node triton-repo`` writes for the bundled weights; the server loads
-its Python-backend model (the bundle has no ONNX Runtime backend). Checked: parity with the torch
+its Python-backend model (the bundle has no ONNX Runtime backend; the ONNX stage models' configs go
+through the server's own parser, which stops only at the missing backend). Checked: parity with the torch
 float32 reference on the real head CT (the project's float32 engine tolerances: subject
 probabilities within 1e-3, labels equal on >= 99.9 % of voxels), a server with other weights or
 none at all is a transient failure, and a node with ``engine: triton`` between Orthanc and the
@@ -27,7 +28,7 @@ import pytest
 from dicom_node.config import TritonSection
 from dicom_node.triton_engine import TritonEngine
 from dicom_node.workflow import read_datasets
-from ichnet_core.export import cached_export
+from ichnet_core.export import Stage, cached_export
 from ichnet_core.imaging.volume import build_volume
 from ichnet_core.inference.base import EngineTransientError
 from ichnet_core.inference.torch_engine import TorchEngine
@@ -41,6 +42,7 @@ from tests.integration.triton import (
     TritonEnvironment,
     TritonServer,
     TritonUnavailable,
+    load_once,
     start_triton,
     triton_environment,
 )
@@ -111,6 +113,23 @@ def test_other_weights_and_no_server_are_transient(server: TritonServer, tmp_pat
     nowhere = TritonEngine(load_weights(), TritonSection(url=f"127.0.0.1:{closed}", timeout_s=5))
     with pytest.raises(EngineTransientError, match="UNAVAILABLE"):
         nowhere.run_network(np.zeros((2, 3, 96, 96), np.float32))
+
+
+def test_stage_model_configs_pass_tritonservers_own_parser(
+    triton_env: TritonEnvironment, repository: Path
+) -> None:
+    """The bundle has no ONNX Runtime backend, so the stage models cannot load here; the server
+    still reads every config.pbtxt first (a bad field fails there, "failed to read text proto")
+    and only then looks for the backend."""
+    stages = tuple(f"ichnet_{stage.value}" for stage in Stage)
+    output = load_once(triton_env, repository, stages, tuple(reserve_ports(2)))
+    assert "failed to read text proto" not in output and "Error parsing" not in output, output
+    for model in stages:
+        assert re.search(
+            rf"load failed for model '{model}'.*unable to find backend library for backend "
+            r"'onnxruntime'",
+            output,
+        ), output[-3000:]
 
 
 def _healthz(port: int) -> tuple[int, dict[str, Any]]:

@@ -144,19 +144,10 @@ class TritonServer:
                 self.process.wait(timeout=10)
 
 
-def start_triton(
-    env: TritonEnvironment,
-    repository: Path,
-    log_path: Path,
-    *,
-    ports: tuple[int, int],
-    models: tuple[str, ...] = ("ichnet",),
-) -> TritonServer:
-    """Serve ``models`` of ``repository`` (gRPC on ``ports[0]``, HTTP on ``ports[1]``); returns
-    once every model is ready."""
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
+def _server_command(
+    env: TritonEnvironment, repository: Path, ports: tuple[int, int], models: tuple[str, ...]
+) -> tuple[list[str], dict[str, str]]:
+    """The tritonserver command line and environment (as PyTriton runs its bundled server)."""
     grpc_port, http_port = ports
     command = [
         str(env.server_dir / "bin" / "tritonserver"),
@@ -175,6 +166,39 @@ def start_triton(
         "OMP_NUM_THREADS": "1",
     }
     environment.pop("PYTHONPATH", None)
+    return command, environment
+
+
+def load_once(
+    env: TritonEnvironment, repository: Path, models: tuple[str, ...], ports: tuple[int, int]
+) -> str:
+    """Start tritonserver on ``models`` and return its output once it has given up or served:
+    a model whose backend is missing makes it exit after parsing every config."""
+    command, environment = _server_command(env, repository, ports, models)
+    try:
+        done = subprocess.run(
+            command, env=environment, capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"tritonserver kept running with {models}") from exc
+    return done.stdout + done.stderr
+
+
+def start_triton(
+    env: TritonEnvironment,
+    repository: Path,
+    log_path: Path,
+    *,
+    ports: tuple[int, int],
+    models: tuple[str, ...] = ("ichnet",),
+) -> TritonServer:
+    """Serve ``models`` of ``repository`` (gRPC on ``ports[0]``, HTTP on ``ports[1]``); returns
+    once every model is ready."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    grpc_port, _ = ports
+    command, environment = _server_command(env, repository, ports, models)
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
     server = TritonServer(process, grpc_port, log_path)
