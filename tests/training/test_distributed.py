@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -14,7 +15,19 @@ import torch
 import yaml
 
 from training.checkpoint import load_checkpoint
-from training.config import TrainConfig, config_hash, load_config, parse_config
+from training.config import (
+    LossSection,
+    ModelSection,
+    TrainConfig,
+    config_hash,
+    load_config,
+    parse_config,
+)
+from training.data.case import LabelledCase, SegKind
+from training.data.dataset import make_sample, prepare_case
+from training.distributed import StepObjective
+from training.losses import Term, UncertaintyWeighting
+from training.networks import build_network, grid_of
 from training.sampling import EpochSampler
 from training.trainer import Trainer
 
@@ -139,3 +152,29 @@ def test_committed_checkpoint_keeps_its_config_hash() -> None:
     assert load_checkpoint(checkpoint)["config_hash"] == config_hash(config)
     micro = config.optim.model_copy(update={"micro_batch_size": 1})
     assert config_hash(config.model_copy(update={"optim": micro})) != config_hash(config)
+
+
+def test_every_parameter_gets_a_gradient_when_a_micro_batch_lacks_labels(
+    phantom_case: LabelledCase, tiny_overrides: dict[str, Any]
+) -> None:
+    """Under DDP each rank must send a gradient for every parameter, also when its micro-batch
+    has no label for a head (an RSNA series has no outline); ``touch_all`` sends zeros there and
+    changes nothing where there are labels."""
+    model = build_network(ModelSection(name="ichnet", overrides=tiny_overrides))
+    weighting = UncertaintyWeighting()
+    unlabelled = dataclasses.replace(phantom_case, seg=None, seg_kind=SegKind.NONE)
+    samples = [make_sample(prepare_case(unlabelled, grid_of(model)))]
+    grads = {}
+    for touch_all in (False, True):
+        objective = StepObjective(model, weighting, LossSection(), None, touch_all=touch_all)
+        model.zero_grad(set_to_none=True)
+        weighting.zero_grad(set_to_none=True)
+        loss, terms = objective(samples, torch.device("cpu"))
+        assert Term.SEG not in terms
+        loss.backward()
+        grads[touch_all] = {n: p.grad for n, p in objective.named_parameters()}
+    assert any(g is None for g in grads[False].values())  # the decoder got no gradient
+    assert all(g is not None for g in grads[True].values())
+    for name, grad in grads[False].items():
+        expected = torch.zeros_like(grads[True][name]) if grad is None else grad
+        torch.testing.assert_close(grads[True][name], expected, rtol=0, atol=0)
