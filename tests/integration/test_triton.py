@@ -47,7 +47,8 @@ from tests.integration.triton import (
     triton_environment,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.shared_data]
+#: The first run also makes var/triton-env (a virtualenv with nvidia-pytriton and torch): minutes.
+pytestmark = [pytest.mark.integration, pytest.mark.shared_data, pytest.mark.timeout(1500)]
 
 PROBABILITY_ATOL: Final[float] = 1e-3
 MIN_LABEL_AGREEMENT: Final[float] = 0.999
