@@ -1,4 +1,4 @@
-"""``ichnet-node``: serve | infer | demo | check-config (contracts in ../shared/DESIGN.md).
+"""``ichnet-node``: serve | infer | export | triton-repo | demo | check-config (../shared/DESIGN.md).
 
 Thin wrappers: each sub-command parses arguments, sets up logging and calls the API that does the
 work, so tests can call the same functions without a subprocess.
@@ -22,10 +22,10 @@ from dicom_node.config import ConfigError, NodeConfig, engine_cache_dir, load_co
 from dicom_node.results import write_result
 from dicom_node.selection import select_series
 from dicom_node.service import NodeService
+from dicom_node.triton_engine import node_engine
 from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
 from ichnet_core.durable import write_atomic
-from ichnet_core.inference.base import EngineName, EngineUnavailableError
-from ichnet_core.inference.engine import create_engine
+from ichnet_core.inference.base import EngineName, EngineTransientError, EngineUnavailableError
 from ichnet_core.models.weights import WeightsError, load_weights
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (WeightsError, ExportError, ValueError) as exc:
         return _fail(str(exc))
     print(f"exported {weights.model_name} (sha256 {weights.sha256[:12]}) to {exported.directory}")
+    return EXIT_OK
+
+
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    """Write a Triton model repository for the configured weights (README "Scaling out")."""
+    from ichnet_core.export import ExportError, cached_export
+    from ichnet_core.serving.triton_repo import TritonRepoError, write_repository
+
+    try:
+        config = _config_or_default(args.config)
+        weights = load_weights(config.model.weights, config.model.weights_sha256)
+        exported = cached_export(weights, engine_cache_dir(config))
+        folders = write_repository(
+            weights,
+            exported,
+            Path(args.out),
+            name=args.model or config.triton.model,
+            kind=args.kind,
+            chunk_slices=config.model.chunk_slices,
+        )
+    except ConfigError as exc:
+        return _fail("; ".join(exc.problems))
+    except (WeightsError, ExportError, TritonRepoError, OSError) as exc:
+        return _fail(str(exc))
+    names = ", ".join(folder.name for folder in folders)
+    print(f"wrote Triton models {names} (weights sha256 {weights.sha256[:12]}) to {args.out}")
     return EXIT_OK
 
 
@@ -172,12 +198,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         return _fail(f"series not analysed: {selection.reason}")
     try:
         weights = load_weights(config.model.weights, config.model.weights_sha256)
-        engine = create_engine(
-            args.engine or config.engine,
-            weights,
-            chunk_slices=config.model.chunk_slices,
-            cache_dir=engine_cache_dir(config),
-        )
+        engine = node_engine(config, weights, args.engine)
     except (WeightsError, EngineUnavailableError) as exc:
         return _fail(str(exc))
     try:
@@ -186,6 +207,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         )
     except SeriesSkipped as exc:
         return _fail(f"series not analysed: {exc.reason}")
+    except EngineTransientError as exc:
+        return _fail(f"series not analysed now, try again: {exc}")
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -237,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--opset", type=int, default=None, help="ONNX opset (default: the exporter's)"
     )
     export.set_defaults(func=cmd_export)
+
+    repo = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository")
+    repo.add_argument("--out", required=True, help="new (or empty) repository folder")
+    repo.add_argument("--config", default=None, help="node config naming the weights")
+    repo.add_argument("--model", default=None, help="model name (default: triton.model)")
+    repo.add_argument(
+        "--kind", choices=["cpu", "gpu"], default="cpu", help="instance_group kind of the models"
+    )
+    repo.set_defaults(func=cmd_triton_repo)
 
     demo = sub.add_parser("demo", help="run a synthetic head CT through the node on loopback")
     demo.add_argument(

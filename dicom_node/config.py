@@ -323,6 +323,18 @@ class SenderSection(_Section):
     max_backoff_s: Seconds = 300.0
 
 
+class TritonSection(_Section):
+    """The Triton Inference Server of ``engine: triton`` (several nodes may share one)."""
+
+    #: gRPC endpoint, ``host:port``.
+    url: str = Field(default="127.0.0.1:8001", pattern=r"^[^\s:/]+:\d{1,5}$")
+    #: Model name in the server's repository (``ichnet-node triton-repo`` writes ``ichnet``).
+    model: str = Field(default="ichnet", min_length=1)
+    #: Longest wait for one series' answer; a timeout is transient (the job is retried later),
+    #: so set it above the server's slowest series.
+    timeout_s: Annotated[float, Field(gt=0)] = 600.0
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -339,6 +351,7 @@ class NodeConfig(_Section):
     sender: SenderSection = SenderSection()
     logging: LoggingSection = LoggingSection()
     limits: LimitsSection = LimitsSection()
+    triton: TritonSection = TritonSection()
 
     @model_validator(mode="after")
     def _unique_peers(self) -> NodeConfig:

@@ -37,7 +37,7 @@ import pydicom
 
 from dicom_node import app
 from dicom_node.associations import ReceiveMonitor
-from dicom_node.config import NodeConfig, engine_cache_dir
+from dicom_node.config import NodeConfig
 from dicom_node.health import HealthCheck, HealthReport, LoopMonitor
 from dicom_node.jobs import IllegalTransitionError, Job, JobStore, JobStoreError, UnknownJobError
 from dicom_node.metrics import NodeMetrics, NodeStateCollector, start_metrics_server
@@ -49,8 +49,9 @@ from dicom_node.storage import InstanceStore, StoredInstance
 from dicom_node.study_selection import StudySelector
 from dicom_node.tls import client_context
 from dicom_node.transport import GuardedAssociationServer
+from dicom_node.triton_engine import node_engine
 from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
-from ichnet_core.inference.engine import InferenceEngine, create_engine
+from ichnet_core.inference.base import EngineTransientError, InferenceEngine
 from ichnet_core.models.weights import ModelWeights, load_weights
 
 if TYPE_CHECKING:
@@ -105,12 +106,7 @@ class NodeService:
         self.layout = config.node.layout
         storage_dir = self.layout.root
         self.weights = weights or load_weights(config.model.weights, config.model.weights_sha256)
-        self.engine = engine or create_engine(
-            config.engine,
-            self.weights,
-            chunk_slices=config.model.chunk_slices,
-            cache_dir=engine_cache_dir(config),
-        )
+        self.engine = engine or node_engine(config, self.weights)
         self.store = InstanceStore(storage_dir)
         self.jobs = JobStore.for_storage_dir(storage_dir)
         self.outbox = Outbox.for_storage_dir(storage_dir)
@@ -155,6 +151,8 @@ class NodeService:
         self._to_queue: dict[SeriesKey, CompletedSeries] = {}
         #: Jobs whose FAILED state could not be recorded yet (retried each worker round).
         self._unrecorded_failures: dict[int, str] = {}
+        #: A RUNNING job whose engine could not answer (a Triton server down): retried first.
+        self._waiting_job: Job | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -422,7 +420,8 @@ class NodeService:
     def _worker_round(self) -> None:
         """Worker round: claim one QUEUED job and process it, or wait for work."""
         self._record_pending_failures()
-        job = self.jobs.claim_next(self._clock())
+        job = self._waiting_job or self.jobs.claim_next(self._clock())
+        self._waiting_job = None
         if job is None:
             self._work_ready.wait(IDLE_WAIT_S)
             self._work_ready.clear()
@@ -430,6 +429,11 @@ class NodeService:
         with self.loops["inference"].busy(f"job {job.id}"):
             try:
                 self._process(job)
+            except EngineTransientError:
+                # The job stays RUNNING (rerun from the spool after a restart) and is retried
+                # first; the loop logs, backs off and /healthz reports inference as failing.
+                self._waiting_job = job
+                raise
             except Exception as exc:  # the outbox or results folder cannot be written, ...
                 # One job must never end the worker: without it nothing received is analysed.
                 logger.exception("job %d: processing failed", job.id)
@@ -486,6 +490,8 @@ class NodeService:
         except SeriesSkipped as exc:
             self.jobs.mark_skipped(job.id, exc.reason)
             return
+        except EngineTransientError:
+            raise  # not the series' fault: the worker keeps the job and retries it
         except Exception as exc:  # one bad series must never stop the node
             logger.exception("job %d: analysis failed", job.id)
             self.jobs.mark_failed(job.id, f"analysis failed: {type(exc).__name__}: {exc}")

@@ -2,9 +2,11 @@
 
 ::
 
-    ichnet-train --config training/configs/cpu_small.yaml [--no-resume] [--max-steps N]
+    ichnet-train [train] --config training/configs/cpu_small.yaml [--no-resume] [--max-steps N]
+    torchrun --nproc-per-node 8 -m training.cli train --config training/configs/gpu8_rsna.yaml
     ichnet-train compare --config training/configs/compare_cpu.yaml
     ichnet-train prepare --config training/configs/cpu_small.yaml     # fill the synthetic cache
+    ichnet-train cache --config training/configs/gpu8_rsna.yaml --workers 32   # series cache
     ichnet-train operating-points --config training/configs/cpu_small.yaml [--checkpoint C]
     ichnet-train export --checkpoint runs/x/checkpoints/best.pt --out weights.pt --version 1.0.0 \
         [--operating-points runs/x/operating_points.json]
@@ -29,9 +31,11 @@ from tqdm import tqdm
 
 from ichnet_core.operating_points import OperatingPoints
 from training.config import ConfigError, TrainConfig, load_config
-from training.data.build import build_split
+from training.data.build import build_split, open_dataset
+from training.data.series_cache import SeriesCacheSource, cache_folder, fill_cache
 from training.data.splits import Split
 from training.device import autocast_dtype, resolve_device
+from training.distributed import Distributed, from_environment, shutdown
 from training.evaluate import evaluate_model, format_markdown, write_report
 from training.export import OPERATING_POINTS_FORMAT, file_sha256
 from training.operating_points import (
@@ -46,7 +50,14 @@ logger = logging.getLogger(__name__)
 EXIT_OK: Final[int] = 0
 EXIT_FAILURE: Final[int] = 1
 EXIT_USAGE: Final[int] = 2
-SUBCOMMANDS: Final[tuple[str, ...]] = ("compare", "prepare", "export", "operating-points")
+SUBCOMMANDS: Final[tuple[str, ...]] = (
+    "train",
+    "cache",
+    "compare",
+    "prepare",
+    "export",
+    "operating-points",
+)
 #: Default file name of ``ichnet-train operating-points`` under the run's output_dir.
 OPERATING_POINTS_FILE: Final[str] = "operating_points.json"
 
@@ -127,8 +138,17 @@ def _fit(argv: Sequence[str]) -> int:
         "already holds a newer one",
     )
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
     config = _load(args.config, args.output_dir, args.device, args.threads)
+    distributed = from_environment(config.device)
+    # One log (and one summary) per job: the other ranks speak only about problems.
+    _setup_logging(args.log_level if distributed.is_main else "WARNING")
+    try:
+        return _train(config, args, distributed)
+    finally:
+        shutdown()
+
+
+def _train(config: TrainConfig, args: argparse.Namespace, distributed: Distributed) -> int:
     if args.fast_kernels:
         config = config.model_copy(update={"deterministic": False})
     if args.prepare_workers is not None:
@@ -140,7 +160,10 @@ def _fit(argv: Sequence[str]) -> int:
         max_steps=args.max_steps,
         max_minutes=args.max_minutes,
         init_from=args.init_from,
+        distributed=distributed,
     ).fit()
+    if not distributed.is_main:
+        return EXIT_OK
     print(
         json.dumps(
             {
@@ -187,6 +210,32 @@ def _prepare(argv: Sequence[str]) -> int:
         source = build_split(config, split)
         for index in tqdm(range(len(source)), desc=f"prepare {split.value}"):
             source.load(index)
+    return EXIT_OK
+
+
+def _cache(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ichnet-train cache",
+        description="Decode every series of the config's public datasets once into the series "
+        "cache (int16 HU .npz under cache_dir/series), for data.series_cache: true.",
+    )
+    _common(parser)
+    parser.add_argument("--workers", type=int, default=1, help="processes decoding in parallel")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    config = load_config(args.config)
+    if not config.data.datasets:
+        raise ValueError(f"{args.config}: no data.datasets, nothing to cache")
+    for section in config.data.datasets:
+        folder = cache_folder(config.data.cache_dir, section.kind, section.root)
+        source = SeriesCacheSource(open_dataset(section), folder)
+        report = fill_cache(source, args.workers)
+        print(
+            f"{section.kind} {section.root}: {report.cases_written} series written "
+            f"({report.slices_written} slices), {report.cases_cached} already cached, "
+            f"{report.seconds:.1f} s, {report.slices_per_second_per_worker:.0f} slices/s per "
+            f"worker ({report.workers} workers) -> {source.folder}"
+        )
     return EXIT_OK
 
 
@@ -338,6 +387,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     """``ichnet-train`` [compare|prepare|export|operating-points] ..."""
     args = list(sys.argv[1:] if argv is None else argv)
     handlers: dict[str, Handler] = {
+        "train": _fit,
+        "cache": _cache,
         "compare": _compare,
         "prepare": _prepare,
         "export": _export,
@@ -456,3 +507,7 @@ def _read_operating_points_file(path: Path) -> OperatingPoints:
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """``ichnet-eval`` --config C [--checkpoint K | --weights W] [--split test]"""
     return _run(_evaluate, list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":  # torchrun -m training.cli [train] --config ...
+    sys.exit(train_main())

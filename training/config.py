@@ -109,6 +109,11 @@ class DataSection(_Section):
     #: Worker processes that generate and prepare every case before training starts (0 = the
     #: training process prepares each case at first use).
     prepare_workers: Annotated[int, Field(ge=0)] = 0
+    #: Read public datasets (``datasets``) through the series cache under
+    #: ``cache_dir/series``: each series decoded once from DICOM/NIfTI and kept as int16 HU
+    #: ``.npz`` (``ichnet-train cache`` fills it up front, in parallel;
+    #: training.data.series_cache).
+    series_cache: bool = False
     synthetic: SyntheticSection | None = SyntheticSection()
     datasets: tuple[DatasetSection, ...] = ()
 
@@ -133,7 +138,14 @@ class OptimSection(_Section):
     #: Learning rate of the uncertainty weights; ``null`` = ``lr``.
     uncertainty_lr: Annotated[float, Field(gt=0)] | None = None
     weight_decay: NonNegativeFloat = 0.0
+    #: The global batch: cases per optimiser step, whatever the number of ranks.
     batch_size: PositiveInt = 2
+    #: Cases per forward/backward pass; the step's gradient is the mean over the
+    #: ``batch_size / micro_batch_size`` micro-batches (gradient accumulation on one GPU, shared
+    #: out to the ranks under torchrun, whose number must divide it). ``null`` = ``batch_size``.
+    #: It changes what a step computes (batch-norm statistics and the pooled Dice are per
+    #: micro-batch), so it is part of the config hash; the number of ranks is not.
+    micro_batch_size: PositiveInt | None = None
     epochs: PositiveInt = 10
     #: Clip the global gradient norm; ``null`` = no clipping.
     grad_clip: Annotated[float, Field(gt=0)] | None = None
@@ -146,6 +158,14 @@ class OptimSection(_Section):
     #: It never feeds back into training, so it is not part of the config hash and can be
     #: switched on in a running run. ``null`` = off.
     ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> OptimSection:
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}"
+            )
+        return self
 
 
 class LossSection(_Section):
@@ -280,7 +300,10 @@ def config_hash(config: TrainConfig) -> str:
         # kernels there) is still the same run.
         "device": True,
         "deterministic": True,
-        "optim": {"epochs", "ema_decay"},
+        # micro_batch_size left out while unset: configs (and checkpoints) from before it
+        # existed keep their hash.
+        "optim": {"epochs", "ema_decay"}
+        | ({"micro_batch_size"} if config.optim.micro_batch_size is None else set()),
         "data": {
             "num_workers": True,
             "prepare_workers": True,
@@ -288,6 +311,7 @@ def config_hash(config: TrainConfig) -> str:
             "cache_synthetic": True,
             "cache_in_memory": True,
             "cache_dir": True,
+            "series_cache": True,
             "synthetic": {"test_cases"},
         },
         "validation": {"every_epochs", "real_normal_series"},

@@ -14,6 +14,8 @@ loss weights, optimiser, scaler and RNG states. It is written at every epoch end
 (``max_steps``) ends the process, and on SIGTERM/SIGINT. A resumed run skips the batches already
 done and continues with the same cases, crops and transforms it would have drawn without the
 stop, so training over many sessions (or a GPU loan of a few minutes) adds up to one run.
+Under ``torchrun`` every rank trains on its micro-batches of each global batch
+(:mod:`training.sampling`, :mod:`training.distributed`), rank 0 alone logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -47,14 +49,14 @@ from training.data.build import build_split
 from training.data.dataset import collate_samples, prepare_all
 from training.data.splits import Split
 from training.device import autocast_dtype, resolve_device, seed_everything
+from training.distributed import Distributed, StepObjective, accumulate, groups
 from training.evaluate import EvalResult, evaluate_model, total_loss
-from training.losses import Term, UncertaintyWeighting, loss_terms
+from training.losses import Term, UncertaintyWeighting
 from training.networks import build_network, grid_of
 from training.plots import plot_curves
 from training.real_ct import normal_ct_figures, read_series
 from training.runlog import RunLog
 from training.sampling import EpochDataset, EpochSampler
-from training.step import forward_batch
 from training.transforms import AugmentSettings
 
 logger = logging.getLogger(__name__)
@@ -105,6 +107,9 @@ class Trainer:
     init_from:
         A committed checkpoint to resume from when ``output_dir`` holds none, or an older one
         (fewer steps); it is copied to ``output_dir/checkpoints/last.pt`` first.
+    distributed:
+        This process's rank under torchrun (:mod:`training.distributed`); rank 0 alone logs,
+        validates and writes checkpoints, every rank trains on its share of each global batch.
     """
 
     def __init__(
@@ -115,8 +120,10 @@ class Trainer:
         max_steps: int | None = None,
         max_minutes: float | None = None,
         init_from: Path | None = None,
+        distributed: Distributed | None = None,
     ) -> None:
         self.config = config
+        self.dist = distributed or Distributed()
         self.hash = config_hash(config)
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
@@ -124,6 +131,8 @@ class Trainer:
         self.max_minutes = max_minutes
         self.stop_requested = False
         self.device = resolve_device(config.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         if config.cpu_threads is not None:
             torch.set_num_threads(config.cpu_threads)
         seed_everything(config.seed, config.deterministic)
@@ -153,14 +162,17 @@ class Trainer:
         self.batches_in_epoch = 0
         self.step_times: list[float] = []
         self.data_times: list[float] = []
-        if resume and init_from is not None:
+        if resume and init_from is not None and self.dist.is_main:
             self._adopt(Path(init_from))
         self._ema_state: dict[str, Any] | None = None
+        self.dist.barrier()  # the other ranks read last.pt only once rank 0 has adopted it
         if resume and (self.checkpoint_dir / LAST_CHECKPOINT).is_file():
             self.load(self.checkpoint_dir / LAST_CHECKPOINT)
-        else:
+        elif self.dist.is_main:
             self._set_aside_previous_run()
         self.ema = self._moving_average(optim.ema_decay)
+        objective = StepObjective(self.model, self.weighting, config.loss, self.amp_dtype)
+        self.objective = self.dist.wrap(objective, touch_all=True)
         self.train_source = build_split(config, Split.TRAIN)
         self.val_source = build_split(config, Split.VAL)
         self.real_normal = _read_real_normal(config.validation.real_normal_series)
@@ -186,7 +198,8 @@ class Trainer:
         )
         if data.prepare_workers and self.train_set.prepared_dir is not None:
             started = time.perf_counter()
-            counts = prepare_all(self.train_set, data.prepare_workers)
+            indices = self.dist.shard(len(self.train_set))
+            counts = prepare_all(self.train_set, data.prepare_workers, indices)
             logger.info(
                 "training cases: %d prepared, %d already cached (%d workers, %.0f s)",
                 counts["prepared"],
@@ -194,28 +207,38 @@ class Trainer:
                 data.prepare_workers,
                 time.perf_counter() - started,
             )
+            self.dist.barrier()
         self.sampler = EpochSampler(
-            len(self.train_set), config.seed, optim.batch_size, data.whole_slice_fraction
+            len(self.train_set),
+            config.seed,
+            optim.batch_size,
+            data.whole_slice_fraction,
+            micro_batch_size=optim.micro_batch_size,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         self.loader = DataLoader(
             self.train_set,
-            batch_size=optim.batch_size,
+            batch_size=self.sampler.micro_batch_size,
             sampler=self.sampler,
             collate_fn=collate_samples,
             num_workers=config.data.num_workers,
             persistent_workers=config.data.num_workers > 0,
             pin_memory=self.device.type == "cuda",
         )
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "config.yaml").write_text(
-            yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-        )
-        self.log = RunLog(self.output_dir, tensorboard=config.logging.tensorboard == "auto")
+        self.log: RunLog | None = None
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(
+                yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+            )
+            self.log = RunLog(self.output_dir, tensorboard=config.logging.tensorboard == "auto")
         logger.info(
-            "training %s on %s (%d parameters, input %d px at %s mm, amp %s), %d train / %d val"
-            " cases",
+            "training %s on %s x %d (%d parameters, input %d px at %s mm, amp %s), %d train /"
+            " %d val cases",
             config.model.name,
             self.device,
+            self.dist.world_size,
             sum(p.numel() for p in self.model.parameters()),
             self.grid.input_size,
             self.grid.spacing_mm or "field-of-view",
@@ -260,11 +283,7 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _set_aside_previous_run(self) -> None:
-        """Move the files of an earlier run in ``output_dir`` to ``previous-<time>/``.
-
-        A fresh start must not append to another run's logs or overwrite its checkpoints, and
-        must not delete them either.
-        """
+        """Move an earlier run's files to ``previous-<time>/``: neither appended to nor deleted."""
         if not self.output_dir.is_dir():
             return
         leftovers = [
@@ -301,7 +320,10 @@ class Trainer:
         }
 
     def save_checkpoint(self, name: str) -> Path:
+        """Write ``name`` (rank 0 only: every rank holds the same state after each step)."""
         path = self.checkpoint_dir / name
+        if not self.dist.is_main:
+            return path
         save_checkpoint(path, self.state())
         logger.info("saved checkpoint %s (epoch %d, step %d)", path, self.epoch, self.step)
         return path
@@ -336,12 +358,12 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def _steps_left(self, done_here: int) -> bool:
-        """False once the step budget or the time box is used up, or a stop was requested."""
-        if self.stop_requested:
-            return False
-        if self.max_minutes is not None and (
-            time.perf_counter() - self._fit_started > 60.0 * self.max_minutes
-        ):
+        """False once the step budget or time box is used up or a stop was requested (any rank)."""
+        stop = self.stop_requested or (
+            self.max_minutes is not None
+            and time.perf_counter() - self._fit_started > 60.0 * self.max_minutes
+        )
+        if self.dist.any_rank(stop):
             return False
         return self.max_steps is None or done_here < self.max_steps
 
@@ -350,7 +372,12 @@ class Trainer:
         self.stop_requested = True
 
     def train_epoch(self, done_here: int) -> tuple[dict[str, float], int, bool]:
-        """One pass over the training cases; returns mean losses, steps done, completed?"""
+        """One pass over the training cases; returns mean losses, steps done, completed?
+
+        A step runs this rank's micro-batches of one global batch (one, without micro-batches
+        and ranks), each loss divided by their number; DDP then averages over the ranks, so the
+        gradient is the mean over all micro-batches of the global batch.
+        """
         self.model.train()
         self.sampler.set_epoch(
             self.epoch, skip=self.batches_in_epoch * self.config.optim.batch_size
@@ -362,11 +389,11 @@ class Trainer:
         progress = tqdm(
             self.loader,
             desc=f"epoch {self.epoch + 1}/{self.config.optim.epochs}",
-            disable=not self.config.logging.progress_bar,
+            disable=not (self.config.logging.progress_bar and self.dist.is_main),
             leave=False,
         )
         waited_since = time.perf_counter()
-        for samples in progress:
+        for group in groups(iter(progress), self.sampler.micro_batches_per_step):
             if not self._steps_left(done_here):
                 completed = False
                 break
@@ -374,23 +401,14 @@ class Trainer:
             data_time = started - waited_since
             self.data_times.append(data_time)
             self.batches_in_epoch += 1  # counted before any skip, so a resume skips it too
-            with torch.autocast(
-                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-            ):
-                batch = forward_batch(self.model, samples, self.device)
-            terms = loss_terms(
-                batch,
-                seg_ce_weight=self.config.loss.seg_ce_weight,
-                seg_ce_hemorrhage_weight=self.config.loss.seg_ce_hemorrhage_weight,
-            )
-            if not terms:
+            self.optimizer.zero_grad(set_to_none=True)
+            values = accumulate(self.objective, group, self.device, self.scaler, self.dist)
+            if not values:
                 logger.warning(
-                    "batch %s has no usable labels; skipped", [s.case_id for s in samples]
+                    "batch %s has no usable labels; skipped",
+                    [s.case_id for samples in group for s in samples],
                 )
                 continue
-            loss = self.weighting(terms)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
             if self.config.optim.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
@@ -404,13 +422,12 @@ class Trainer:
             self.step_times.append(elapsed)
             self.step += 1
             done_here += 1
-            values = {"loss": float(loss.detach())} | {
-                f"loss_{term.value}": float(value.detach()) for term, value in terms.items()
-            }
             for key, value in values.items():
                 sums.setdefault(key, []).append(value)
             progress.set_postfix(loss=f"{values['loss']:.4f}")
-            if self.step % self.config.logging.log_every_steps == 0 or self.step == 1:
+            if self.log is not None and (
+                self.step % self.config.logging.log_every_steps == 0 or self.step == 1
+            ):
                 self.log.step(
                     {
                         "step": self.step,
@@ -429,8 +446,8 @@ class Trainer:
         return means, done_here, completed
 
     def validate(self) -> EvalResult | None:
-        """Evaluate on the validation split (whole series, no augmentation)."""
-        if len(self.val_source) == 0:
+        """Evaluate on the validation split (whole series, no augmentation; rank 0 only)."""
+        if len(self.val_source) == 0 or not self.dist.is_main:
             return None
         return evaluate_model(
             self.judged_model,
@@ -444,8 +461,9 @@ class Trainer:
         )
 
     def check_real_normal(self) -> dict[str, float]:
-        """The worst subject ``any`` and false hemorrhage (mL) over the real normal series."""
-        if not self.real_normal:
+        """The worst subject ``any`` and false hemorrhage (mL) over the real normal series
+        (rank 0 only, like validation)."""
+        if not self.real_normal or not self.dist.is_main:
             return {}
         model = self.judged_model
         was_training = model.training
@@ -520,7 +538,8 @@ class Trainer:
                 row = self._epoch_row(
                     train, result, time.perf_counter() - started, done_here - before
                 )
-                self.log.epoch(row)
+                if self.log is not None:
+                    self.log.epoch(row)
                 val_loss = row.get("val_loss")
                 if val_loss is not None and (
                     self.best_val_loss is None or val_loss < self.best_val_loss
@@ -528,7 +547,8 @@ class Trainer:
                     self.best_val_loss = float(val_loss)
                     self.save_checkpoint(BEST_CHECKPOINT)
                 last_path = self.save_checkpoint(LAST_CHECKPOINT)
-                plot_curves(self.output_dir)
+                if self.dist.is_main:
+                    plot_curves(self.output_dir)
                 logger.info(
                     "epoch %d: train loss %s, val loss %s",
                     self.epoch,
@@ -538,7 +558,9 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.log.close()
+            if self.log is not None:
+                self.log.close()
+        self.dist.barrier()  # no rank leaves before rank 0 has written the last checkpoint
         return TrainSummary(
             output_dir=self.output_dir,
             epochs_completed=self.epoch,

@@ -34,6 +34,9 @@ class EngineName(str, Enum):
     TENSORRT = "tensorrt"
     ONNXRUNTIME = "onnxruntime"
     TORCH = "torch"
+    #: A Triton Inference Server that serves the model (the node's ``triton:`` section;
+    #: ``ichnet-node triton-repo`` writes its model repository). Never chosen by ``auto``.
+    TRITON = "triton"
 
     def __str__(self) -> str:
         return self.value
@@ -49,6 +52,14 @@ AUTO_PREFERENCE: Final[tuple[EngineName, ...]] = (
 
 class EngineUnavailableError(RuntimeError):
     """The requested engine cannot run here; the message says why."""
+
+
+class EngineTransientError(RuntimeError):
+    """The engine's inference service cannot answer now (unreachable, timed out, not ready).
+
+    The same series may well succeed later, so a caller keeps the job and retries it instead of
+    failing it: a model server being restarted must not cost a study its result.
+    """
 
 
 @runtime_checkable

@@ -120,6 +120,11 @@ def create_engine(
     )
     if engine_name is EngineName.AUTO:
         return auto_engine(weights, options, _BUILDERS)  # its probe has warmed the engine up
+    if engine_name is EngineName.TRITON:  # a remote server: its client is networking
+        raise EngineUnavailableError(
+            "engine triton is a Triton server's client; the node builds it from its triton: "
+            "section (dicom_node.triton_engine.node_engine)"
+        )
     engine = _BUILDERS[engine_name](weights, options)
     warm_up(engine, slices=chunk_slices)
     return engine

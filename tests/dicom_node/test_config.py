@@ -47,7 +47,10 @@ def test_example_config_loads_with_the_design_keys() -> None:
         ({"node": {"ae_title": "A" * 17}}, "node.ae_title: must be 1-16 characters"),
         ({"node": {"ae_title": "A\\B"}}, "node.ae_title: must not contain a backslash"),
         ({"peers": [{"ae_title": "PACS", "host": "h"}]}, "peers[0].port: is required"),
-        ({"engine": "gpu"}, "engine: input should be 'auto', 'tensorrt', 'onnxruntime' or 'torch'"),
+        (
+            {"engine": "gpu"},
+            "engine: input should be 'auto', 'tensorrt', 'onnxruntime', 'torch' or 'triton'",
+        ),
         ({"nodes": {}}, "nodes: unknown key"),
         ({"series": {"complete_after_s": -1}}, "series.complete_after_s: must be a number >= 0"),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,12 +43,15 @@ def node_factory(
     """Make (not start) ``ichnet-node serve`` subprocesses; all are stopped at teardown and
     their logs printed if the test failed.
 
-    Call it as ``node_factory(peers=[...], complete_after_s=...)``; the node gets a free port,
+    Call it as ``node_factory(peers=[...], complete_after_s=..., **sections)`` (further config
+    sections, e.g. ``engine="triton"``); the node gets a free port,
     storage under ``tmp_path/storage`` and the AE title :data:`NODE_AE`.
     """
     nodes: list[NodeProcess] = []
 
-    def factory(*, peers: list[dict[str, object]], complete_after_s: float) -> NodeProcess:
+    def factory(
+        *, peers: list[dict[str, object]], complete_after_s: float, **sections: Any
+    ) -> NodeProcess:
         [port] = reserve_ports(1)
         index = len(nodes)
         storage_dir = tmp_path / "storage"
@@ -59,6 +63,7 @@ def node_factory(
             complete_after_s=complete_after_s,
             engine_cache_dir=engine_cache_dir,
             ae_title=NODE_AE,
+            sections=sections,
         )
         node = NodeProcess(config, tmp_path / f"node-{index}.log", port, NODE_AE, storage_dir)
         nodes.append(node)

@@ -80,10 +80,12 @@ def write_node_config(
     complete_after_s: float,
     engine_cache_dir: Path,
     ae_title: str = "ICHNET",
+    sections: dict[str, Any] | None = None,
 ) -> Path:
     """A node config for loopback tests: short series quiet period, fast sender retries.
 
-    The engine is the default (``auto``); ``engine_cache_dir`` is shared between the nodes of a
+    The engine is the default (``auto``) unless ``sections`` (merged in) say otherwise;
+    ``engine_cache_dir`` is shared between the nodes of a
     test session, as one installation keeps it across restarts, so the engines are prepared
     (exported, probed) once rather than by every test.
     """
@@ -100,6 +102,9 @@ def write_node_config(
         "sender": {"max_attempts": 3, "initial_backoff_s": 0.5, "max_backoff_s": 2},
         "logging": {"level": "INFO"},
     }
+    for name, value in (sections or {}).items():  # e.g. engine: triton, triton: {...}
+        current = config.get(name)
+        config[name] = {**current, **value} if isinstance(current, dict) else value
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

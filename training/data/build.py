@@ -12,6 +12,7 @@ from training.data.cq500 import Cq500Source
 from training.data.nifti_labelmap import NiftiLabelMapSource
 from training.data.physionet import PhysioNetIchSource
 from training.data.rsna import RsnaSource
+from training.data.series_cache import SeriesCacheSource, cache_folder
 from training.data.source import CaseSource, ConcatSource, SubsetSource
 from training.data.splits import Split, split_source
 from training.data.synthetic import SyntheticSource
@@ -34,8 +35,9 @@ LOADERS: Mapping[str, Callable[..., CaseSource]] = {
 }
 
 
-def open_dataset(section: DatasetSection) -> CaseSource:
-    """Index the dataset a config section describes.
+def open_dataset(section: DatasetSection, series_cache: Path | None = None) -> CaseSource:
+    """Index the dataset a config section describes, read through the series cache under
+    ``series_cache`` when one is given.
 
     Raises
     ------
@@ -43,9 +45,12 @@ def open_dataset(section: DatasetSection) -> CaseSource:
         Options the loader does not take (the message names the dataset).
     """
     try:
-        return LOADERS[section.kind](section.root, **section.options)
+        source = LOADERS[section.kind](section.root, **section.options)
     except TypeError as exc:
         raise ValueError(f"dataset {section.kind} at {section.root}: bad options ({exc})") from None
+    if series_cache is None:
+        return source
+    return SeriesCacheSource(source, cache_folder(series_cache, section.kind, section.root))
 
 
 def dataset_split(section: DatasetSection, source: CaseSource, split: Split) -> CaseSource:
@@ -80,8 +85,9 @@ def build_split(config: TrainConfig, split: Split) -> CaseSource:
                     cache_dir=config.data.cache_dir / "synthetic" if cached else None,
                 )
             )
+    series_cache = config.data.cache_dir if config.data.series_cache else None
     for section in config.data.datasets:
-        part = dataset_split(section, open_dataset(section), split)
+        part = dataset_split(section, open_dataset(section, series_cache), split)
         if len(part):
             sources.append(part)
     combined = ConcatSource(sources, name=split.value)

@@ -535,16 +535,20 @@ def _prepare_in_worker(index: int) -> str:
     return _prepare_one(_WORKER_DATASET, index)
 
 
-def prepare_all(dataset: CaseDataset, workers: int) -> dict[str, int]:
+def prepare_all(
+    dataset: CaseDataset, workers: int, indices: Sequence[int] | None = None
+) -> dict[str, int]:
     """Generate and prepare every case of ``dataset`` onto disk, ``workers`` processes at a time.
 
     Generation (seconds per synthetic case) then happens once, in parallel, before training
-    instead of inside the training step. Returns counts of cases ``prepared`` and ``cached``.
+    instead of inside the training step. ``indices`` limits it to a share of the cases (each
+    rank of a distributed run prepares its own). Returns counts of cases ``prepared`` and
+    ``cached``.
     """
     if dataset.prepared_dir is None:
         raise ValueError("prepare_all needs a prepared_dir to write to")
     counts = {"prepared": 0, "cached": 0}
-    indices = range(len(dataset))
+    indices = range(len(dataset)) if indices is None else indices
     if workers <= 1:
         outcomes = [_prepare_one(dataset, index) for index in indices]
     else:
