@@ -47,9 +47,9 @@ def require_dcmtk() -> None:
         raise SystemExit(f"dcmtk tools missing: {missing} (apt-get install dcmtk)")
 
 
-def echo(port: int, called_ae: str) -> bool:
+def echo(port: int, called_ae: str, calling_ae: str = SENDER_AE) -> bool:
     result = subprocess.run(
-        ["echoscu", "-aet", SENDER_AE, "-aec", called_ae, LOCALHOST, str(port)],
+        ["echoscu", "-aet", calling_ae, "-aec", called_ae, LOCALHOST, str(port)],
         env=DCMTK_ENV,
         capture_output=True,
         check=False,
@@ -58,13 +58,17 @@ def echo(port: int, called_ae: str) -> bool:
 
 
 def wait_for_echo(
-    port: int, called_ae: str, timeout_s: float, process: subprocess.Popen[Any]
+    port: int,
+    called_ae: str,
+    timeout_s: float,
+    process: subprocess.Popen[Any],
+    calling_ae: str = SENDER_AE,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{called_ae} exited with {process.returncode} before answering")
-        if echo(port, called_ae):
+        if echo(port, called_ae, calling_ae):
             return
         time.sleep(0.2)
     raise TimeoutError(f"{called_ae} did not answer C-ECHO on port {port} within {timeout_s} s")
@@ -122,7 +126,16 @@ def write_node_config(
     engine: str = "torch",
     complete_after_s: float = 5.0,
     cache_dir: Path | None = None,
+    peer_ae: str = SENDER_AE,
+    outputs: Sequence[str] | None = None,
 ) -> None:
+    peer: dict[str, Any] = {
+        "ae_title": peer_ae,
+        "host": LOCALHOST,
+        "port": result_port or free_port(),
+    }
+    if outputs is not None:
+        peer["outputs"] = list(outputs)
     config = {
         "node": {
             "ae_title": NODE_AE,
@@ -130,7 +143,7 @@ def write_node_config(
             "port": port,
             "storage_dir": str(storage_dir),
         },
-        "peers": [{"ae_title": SENDER_AE, "host": LOCALHOST, "port": result_port or free_port()}],
+        "peers": [peer],
         "series": {"complete_after_s": complete_after_s, "poll_interval_s": 0.1},
         "engine": engine,
         "model": {"cache_dir": str(cache_dir)} if cache_dir else {},
@@ -147,6 +160,8 @@ def node_serve(
     engine: str = "torch",
     complete_after_s: float = 5.0,
     cache_dir: Path | None = None,
+    peer_ae: str = SENDER_AE,
+    outputs: Sequence[str] | None = None,
 ) -> Iterator[RunningNode]:
     """``ichnet-node serve`` as a subprocess; stopped with SIGTERM (graceful) at the end."""
     port = free_port()
@@ -160,6 +175,8 @@ def node_serve(
         engine=engine,
         complete_after_s=complete_after_s,
         cache_dir=cache_dir,
+        peer_ae=peer_ae,
+        outputs=outputs,
     )
     log_path = work_dir / "node.log"
     with log_path.open("wb") as log:
@@ -170,7 +187,7 @@ def node_serve(
             cwd=REPO_ROOT,
         )
     try:
-        wait_for_echo(port, NODE_AE, NODE_START_TIMEOUT_S, process)
+        wait_for_echo(port, NODE_AE, NODE_START_TIMEOUT_S, process, peer_ae)
         yield RunningNode(process, port, storage_dir, log_path)
     finally:
         if process.poll() is None:

@@ -58,13 +58,21 @@ class ReceiveMonitor:
         Where to count; ``None`` keeps the log summaries only.
     clock:
         Monotonic seconds, for association durations.
+    on_ended:
+        Called with the peer's ``(address, port)`` and whether the association was released
+        (``True``) or aborted, once per accepted association that stored instances: the series
+        tracker's settle rule.
     """
 
     def __init__(
-        self, metrics: NodeMetrics | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        metrics: NodeMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_ended: Callable[[tuple[str, int], bool], None] | None = None,
     ) -> None:
         self._metrics = metrics
         self._clock = clock
+        self._on_ended = on_ended
         self._lock = threading.Lock()
         self._counts: dict[Association, _AssociationCounts] = {}
 
@@ -134,6 +142,8 @@ class ReceiveMonitor:
             counts.bytes_stored / 1e6,
             counts.refused,
         )
+        if self._on_ended is not None and counts.stored:
+            self._on_ended((counts.address, counts.port), how == "released")
 
     def instance_answered(
         self, assoc: Association, status: StoreStatus, n_bytes: int, duration_s: float

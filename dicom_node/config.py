@@ -202,11 +202,16 @@ class LimitsSection(_Section):
 
 
 class SeriesSection(_Section):
-    """When a series counts as complete."""
+    """When a series counts as complete (the two rules of :mod:`dicom_node.series_tracker`)."""
 
-    complete_after_s: Seconds = 5.0
-    #: How often the assembler looks for quiet series.
-    poll_interval_s: Seconds = 0.5
+    #: Quiet period: the fallback rule, long enough for a slow sender.
+    complete_after_s: Seconds = 30.0
+    #: A series whose association was released and whose slices form one gap-free stack is
+    #: complete after this much quiet; 0 turns the rule off.
+    settle_after_release_s: Seconds = 1.0
+    #: How often the assembler looks for complete series (a lock and a dict walk: cheap; it
+    #: adds up to this much to the settle time).
+    poll_interval_s: Seconds = 0.1
 
 
 def _regex(value: Any) -> re.Pattern[str]:

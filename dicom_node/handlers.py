@@ -44,6 +44,7 @@ from pydicom.uid import UID
 from dicom_node.associations import ReceiveMonitor
 from dicom_node.config import LimitsSection
 from dicom_node.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicom_node.stack import slice_header
 from dicom_node.status import (
     DicomNodeError,
     LimitExceededError,
@@ -142,6 +143,7 @@ def receive_instance(
         peer_port=peer_port,
         transfer_syntax_uid=str(transfer_syntax),
         received_at=datetime.now(timezone.utc),
+        slice_header=slice_header(dataset),
     )
 
 

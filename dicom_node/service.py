@@ -4,7 +4,9 @@ Threads and what they own:
 
 * pynetdicom's server threads answer C-ECHO/C-STORE; after each durable write they record the
   instance on the job queue and the series tracker (:meth:`NodeService._on_stored`).
-* the assembler turns series that went quiet (``series.complete_after_s``) into QUEUED jobs;
+* the assembler turns complete series into QUEUED jobs: settled after their association's
+  release (``series.settle_after_release_s``) or quiet (``series.complete_after_s``), see
+  :mod:`dicom_node.series_tracker`;
 * one worker claims QUEUED jobs and runs :func:`analyse_series` (one inference at a time: the
   model uses every core), then writes SEG + SR into the outbox and marks the job SENDING;
 * the sender delivers due outbox folders to the peer that sent the series, with backoff.
@@ -111,7 +113,10 @@ class NodeService:
         self.jobs = JobStore.for_storage_dir(storage_dir)
         self.outbox = Outbox.for_storage_dir(storage_dir)
         self.results_dir = self.layout.results
-        self.tracker = SeriesTracker(config.series.complete_after_s)
+        self.tracker = SeriesTracker(
+            config.series.complete_after_s,
+            settle_after_release_s=config.series.settle_after_release_s,
+        )
         self.selector = StudySelector(self.store, self.jobs, config.selection)
         self.metrics = NodeMetrics()
         tls = config.node.tls
@@ -166,7 +171,7 @@ class NodeService:
             self.config,
             self.store,
             self._on_stored,
-            ReceiveMonitor(self.metrics),
+            ReceiveMonitor(self.metrics, on_ended=self._on_association_ended),
             self.metrics,
         )
         node = self.config.node
@@ -248,6 +253,8 @@ class NodeService:
             SeriesKey(instance.study_instance_uid, instance.series_instance_uid),
             instance.sop_instance_uid,
             instance.calling_ae_title,
+            header=instance.slice_header,
+            association=(instance.peer_address, instance.peer_port),
         )
         record = (
             instance.study_instance_uid,
@@ -265,6 +272,10 @@ class NodeService:
             )
             with self._unrecorded_lock:
                 self._unrecorded_instances.append(record)
+
+    def _on_association_ended(self, association: tuple[str, int], released: bool) -> None:
+        """An association that stored instances ended: its series may settle (if released)."""
+        self.tracker.association_ended(association, released=released)
 
     def _recover(self) -> None:
         """Resume what a previous run left: the job queue first, then the spool."""
@@ -397,10 +408,14 @@ class NodeService:
             for key in keys:
                 job = jobs[key]
                 if job is not None:
+                    completed = self._to_queue[key]
                     logger.info(
-                        "series %s complete: %d instance(s), job %d queued",
+                        "series %s complete (%s): %d instance(s), job %d queued",
                         key.series_instance_uid,
-                        self._to_queue[key].instance_count,
+                        "gap-free stack, association released"
+                        if completed.rule == "settled"
+                        else "quiet period",
+                        completed.instance_count,
                         job.id,
                     )
                 del self._to_queue[key]

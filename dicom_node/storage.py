@@ -27,6 +27,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 
 from dicom_node.layout import StorageLayout
+from dicom_node.stack import SliceHeader
 from dicom_node.status import DataSetMismatchError, OutOfResourcesError
 from ichnet_core.durable import TEMPORARY_SUFFIX, fsync_directory, write_atomic
 
@@ -64,6 +65,9 @@ class StoredInstance:
         The negotiated transfer syntax the data set was received (and stored) in.
     received_at:
         When the instance became durable (timezone-aware UTC).
+    slice_header:
+        Its slice geometry (for the settle rule of the series tracker); ``None`` when the
+        header has none.
     """
 
     study_instance_uid: str
@@ -76,6 +80,7 @@ class StoredInstance:
     peer_port: int
     transfer_syntax_uid: str
     received_at: datetime
+    slice_header: SliceHeader | None = None
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ def test_example_config_loads_with_the_design_keys() -> None:
     config = load_config(CONF)
     assert config.node.ae_title == "ICHNET"
     assert config.node.port == 11112
-    assert config.series.complete_after_s == 5
+    assert config.series.complete_after_s == 30
+    assert config.series.settle_after_release_s == 1
     assert config.engine == "auto"
     assert [p.ae_title for p in config.peers] == ["ORTHANC"]
     assert config.selection.per_study == "one"

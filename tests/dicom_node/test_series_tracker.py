@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from dicom_node.series_tracker import SeriesKey, SeriesTracker
+from dicom_node.stack import SliceHeader
 
 
 class FakeClock:
@@ -123,3 +124,93 @@ def test_concurrent_arrivals_from_several_threads_are_all_counted(clock: FakeClo
     [done] = tracker.pop_complete()
     assert done.instance_count == 4 * per_thread
     assert sorted(done.calling_ae_titles) == ["AE0", "AE1", "AE2", "AE3"]
+
+
+# -- settle after release -------------------------------------------------------------------
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+ASSOCIATION = ("127.0.0.1", 40001)
+
+
+def _send_stack(
+    tracker: SeriesTracker, indices: range, association: tuple[str, int] = ASSOCIATION
+) -> None:
+    for index in indices:
+        header = SliceHeader((0.0, 0.0, 5.0 * index), AXIAL, instance_number=index + 1)
+        tracker.instance_received(
+            HEAD, f"1.2.3.1.{index}", "PACS", header=header, association=association
+        )
+
+
+def test_released_gap_free_stack_settles_long_before_the_quiet_period(clock: FakeClock) -> None:
+    tracker = SeriesTracker(30.0, clock, settle_after_release_s=1.0)
+    _send_stack(tracker, range(20))
+    clock.advance(5.0)
+    assert tracker.pop_complete() == []  # association still open: quiet period only
+    tracker.association_ended(ASSOCIATION, released=True)
+    [done] = tracker.pop_complete()
+    assert (done.rule, done.instance_count) == ("settled", 20)
+
+
+def test_settle_waits_its_time_after_the_last_instance(clock: FakeClock) -> None:
+    tracker = SeriesTracker(30.0, clock, settle_after_release_s=1.0)
+    _send_stack(tracker, range(20))
+    tracker.association_ended(ASSOCIATION, released=True)
+    clock.advance(0.9)
+    assert tracker.pop_complete() == []
+    clock.advance(0.1)
+    assert [s.rule for s in tracker.pop_complete()] == ["settled"]
+
+
+def test_a_stack_with_a_hole_waits_for_the_quiet_period(clock: FakeClock) -> None:
+    tracker = SeriesTracker(30.0, clock, settle_after_release_s=1.0)
+    _send_stack(tracker, range(10))
+    _send_stack(tracker, range(11, 20))
+    tracker.association_ended(ASSOCIATION, released=True)
+    clock.advance(29.0)
+    assert tracker.pop_complete() == []
+    clock.advance(1.0)
+    assert [s.rule for s in tracker.pop_complete()] == ["quiet"]
+
+
+def test_an_aborted_association_never_settles(clock: FakeClock) -> None:
+    tracker = SeriesTracker(30.0, clock, settle_after_release_s=1.0)
+    _send_stack(tracker, range(20))
+    tracker.association_ended(ASSOCIATION, released=False)
+    clock.advance(10.0)
+    assert tracker.pop_complete() == []
+
+
+def test_a_series_on_two_associations_settles_only_when_both_are_released(
+    clock: FakeClock,
+) -> None:
+    tracker = SeriesTracker(30.0, clock, settle_after_release_s=1.0)
+    other = ("127.0.0.1", 40002)
+    _send_stack(tracker, range(10))
+    _send_stack(tracker, range(10, 20), other)
+    tracker.association_ended(ASSOCIATION, released=True)
+    clock.advance(2.0)
+    assert tracker.pop_complete() == []
+    tracker.association_ended(other, released=True)
+    assert [s.instance_count for s in tracker.pop_complete()] == [20]
+
+
+def test_instances_of_unknown_origin_leave_the_series_to_the_quiet_period(
+    clock: FakeClock,
+) -> None:
+    tracker = SeriesTracker(30.0, clock, settle_after_release_s=1.0)
+    _send_stack(tracker, range(19))
+    tracker.instance_received(
+        HEAD, "1.2.3.1.19", "PACS", header=SliceHeader((0.0, 0.0, 95.0), AXIAL, instance_number=20)
+    )  # e.g. found in the spool at start-up
+    tracker.association_ended(ASSOCIATION, released=True)
+    clock.advance(5.0)
+    assert tracker.pop_complete() == []
+
+
+def test_settle_zero_turns_the_rule_off(clock: FakeClock) -> None:
+    tracker = SeriesTracker(30.0, clock, settle_after_release_s=0.0)
+    _send_stack(tracker, range(20))
+    tracker.association_ended(ASSOCIATION, released=True)
+    clock.advance(10.0)
+    assert tracker.pop_complete() == []
