@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -97,6 +98,8 @@ Seconds = Annotated[float, BeforeValidator(_non_negative_number)]
 PositiveInt = Annotated[int, BeforeValidator(_positive_int)]
 Host = Annotated[str, BeforeValidator(_host)]
 PemFile = Annotated[Path, BeforeValidator(_readable_file)]
+#: A result object a peer can get (``peers[].outputs``).
+ResultOutput = Literal["seg", "sr", "sc"]
 
 #: Smallest ``limits.max_pdu_bytes`` accepted: an A-ASSOCIATE-RQ proposing the 128 presentation
 #: contexts a storescu may offer is tens of kB, and PS3.8 D.1 lets peers assume 4096-byte PDUs.
@@ -186,6 +189,18 @@ class Peer(_Section):
     check_host: bool = True
     #: Send results to this peer over TLS, with ``node.tls``'s certificate as client certificate.
     tls: bool = False
+    #: Result objects this peer gets: ``seg``, ``sr``, ``sc`` (secondary-capture key images for
+    #: viewers that cannot show a SEG).
+    outputs: tuple[ResultOutput, ...] = ("seg", "sr")
+
+    @field_validator("outputs")
+    @classmethod
+    def _distinct_outputs(cls, value: tuple[ResultOutput, ...]) -> tuple[ResultOutput, ...]:
+        if not value:
+            raise ValueError("must name at least one of seg, sr, sc")
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists an output twice: {list(value)}")
+        return value
 
 
 class LimitsSection(_Section):

@@ -39,7 +39,7 @@ import pydicom
 
 from dicom_node import app
 from dicom_node.associations import ReceiveMonitor
-from dicom_node.config import NodeConfig
+from dicom_node.config import NodeConfig, Peer
 from dicom_node.health import HealthCheck, HealthReport, LoopMonitor
 from dicom_node.jobs import IllegalTransitionError, Job, JobStore, JobStoreError, UnknownJobError
 from dicom_node.metrics import NodeMetrics, NodeStateCollector, start_metrics_server
@@ -489,6 +489,8 @@ class NodeService:
         if not decision.analyse:
             self.jobs.mark_skipped(job.id, decision.reason)
             return
+        peer = self.config.peer(job.calling_ae)
+        outputs = peer.outputs if peer is not None else Peer.model_fields["outputs"].default
         datasets, unreadable = read_datasets(paths)
         for line in unreadable:
             logger.warning("job %d: %s", job.id, line)
@@ -501,6 +503,7 @@ class NodeService:
                 weights=self.weights,
                 rules=self.config.selection,
                 selection=decision.selection,
+                key_images="sc" in outputs,
             )
         except SeriesSkipped as exc:
             self.jobs.mark_skipped(job.id, exc.reason)
@@ -512,8 +515,12 @@ class NodeService:
             self.jobs.mark_failed(job.id, f"analysis failed: {type(exc).__name__}: {exc}")
             return
         self.outbox.prepare(job.id)
-        self.outbox.add(job.id, analysis.seg, "seg")
-        self.outbox.add(job.id, analysis.sr, "sr")
+        if "seg" in outputs:
+            self.outbox.add(job.id, analysis.seg, "seg")
+        if "sr" in outputs:
+            self.outbox.add(job.id, analysis.sr, "sr")
+        for number, image in enumerate(analysis.key_images, start=1):
+            self.outbox.add(job.id, image, f"sc{number}")
         job_results = self.layout.result_dir(job.id)
         job_results.mkdir(parents=True, exist_ok=True)
         write_result(job_results / "result.json", analysis.result)

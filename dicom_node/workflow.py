@@ -1,4 +1,4 @@
-"""What happens to one complete series: select → volume → infer → SEG + SR + result.json.
+"""What happens to one complete series: select → volume → infer → SEG + SR (+ SC) + result.json.
 
 Both the node (one job per received series) and ``ichnet-node infer`` (a folder on disk) call
 :func:`analyse_series`; it computes everything in memory and writes nothing, so each caller decides
@@ -31,6 +31,7 @@ from dicom_node.results import (
     build_sr,
     measure_hemorrhage,
 )
+from dicom_node.results.sc import build_key_images
 from dicom_node.selection import SelectionResult, select_series
 from ichnet_core.imaging.volume import Volume, VolumeError, build_volume
 from ichnet_core.inference.engine import InferenceEngine
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 #: Result series get numbers far above what scanners use, so they sort after the source series.
 SEG_SERIES_NUMBER_BASE: Final[int] = 9000
 SR_SERIES_NUMBER_BASE: Final[int] = 9500
+SC_SERIES_NUMBER_BASE: Final[int] = 10000
 _SERIES_NUMBER_SPAN: Final[int] = 500
 
 
@@ -64,6 +66,8 @@ class SeriesAnalysis:
     sr: Dataset
     result: dict[str, Any]
     timings: Timings
+    #: Secondary-capture key images (empty unless asked for).
+    key_images: tuple[Dataset, ...] = ()
 
     @property
     def hemorrhage_volume_ml(self) -> float:
@@ -116,6 +120,7 @@ def analyse_series(
     weights: ModelWeights,
     rules: SelectionSection,
     selection: SelectionResult | None = None,
+    key_images: bool = False,
 ) -> SeriesAnalysis:
     """Run the whole analysis of one series in memory.
 
@@ -132,6 +137,8 @@ def analyse_series(
     selection:
         The caller's accepted selection of this series (the node decides per study, the CLI
         before it loads the model); ``None`` applies ``rules`` here.
+    key_images:
+        Also build the secondary-capture key images (a peer's ``outputs`` has ``sc``).
 
     Raises
     ------
@@ -179,6 +186,21 @@ def analyse_series(
         series_number=_series_number(source, SR_SERIES_NUMBER_BASE),
         content_datetime=now,
     )
+    present = operating_points.present(prediction.subject_probabilities)
+    images = (
+        build_key_images(
+            volume,
+            prediction,
+            model,
+            volumes=volumes,
+            seg_sop_instance_uid=uids.seg_sop_instance_uid,
+            series_number=_series_number(source, SC_SERIES_NUMBER_BASE),
+            present=present,
+            content_datetime=now,
+        )
+        if key_images
+        else []
+    )
     timings = Timings(
         volume=built - started,
         inference=inferred - built,
@@ -205,4 +227,4 @@ def analyse_series(
         timings.inference,
         timings.results,
     )
-    return SeriesAnalysis(volume, prediction, volumes, seg, sr, result, timings)
+    return SeriesAnalysis(volume, prediction, volumes, seg, sr, result, timings, tuple(images))

@@ -234,3 +234,18 @@ def test_the_example_config_names_the_security_keys() -> None:
     text = CONF.read_text()
     for key in ("max_associations", "tls:", "check_host", "max_pdu_bytes", "max_frame_pixels"):
         assert key in text, key
+
+
+def test_peer_outputs_default_to_seg_and_sr_and_name_their_problems() -> None:
+    peer = {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}
+    [default] = parse_config({"peers": [peer]}).peers
+    assert default.outputs == ("seg", "sr")
+    [all_three] = parse_config({"peers": [{**peer, "outputs": ["seg", "sr", "sc"]}]}).peers
+    assert all_three.outputs == ("seg", "sr", "sc")
+    for outputs, expected in (
+        (["seg", "seg"], "peers[0].outputs: lists an output twice"),
+        ([], "peers[0].outputs: must name at least one of seg, sr, sc"),
+        (["png"], "peers[0].outputs[0]: input should be 'seg', 'sr' or 'sc', got 'png'"),
+    ):
+        problems = problems_of({"peers": [{**peer, "outputs": outputs}]})
+        assert any(expected in p for p in problems), problems

@@ -24,6 +24,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicom_node.results import hemorrhage_segments
+from dicom_node.results.sc import MAX_KEY_IMAGES, layout_for
 from tests.dicom_node.head_study import head_study
 from tests.dicom_node.results.conftest import dciodvfy_errors
 from tests.integration.conftest import NODE_AE, NodeFactory, failed_so_far
@@ -56,17 +58,19 @@ def _orthanc_with_node(
     node_factory: NodeFactory,
     request: pytest.FixtureRequest,
     complete_after_s: float,
+    outputs: list[str] | None = None,
 ) -> Iterator[tuple[Orthanc, NodeProcess]]:
-    """Orthanc knowing the node as modality ``ichnet``, and the node knowing Orthanc as its peer."""
+    """Orthanc knowing the node as modality ``ichnet``, and the node knowing Orthanc as its peer
+    (with ``peers[].outputs`` when given)."""
     if not orthanc_available():
         pytest.skip(f"{ORTHANC_BINARY} not installed (Debian package 'orthanc')")
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy not installed (Debian package 'dicom3tools')")
     dicom_port, http_port = reserve_ports(2)
-    node = node_factory(
-        peers=[{"ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": dicom_port}],
-        complete_after_s=complete_after_s,
-    )
+    peer: dict[str, object] = {"ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": dicom_port}
+    if outputs is not None:
+        peer["outputs"] = outputs
+    node = node_factory(peers=[peer], complete_after_s=complete_after_s)
     orthanc_dir = tmp_path / "orthanc"
     orthanc_dir.mkdir()
     orthanc = start_orthanc(
@@ -89,8 +93,11 @@ def _orthanc_with_node(
 def orthanc_and_node(
     tmp_path: Path, node_factory: NodeFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Orthanc, NodeProcess]]:
-    """Orthanc and the node; a series is complete one second after its last instance."""
-    with _orthanc_with_node(tmp_path, node_factory, request, COMPLETE_AFTER_S) as pair:
+    """Orthanc and the node, which sends SEG, SR and key images; a series is complete one second
+    after its last instance."""
+    with _orthanc_with_node(
+        tmp_path, node_factory, request, COMPLETE_AFTER_S, ["seg", "sr", "sc"]
+    ) as pair:
         yield pair
 
 
@@ -102,12 +109,14 @@ def _series_by_modality(orthanc: Orthanc, study_id: str) -> dict[str, list[dict[
     return by_modality
 
 
-def _results_arrived(orthanc: Orthanc, study_id: str) -> dict[str, list[dict[str, Any]]] | None:
+def _results_arrived(
+    orthanc: Orthanc, study_id: str, modalities: frozenset[str] = frozenset({"SEG", "SR"})
+) -> dict[str, list[dict[str, Any]]] | None:
     by_modality = _series_by_modality(orthanc, study_id)
-    return by_modality if "SEG" in by_modality and "SR" in by_modality else None
+    return by_modality if modalities <= set(by_modality) else None
 
 
-def test_orthanc_sends_a_head_ct_and_gets_seg_and_sr_back(
+def test_orthanc_sends_a_head_ct_and_gets_seg_sr_and_key_images_back(
     orthanc_and_node: tuple[Orthanc, NodeProcess],
     head_ct_dir: Path,
     tmp_path: Path,
@@ -128,13 +137,13 @@ def test_orthanc_sends_a_head_ct_and_gets_seg_and_sr_back(
     assert job.get("InstancesCount", len(sources)) == len(sources), job
 
     arrived = wait_until(
-        lambda: _results_arrived(orthanc, study_id),
+        lambda: _results_arrived(orthanc, study_id, frozenset({"SEG", "SR", "OT"})),
         RESULTS_TIMEOUT_S,
-        "SEG and SR at Orthanc",
+        "SEG, SR and SC at Orthanc",
     )
     latency = time.monotonic() - acknowledged
     message = (
-        f"last instance acknowledged -> SEG + SR stored at Orthanc: {latency:.2f} s "
+        f"last instance acknowledged -> SEG + SR + SC stored at Orthanc: {latency:.2f} s "
         f"(series.complete_after_s={COMPLETE_AFTER_S:g} s included)"
     )
     print(f"\n{message}")
@@ -144,7 +153,7 @@ def test_orthanc_sends_a_head_ct_and_gets_seg_and_sr_back(
     # The node finishes its job (DONE) and has nothing more to send; only then count objects.
     node.wait_for_log(r"job \d+ SENDING -> DONE", RESULTS_TIMEOUT_S)
     arrived = _series_by_modality(orthanc, study_id)
-    assert sorted(arrived) == ["CT", "SEG", "SR"], arrived
+    assert sorted(arrived) == ["CT", "OT", "SEG", "SR"], arrived
     assert [len(s["Instances"]) for s in arrived["SEG"]] == [1], arrived["SEG"]
     assert [len(s["Instances"]) for s in arrived["SR"]] == [1], arrived["SR"]
     assert "Traceback" not in node.log(), node.log()
@@ -153,11 +162,18 @@ def test_orthanc_sends_a_head_ct_and_gets_seg_and_sr_back(
     sr_path = tmp_path / "sr.dcm"
     seg_path.write_bytes(orthanc.instance_file(arrived["SEG"][0]["Instances"][0]))
     sr_path.write_bytes(orthanc.instance_file(arrived["SR"][0]["Instances"][0]))
+    [sc_series] = arrived["OT"]
+    assert 1 <= len(sc_series["Instances"]) <= MAX_KEY_IMAGES, sc_series
+    sc_paths = []
+    for number, instance_id in enumerate(sc_series["Instances"], start=1):
+        sc_paths.append(tmp_path / f"sc{number}.dcm")
+        sc_paths[-1].write_bytes(orthanc.instance_file(instance_id))
 
     baseline: set[str] = set()
     for path in sorted(head_ct_dir.glob("*.dcm")):
         baseline |= dciodvfy_errors(path)
-    for name, path in (("SEG", seg_path), ("SR", sr_path)):
+    checked = [("SEG", seg_path), ("SR", sr_path), *(("SC", path) for path in sc_paths)]
+    for name, path in checked:
         errors = dciodvfy_errors(path)
         summary = (
             f"dciodvfy {name}: {len(errors)} distinct error(s), "
@@ -176,6 +192,28 @@ def test_orthanc_sends_a_head_ct_and_gets_seg_and_sr_back(
     )
     _check_seg_frames(seg, sources)
     _check_sr_references(sr, seg)
+    for path in sc_paths:
+        _check_key_image(pydicom.dcmread(path), seg, sources)
+
+
+def _check_key_image(
+    image: pydicom.Dataset, seg: hd.seg.Segmentation, sources: dict[str, pydicom.Dataset]
+) -> None:
+    """A key image of the study references one source slice and is coloured exactly where the
+    SEG has blood on that slice (the model's real output: a representative slice without any
+    colour when it found none)."""
+    assert image.StudyInstanceUID == seg.StudyInstanceUID
+    assert image.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    [reference] = image.SourceImageSequence
+    uid = reference.ReferencedSOPInstanceUID
+    assert uid in sources
+    layout = layout_for(int(sources[uid].Rows), int(sources[uid].Columns))
+    numbers = sorted(hemorrhage_segments(seg).values())
+    blood = seg.get_pixels_by_source_instance([uid], segment_numbers=numbers)[0].any(axis=-1)
+    area = image.pixel_array[layout.banner_rows : layout.banner_rows + layout.slice_rows]
+    area = area.astype(int)
+    coloured = (area[..., 0] != area[..., 1]) | (area[..., 1] != area[..., 2])
+    np.testing.assert_array_equal(coloured, blood)
 
 
 def _check_seg_frames(seg: hd.seg.Segmentation, sources: dict[str, pydicom.Dataset]) -> None:
