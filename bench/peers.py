@@ -128,6 +128,7 @@ def write_node_config(
     cache_dir: Path | None = None,
     peer_ae: str = SENDER_AE,
     outputs: Sequence[str] | None = None,
+    notifications: Sequence[dict[str, Any]] = (),
 ) -> None:
     peer: dict[str, Any] = {
         "ae_title": peer_ae,
@@ -149,6 +150,8 @@ def write_node_config(
         "model": {"cache_dir": str(cache_dir)} if cache_dir else {},
         "logging": {"level": "INFO"},
     }
+    if notifications:
+        config["notifications"] = list(notifications)
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
 
 
@@ -162,6 +165,7 @@ def node_serve(
     cache_dir: Path | None = None,
     peer_ae: str = SENDER_AE,
     outputs: Sequence[str] | None = None,
+    notifications: Sequence[dict[str, Any]] = (),
 ) -> Iterator[RunningNode]:
     """``ichnet-node serve`` as a subprocess; stopped with SIGTERM (graceful) at the end."""
     port = free_port()
@@ -177,6 +181,7 @@ def node_serve(
         cache_dir=cache_dir,
         peer_ae=peer_ae,
         outputs=outputs,
+        notifications=notifications,
     )
     log_path = work_dir / "node.log"
     with log_path.open("wb") as log:

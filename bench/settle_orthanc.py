@@ -1,6 +1,7 @@
 """Association release -> results stored in Orthanc, with ``series.complete_after_s: 30``.
 
     .venv/bin/python bench/settle_orthanc.py [--runs 5] [--engine auto] [--outputs seg,sr]
+        [--notify]
 
 A real Orthanc (Debian package) holds the real 28-slice GE head CT and C-STOREs it to a real
 ``ichnet-node serve`` (``POST /modalities/ichnet/store``, synchronous: the call returns once
@@ -11,6 +12,8 @@ series (polled over REST every 50 ms). The split comes from the job's ``timings`
 inference, results = SEG/SR/SC encoding, send); "wait + other" is the rest: the settle time,
 the assembler's polling, reading the spool, job bookkeeping and the REST polling.
 Before each run the result series of the previous run are deleted from Orthanc.
+With ``--notify`` the node also posts a JSON and a FHIR notification (``send_on: all``) to an
+``http.server`` endpoint in this process; "notify s" is release -> the later of the two.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from common import REPO_ROOT, plain_table
 from end_to_end import HEAD_STUDY, job_timings
 from peers import NODE_AE, free_port, node_serve
 
+from tests.dicom_node.http_hook import hook_server
 from tests.integration.orthanc import Orthanc, start_orthanc
 
 ORTHANC_AE: Final[str] = "ORTHANC"
@@ -54,14 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--outputs", default="seg,sr", help="peers[].outputs, comma-separated")
+    parser.add_argument("--notify", action="store_true", help="JSON + FHIR notifications too")
     args = parser.parse_args(argv)
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
     expected = {MODALITY_OF_OUTPUT[o] for o in outputs}
-    headers = ("run", "total s", "wait + other s", *(f"{s} s" for s in STAGES))
+    headers = ("run", "total s", "wait + other s", *(f"{s} s" for s in STAGES), "notify s")
     rows: list[list[str]] = []
     totals: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="ichnet-settle-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ichnet-settle-") as tmp, hook_server() as hook:
         work = Path(tmp)
+        notifications = [
+            {"url": hook.url, "send_on": "all", "format": fmt} for fmt in ("json", "fhir")
+        ]
         orthanc_dicom_port, orthanc_http_port = free_port(), free_port()
         with node_serve(
             work,
@@ -71,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_dir=work / "engine-cache",
             peer_ae=ORTHANC_AE,
             outputs=None if outputs == ["seg", "sr"] else outputs,
+            notifications=notifications if args.notify else (),
         ) as node:
             (work / "orthanc").mkdir()
             orthanc = start_orthanc(
@@ -88,8 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for series_id in result_series(orthanc, study_id).values():
                         orthanc.request("DELETE", f"/series/{series_id}")
                     jobs_before = len(job_timings(node.storage_dir))
+                    posts_before = len(hook.received)
                     orthanc.store_to_modality(NODE_MODALITY, [study_id])
                     released = time.perf_counter()
+                    released_monotonic = time.monotonic()
                     deadline = released + RESULT_TIMEOUT_S
                     while not expected <= set(result_series(orthanc, study_id)):
                         if time.perf_counter() > deadline:
@@ -104,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )
                     job = jobs[-1]
                     staged = sum(job.get(stage, 0.0) for stage in STAGES)
+                    notify = "-"
+                    if args.notify:
+                        posts = hook.wait_for(posts_before + 2, RESULT_TIMEOUT_S)[posts_before:]
+                        notify = f"{max(p.at for p in posts) - released_monotonic:.2f}"
                     totals.append(total)
                     rows.append(
                         [
@@ -111,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"{total:.2f}",
                             f"{total - staged:.2f}",
                             *(f"{job.get(stage, float('nan')):.2f}" for stage in STAGES),
+                            notify,
                         ]
                     )
                     print(plain_table(headers, rows), flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import ssl
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -72,6 +73,14 @@ def _host(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
         raise ValueError(f"must be a host name or IP address, got {value!r}")
     return value
+
+
+def _http_url(value: Any) -> str:
+    text = str(value).strip()
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+    return text
 
 
 def _at_least(minimum: int) -> Any:
@@ -355,6 +364,18 @@ class TritonSection(_Section):
     timeout_s: Annotated[float, Field(gt=0)] = 600.0
 
 
+class NotificationTarget(_Section):
+    """One endpoint that gets a push when a result is ready (DESIGN.md ``notifications:``)."""
+
+    url: Annotated[str, BeforeValidator(_http_url)]
+    #: ``positive``: only results with ``present.any``; ``all``: every result.
+    send_on: Literal["positive", "all"] = "positive"
+    #: ``json``: DESIGN.md's message; ``fhir``: a FHIR R4 DiagnosticReport.
+    format: Literal["json", "fhir"] = "json"
+    #: Seconds one POST may take (connect + answer) before it counts as a transient failure.
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -372,6 +393,8 @@ class NodeConfig(_Section):
     logging: LoggingSection = LoggingSection()
     limits: LimitsSection = LimitsSection()
     triton: TritonSection = TritonSection()
+    #: Pushes when a result is ready; retried like results (``sender:``), never delaying them.
+    notifications: tuple[NotificationTarget, ...] = ()
 
     @model_validator(mode="after")
     def _unique_peers(self) -> NodeConfig:

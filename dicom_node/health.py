@@ -36,7 +36,14 @@ STALL_AFTER_S: Final[float] = 60.0
 #: How long the job-store probe waits for another connection's write lock.
 JOB_STORE_PROBE_TIMEOUT_S: Final[float] = 2.0
 #: The parts of a :class:`HealthReport`, in the order ``/healthz`` lists them.
-PARTS: Final[tuple[str, ...]] = ("receiving", "assembling", "inference", "sending", "job_store")
+PARTS: Final[tuple[str, ...]] = (
+    "receiving",
+    "assembling",
+    "inference",
+    "sending",
+    "notifying",
+    "job_store",
+)
 OK: Final[str] = "ok"
 
 

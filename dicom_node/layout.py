@@ -40,6 +40,11 @@ class StorageLayout:
         return self.root / "outbox"
 
     @property
+    def notifications(self) -> Path:
+        """``notifications/<job>-<n>.json``: pending notification posts until delivered."""
+        return self.root / "notifications"
+
+    @property
     def jobs_db(self) -> Path:
         """The job queue (SQLite, WAL)."""
         return self.root / "jobs.sqlite3"

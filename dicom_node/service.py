@@ -9,7 +9,9 @@ Threads and what they own:
   :mod:`dicom_node.series_tracker`;
 * one worker claims QUEUED jobs and runs :func:`analyse_series` (one inference at a time: the
   model uses every core), then writes SEG + SR into the outbox and marks the job SENDING;
-* the sender delivers due outbox folders to the peer that sent the series, with backoff.
+* the sender delivers due outbox folders to the peer that sent the series, with backoff;
+* the notifier posts ``notifications:`` (queued on disk when a result is ready) on its own
+  thread, so a slow endpoint never delays results to the PACS.
 
 Every state lives on disk (spool, SQLite, outbox), so :meth:`NodeService.start` after a crash
 resumes everything: RUNNING jobs are rerun, RECEIVED series complete after a fresh quiet period,
@@ -43,6 +45,8 @@ from dicom_node.config import NodeConfig, Peer
 from dicom_node.health import HealthCheck, HealthReport, LoopMonitor
 from dicom_node.jobs import IllegalTransitionError, Job, JobStore, JobStoreError, UnknownJobError
 from dicom_node.metrics import NodeMetrics, NodeStateCollector, start_metrics_server
+from dicom_node.notifications.notifier import Notifier
+from dicom_node.notifications.queue import NotificationQueue
 from dicom_node.outbox import Outbox
 from dicom_node.results import write_result
 from dicom_node.sender import ResultSender, SendOutcomeKind
@@ -52,7 +56,7 @@ from dicom_node.study_selection import StudySelector
 from dicom_node.tls import client_context
 from dicom_node.transport import GuardedAssociationServer
 from dicom_node.triton_engine import node_engine
-from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
+from dicom_node.workflow import SeriesAnalysis, SeriesSkipped, analyse_series, read_datasets
 from ichnet_core.inference.base import EngineTransientError, InferenceEngine
 from ichnet_core.models.weights import ModelWeights, load_weights
 
@@ -74,6 +78,7 @@ _LOOP_THREADS: Final[dict[str, str]] = {
     "assembling": "ichnet-assembler",
     "inference": "ichnet-worker",
     "sending": "ichnet-sender",
+    "notifying": "ichnet-notifier",
 }
 
 
@@ -137,6 +142,13 @@ class NodeService:
         self._stopping = threading.Event()
         self._work_ready = threading.Event()
         self._send_ready = threading.Event()
+        self._notify_ready = threading.Event()
+        self.notifier = Notifier(
+            config.notifications,
+            NotificationQueue(self.layout.notifications),
+            config.sender,
+            clock=clock,
+        )
         self._threads: list[threading.Thread] = []
         self._server: GuardedAssociationServer | None = None
         self._metrics_server: WSGIServer | None = None
@@ -183,6 +195,7 @@ class NodeService:
             "assembling": (self._queue_complete_series, self.config.series.poll_interval_s),
             "inference": (self._worker_round, 0.0),
             "sending": (self._sender_round, 0.0),
+            "notifying": (self._notifier_round, 0.0),
         }
         for name, (round_, interval_s) in rounds.items():
             monitor = self.loops[name]
@@ -217,6 +230,7 @@ class NodeService:
         self._stopping.set()
         self._work_ready.set()
         self._send_ready.set()
+        self._notify_ready.set()
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -529,8 +543,27 @@ class NodeService:
             job.id,
             {"volume": timings.volume, "inference": timings.inference, "results": timings.results},
         )
+        self._queue_notifications(job, analysis)
         self.jobs.mark_sending(job.id, self.outbox.job_dir(job.id))
         self._send_ready.set()
+
+    def _queue_notifications(self, job: Job, analysis: SeriesAnalysis) -> None:
+        """Queue the job's notifications (before SENDING: a rerun after a crash re-queues them
+        under the same names). A failure here is logged and never holds back the results."""
+        if not self.config.notifications:
+            return
+        try:
+            if self.notifier.enqueue(job.id, analysis.result, analysis.volume.datasets[0]):
+                self._notify_ready.set()
+        except Exception:
+            logger.exception("job %d: notifications could not be queued", job.id)
+
+    def _notifier_round(self) -> None:
+        """Notifier round: post every due notification, then wait for the next one."""
+        with self.loops["notifying"].busy("posting notifications"):
+            self.notifier.deliver_due(self._stopping.is_set)
+        self._notify_ready.wait(IDLE_WAIT_S)
+        self._notify_ready.clear()
 
     def _sender_round(self) -> None:
         """Sender round: deliver every due outbox, then wait for the next one."""
