@@ -45,6 +45,11 @@ class StorageLayout:
         return self.root / "notifications"
 
     @property
+    def priors_db(self) -> Path:
+        """Earlier results per patient (identifiers and volumes) for follow-up comparisons."""
+        return self.root / "priors.sqlite3"
+
+    @property
     def jobs_db(self) -> Path:
         """The job queue (SQLite, WAL)."""
         return self.root / "jobs.sqlite3"

@@ -48,6 +48,7 @@ from dicom_node.metrics import NodeMetrics, NodeStateCollector, start_metrics_se
 from dicom_node.notifications.notifier import Notifier
 from dicom_node.notifications.queue import NotificationQueue
 from dicom_node.outbox import Outbox
+from dicom_node.priors import PriorIndex, find_prior, remember_result
 from dicom_node.results import write_result
 from dicom_node.sender import ResultSender, SendOutcomeKind
 from dicom_node.series_tracker import CompletedSeries, SeriesKey, SeriesTracker
@@ -117,6 +118,7 @@ class NodeService:
         self.store = InstanceStore(storage_dir)
         self.jobs = JobStore.for_storage_dir(storage_dir)
         self.outbox = Outbox.for_storage_dir(storage_dir)
+        self.priors = PriorIndex(self.layout.priors_db)
         self.results_dir = self.layout.results
         self.tracker = SeriesTracker(
             config.series.complete_after_s,
@@ -242,6 +244,7 @@ class NodeService:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         self.jobs.close()
+        self.priors.close()
 
     @property
     def port(self) -> int:
@@ -518,6 +521,7 @@ class NodeService:
                 rules=self.config.selection,
                 selection=decision.selection,
                 key_images="sc" in outputs,
+                prior=find_prior(self.priors, datasets[0]),
             )
         except SeriesSkipped as exc:
             self.jobs.mark_skipped(job.id, exc.reason)
@@ -538,6 +542,7 @@ class NodeService:
         job_results = self.layout.result_dir(job.id)
         job_results.mkdir(parents=True, exist_ok=True)
         write_result(job_results / "result.json", analysis.result)
+        remember_result(self.priors, analysis.volume.datasets[0], analysis.sr, analysis.volumes)
         timings = analysis.timings
         self.jobs.set_timings(
             job.id,

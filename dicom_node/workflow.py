@@ -31,6 +31,7 @@ from dicom_node.results import (
     build_sr,
     measure_hemorrhage,
 )
+from dicom_node.results.comparison import PriorResult, compare, study_datetime
 from dicom_node.results.sc import build_key_images
 from dicom_node.selection import SelectionResult, select_series
 from ichnet_core.imaging.volume import Volume, VolumeError, build_volume
@@ -121,6 +122,7 @@ def analyse_series(
     rules: SelectionSection,
     selection: SelectionResult | None = None,
     key_images: bool = False,
+    prior: PriorResult | None = None,
 ) -> SeriesAnalysis:
     """Run the whole analysis of one series in memory.
 
@@ -139,6 +141,9 @@ def analyse_series(
         before it loads the model); ``None`` applies ``rules`` here.
     key_images:
         Also build the secondary-capture key images (a peer's ``outputs`` has ``sc``).
+    prior:
+        The patient's previous result (:meth:`dicom_node.priors.PriorIndex.latest_before`):
+        result.json ``comparison`` and the SR report the change against it.
 
     Raises
     ------
@@ -165,6 +170,10 @@ def analyse_series(
     uids = ResultUids.derive(volume.series_instance_uid, model)
     now = datetime.datetime.now(datetime.timezone.utc).astimezone()
     source = volume.datasets[0]
+    current = study_datetime(source)
+    comparison = (
+        compare(volumes, current, prior) if prior is not None and current is not None else None
+    )
     seg = build_seg(
         volume,
         prediction,
@@ -185,6 +194,8 @@ def analyse_series(
         sop_instance_uid=uids.sr_sop_instance_uid,
         series_number=_series_number(source, SR_SERIES_NUMBER_BASE),
         content_datetime=now,
+        comparison=comparison,
+        prior=prior if comparison is not None else None,
     )
     present = operating_points.present(prediction.subject_probabilities)
     images = (
@@ -214,6 +225,7 @@ def analyse_series(
         engine=engine.name,
         model=model,
         timings=timings,
+        comparison=comparison,
     )
     logger.info(
         "series %s: ICH p=%.3f (%s at operating point %.3g), hemorrhage %.2f mL "

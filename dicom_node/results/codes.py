@@ -96,6 +96,37 @@ SUBTYPE_FINDINGS: Final[dict[str, hd.sr.CodedConcept]] = {
 }
 assert tuple(SUBTYPE_FINDINGS) == SUBTYPES, "SUBTYPE_FINDINGS must follow labels.SUBTYPES"
 
+# --- Follow-up comparison (SR) -------------------------------------------------------------------
+# Local codes: PS3.16 has no concept for "volume in the prior study", "change since the prior
+# study" or "hematoma expansion" that could be confirmed here; the words say exactly what the
+# numbers are.
+
+#: The hemorrhage volume the prior result reported (mL).
+PRIOR_HEMORRHAGE_VOLUME: Final = hd.sr.CodedConcept(
+    value="PRIORVOL",
+    scheme_designator=LOCAL_SCHEME_DESIGNATOR,
+    meaning="Hemorrhage volume in prior study",
+)
+#: This volume minus the prior volume (mL), and the same in percent of the prior.
+HEMORRHAGE_VOLUME_CHANGE: Final = hd.sr.CodedConcept(
+    value="VOLCHANGE",
+    scheme_designator=LOCAL_SCHEME_DESIGNATOR,
+    meaning="Change in hemorrhage volume since prior study",
+)
+#: Hours from the prior study's StudyDate/StudyTime to this one's.
+INTERVAL_SINCE_PRIOR: Final = hd.sr.CodedConcept(
+    value="PRIORINTERVAL",
+    scheme_designator=LOCAL_SCHEME_DESIGNATOR,
+    meaning="Interval since prior study",
+)
+#: Growth by more than 6 mL or 33 % (Present/Absent).
+HEMATOMA_EXPANSION: Final = hd.sr.CodedConcept(
+    value="EXPANSION", scheme_designator=LOCAL_SCHEME_DESIGNATOR, meaning="Hematoma expansion"
+)
+#: UCUM hour and percent.
+HOUR: Final = hd.sr.CodedConcept(value="h", scheme_designator="UCUM", meaning="hour")
+PERCENT: Final = hd.sr.CodedConcept(value="%", scheme_designator="UCUM", meaning="percent")
+
 #: SCT 52101004 / 272519000, CID 240 "Present-Absent".
 PRESENT: Final = hd.sr.CodedConcept.from_code(codes.SCT.Present)
 ABSENT: Final = hd.sr.CodedConcept.from_code(codes.SCT.Absent)

@@ -7,7 +7,8 @@ with its ``sop_instance_uid``), ``hemorrhage_volume_ml``, ``engine``, ``model`` 
 weights_sha256} and ``timings_s`` {volume, inference, results}; and, added 2026-12,
 ``present`` (subject-level decision per output at the weights' operating points, the same the SR
 states), ``operating_points`` (those thresholds), ``volumes_ml`` (``hemorrhage`` = the total,
-then one value per compartment, ``null`` for weights without compartments). One key beyond
+then one value per compartment, ``null`` for weights without compartments), ``comparison``
+(the patient's prior result, or ``null``; :mod:`dicom_node.results.comparison`). One key beyond
 DESIGN.md: ``operating_points_source`` says where the thresholds come from, so a reader can tell
 thresholds chosen on validation data from the 0.5 fallback of weights that carry none.
 
@@ -63,6 +64,7 @@ def build_result(
     engine: str,
     model: ModelIdentity,
     timings: Timings,
+    comparison: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The result.json content for one series, as plain JSON types.
 
@@ -82,6 +84,9 @@ def build_result(
         Identification of the model.
     timings:
         Seconds spent building the volume, inferring and writing results.
+    comparison:
+        ``comparison`` with the patient's prior result
+        (:func:`dicom_node.results.comparison.compare`); ``None`` when there is none.
 
     Returns
     -------
@@ -123,6 +128,7 @@ def build_result(
         "operating_points": {name: operating_points.subject[name] for name in CLASS_NAMES},
         "operating_points_source": operating_points.source,
         "volumes_ml": volumes.to_json(),
+        "comparison": dict(comparison) if comparison is not None else None,
     }
 
 

@@ -25,16 +25,18 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 import highdicom as hd
 from pydicom import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes as pydicom_codes
-from pydicom.uid import SegmentationStorage
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from dicom_node.results import codes
 from dicom_node.results.checks import check_prediction, check_volume_ml
+from dicom_node.results.comparison import PriorResult
 from dicom_node.results.device import MANUFACTURER, ModelIdentity, equipment
 from dicom_node.results.sanitize import prepare_source_headers
 from dicom_node.results.seg import COMPARTMENT_LABELS, HEMORRHAGE_KEY, hemorrhage_segments
@@ -53,6 +55,8 @@ PROBABILITY_DECIMALS: Final[int] = 3
 SERIES_DESCRIPTION: Final[str] = "ICHNet hemorrhage report (research)"
 #: Human-readable tracking identifier of the whole hemorrhage.
 TRACKING_IDENTIFIER: Final[str] = "Intracranial hemorrhage"
+#: Start of the tracking identifiers of the comparison groups.
+COMPARISON_IDENTIFIER: Final[str] = "Comparison with prior study"
 
 
 def presence(probability: float, threshold: float = DEFAULT_THRESHOLD) -> hd.sr.CodedConcept:
@@ -180,6 +184,88 @@ def _segment_group(
     )
 
 
+def _comparison_groups(
+    comparison: Mapping[str, Any], algorithm: hd.sr.AlgorithmIdentification, seg_uid: str
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """TID 1501 groups "Comparison with prior study": the whole bleed, then per compartment."""
+
+    def ml(concept: hd.sr.CodedConcept, value: float) -> hd.sr.Measurement:
+        return hd.sr.Measurement(
+            name=concept, value=round(value, VOLUME_DECIMALS), unit=codes.MILLILITER
+        )
+
+    def group(
+        name: str,
+        finding: hd.sr.CodedConcept,
+        measurements: list[hd.sr.Measurement],
+        evaluations: list[hd.sr.QualitativeEvaluation] | None = None,
+    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derived_uid(seg_uid, "comparison", name),
+                identifier=f"{COMPARISON_IDENTIFIER}: {name}",
+            ),
+            finding_type=finding,
+            finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            algorithm_id=algorithm,
+            measurements=measurements,
+            qualitative_evaluations=evaluations,
+        )
+
+    total = [
+        ml(codes.PRIOR_HEMORRHAGE_VOLUME, comparison["prior_volume_ml"]),
+        ml(codes.HEMORRHAGE_VOLUME_CHANGE, comparison["change_ml"]),
+        hd.sr.Measurement(
+            name=codes.INTERVAL_SINCE_PRIOR,
+            value=round(float(comparison["interval_hours"]), VOLUME_DECIMALS),
+            unit=codes.HOUR,
+        ),
+    ]
+    if comparison["change_percent"] is not None:
+        total.append(
+            hd.sr.Measurement(
+                name=codes.HEMORRHAGE_VOLUME_CHANGE,
+                value=round(float(comparison["change_percent"]), VOLUME_DECIMALS),
+                unit=codes.PERCENT,
+            )
+        )
+    expansion = codes.PRESENT if comparison["expansion"] else codes.ABSENT
+    groups = [
+        group(
+            TRACKING_IDENTIFIER,
+            codes.INTRACRANIAL_HEMORRHAGE,
+            total,
+            [hd.sr.QualitativeEvaluation(codes.HEMATOMA_EXPANSION, expansion)],
+        )
+    ]
+    for name, values in comparison.get("compartments", {}).items():
+        groups.append(
+            group(
+                COMPARTMENT_LABELS[name],
+                codes.SUBTYPE_FINDINGS[name],
+                [
+                    ml(codes.PRIOR_HEMORRHAGE_VOLUME, values["prior_ml"]),
+                    ml(codes.HEMORRHAGE_VOLUME_CHANGE, values["change_ml"]),
+                ],
+            )
+        )
+    return groups
+
+
+def _prior_evidence(prior: PriorResult) -> DicomSequence:
+    """Pertinent Other Evidence (PS3.3 C.17.2): the prior's SR, in its own study."""
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = Comprehensive3DSRStorage
+    instance.ReferencedSOPInstanceUID = prior.sr_sop_instance_uid
+    series = Dataset()
+    series.SeriesInstanceUID = prior.sr_series_instance_uid
+    series.ReferencedSOPSequence = DicomSequence([instance])
+    study = Dataset()
+    study.StudyInstanceUID = prior.study_instance_uid
+    study.ReferencedSeriesSequence = DicomSequence([series])
+    return DicomSequence([study])
+
+
 def build_sr(
     volume: Volume,
     prediction: Prediction,
@@ -193,6 +279,8 @@ def build_sr(
     instance_number: int = 1,
     operating_points: OperatingPoints | None = None,
     content_datetime: datetime.datetime | None = None,
+    comparison: Mapping[str, Any] | None = None,
+    prior: PriorResult | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 report of one series, referencing the hemorrhage segments of ``seg``.
 
@@ -217,6 +305,10 @@ def build_sr(
         The weights' thresholds for Present/Absent; ``None`` means 0.5 for every output.
     content_datetime:
         Content Date/Time; defaults to now. Pass the SEG's value to keep them equal.
+    comparison, prior:
+        result.json ``comparison`` and the prior it was computed from: reported in TID 1501
+        groups (prior volume, change in mL and %, interval, expansion; per compartment where
+        the comparison has them), and the prior's SR listed as pertinent other evidence.
 
     Returns
     -------
@@ -284,6 +376,8 @@ def build_sr(
                     [_volume_measurement(volumes.compartments_ml[name])],
                 )
             )
+    if comparison is not None:
+        groups.extend(_comparison_groups(comparison, algorithm, seg.SOPInstanceUID))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(model),
         procedure_reported=codes.CT_HEAD,
@@ -312,6 +406,8 @@ def build_sr(
         content_qualification=hd.ContentQualificationValues.RESEARCH,
         coding_schemes=[codes.local_coding_scheme()],
     )
+    if prior is not None:
+        sr.PertinentOtherEvidenceSequence = _prior_evidence(prior)
     logger.info(
         "Built SR %s (series %s) for source series %s referencing SEG %s: volume %.2f mL "
         "(%s), P(ICH) %.3f at operating point %.3g.",

@@ -35,6 +35,7 @@ TOP_LEVEL_KEYS = [
     "operating_points",
     "operating_points_source",
     "volumes_ml",
+    "comparison",
 ]
 TIMINGS = Timings(volume=1.5, inference=0.25, results=0.125)
 
@@ -63,6 +64,7 @@ def test_result_has_exactly_the_design_schema(
     result = _result(head_volume, positive_prediction, model)
 
     assert list(result) == TOP_LEVEL_KEYS
+    assert result["comparison"] is None  # no prior given
     assert result["study_instance_uid"] == head_volume.study_instance_uid
     assert result["series_instance_uid"] == head_volume.series_instance_uid
     assert list(result["subject"]) == list(CLASS_NAMES)
