@@ -33,6 +33,7 @@ from dicom_node.status import StoreStatus
 if TYPE_CHECKING:
     from dicom_node.health import HealthReport
     from dicom_node.jobs import JobStore
+    from dicom_node.status_page import StatusPage
 
 logger = logging.getLogger(__name__)
 
@@ -209,9 +210,12 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def metrics_app(
-    registry: CollectorRegistry, health: Callable[[], HealthReport] | None = None
+    registry: CollectorRegistry,
+    health: Callable[[], HealthReport] | None = None,
+    status_page: StatusPage | None = None,
 ) -> Callable[..., Iterable[bytes]]:
-    """WSGI app: ``/metrics`` (Prometheus text), ``/healthz`` (200/503 + JSON), else 404."""
+    """WSGI app: ``/metrics`` (Prometheus text), ``/healthz`` (200/503 + JSON), the read-only
+    ``/status`` page (given ``status_page``), else 404."""
     prometheus = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -229,6 +233,8 @@ def metrics_app(
                 )
             start_response(status, [("Content-Type", "application/json")])
             return [body]
+        if status_page is not None and status_page.handles(path):
+            return status_page(environ, start_response)
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [f"not found; try {METRICS_PATH} or {HEALTHZ_PATH}\n".encode()]
 
@@ -240,9 +246,10 @@ def start_metrics_server(
     bind: str,
     registry: CollectorRegistry,
     health: Callable[[], HealthReport] | None = None,
+    status_page: StatusPage | None = None,
 ) -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``/metrics`` (and, given ``health``, ``/healthz``) at ``http://bind:port`` from a
-    daemon thread.
+    """Serve ``/metrics`` (and, given ``health``, ``/healthz``; given ``status_page``, ``/status``)
+    at ``http://bind:port`` from a daemon thread.
 
     Returns
     -------
@@ -252,7 +259,7 @@ def start_metrics_server(
     server = make_server(
         bind,
         port,
-        metrics_app(registry, health),
+        metrics_app(registry, health, status_page),
         server_class=_ThreadingWSGIServer,
         handler_class=_QuietHandler,
     )

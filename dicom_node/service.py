@@ -52,6 +52,7 @@ from dicom_node.priors import PriorIndex, find_prior, remember_result
 from dicom_node.results import write_result
 from dicom_node.sender import ResultSender, SendOutcomeKind
 from dicom_node.series_tracker import CompletedSeries, SeriesKey, SeriesTracker
+from dicom_node.status_page import THUMBNAIL_NAME, StatusPage, save_thumbnail
 from dicom_node.storage import InstanceStore, StoredInstance
 from dicom_node.study_selection import StudySelector
 from dicom_node.tls import client_context
@@ -191,7 +192,11 @@ class NodeService:
         node = self.config.node
         if node.metrics_port is not None:
             self._metrics_server, _ = start_metrics_server(
-                node.metrics_port, node.bind, self.metrics.registry, self.health.report
+                node.metrics_port,
+                node.bind,
+                self.metrics.registry,
+                self.health.report,
+                StatusPage(self.jobs, self.layout, self.config.peers, node.ae_title),
             )
         rounds: dict[str, tuple[Callable[[], None], float]] = {
             "assembling": (self._queue_complete_series, self.config.series.poll_interval_s),
@@ -543,6 +548,7 @@ class NodeService:
         job_results.mkdir(parents=True, exist_ok=True)
         write_result(job_results / "result.json", analysis.result)
         remember_result(self.priors, analysis.volume.datasets[0], analysis.sr, analysis.volumes)
+        save_thumbnail(job_results / THUMBNAIL_NAME, analysis.volume, analysis.prediction)
         timings = analysis.timings
         self.jobs.set_timings(
             job.id,
