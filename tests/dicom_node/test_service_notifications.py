@@ -73,6 +73,10 @@ def test_json_and_fhir_notifications_arrive_and_a_failing_endpoint_is_retried(
             job = _wait_for_job(node, lambda j: j.state is JobState.DONE, "DONE", JOB_TIMEOUT_S)
             received = good.wait_for(2, 30.0)
             attempts = failing.wait_for(3, 30.0)
+            audited = f"audit notification_sent: url={failing.url}"
+            deadline = time.monotonic() + 10.0  # the audit line follows the endpoint's answer
+            while caplog.text.count(audited) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
     finally:
         node.stop(STOP_TIMEOUT_S)
 
@@ -89,4 +93,4 @@ def test_json_and_fhir_notifications_arrive_and_a_failing_endpoint_is_retried(
 
     assert len(attempts) >= 3, "the failing endpoint was tried again"
     assert "HTTP 503" in caplog.text
-    assert caplog.text.count(f"audit notification_sent: url={failing.url}") >= 3
+    assert caplog.text.count(audited) >= 3
