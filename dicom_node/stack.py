@@ -188,7 +188,7 @@ def stack_problem(headers: Sequence[SliceHeader | None]) -> str | None:
         np.max(np.abs(np.asarray(h.orientation) - reference)) > ORIENTATION_TOLERANCE for h in known
     ):
         return "slices with different orientations"
-    offsets = np.sort(np.asarray([h.position for h in known]) @ slice_normal(reference))
+    offsets = np.sort(np.asarray([h.position for h in known]) @ slice_normal(known[0].orientation))
     gaps = np.diff(offsets)
     if np.any(gaps < SAME_POSITION_MM):
         return "two slices at the same position"

@@ -147,7 +147,7 @@ class StatusPage:
             )
             for job in jobs
         ]
-        results = []
+        results: list[str] = []
         for job in jobs:
             if job.state not in (JobState.DONE, JobState.SENDING) or len(results) >= RESULTS_SHOWN:
                 continue

@@ -186,7 +186,7 @@ def render_key_image(
     return np.asarray(image)
 
 
-def _patient_orientation(orientation: np.ndarray) -> tuple[str, str]:
+def _patient_orientation(orientation: Sequence[float]) -> tuple[str, str]:
     """Patient Orientation (PS3.3 C.7.6.1.1.1) of rows and columns: the dominant axis letter."""
     letters = (("L", "R"), ("P", "A"), ("H", "F"))
 

@@ -252,7 +252,7 @@ def _comparison_groups(
     return groups
 
 
-def _prior_evidence(prior: PriorResult) -> DicomSequence:
+def _prior_evidence(prior: PriorResult) -> list[Dataset]:
     """Pertinent Other Evidence (PS3.3 C.17.2): the prior's SR, in its own study."""
     instance = Dataset()
     instance.ReferencedSOPClassUID = Comprehensive3DSRStorage
@@ -263,7 +263,7 @@ def _prior_evidence(prior: PriorResult) -> DicomSequence:
     study = Dataset()
     study.StudyInstanceUID = prior.study_instance_uid
     study.ReferencedSeriesSequence = DicomSequence([series])
-    return DicomSequence([study])
+    return [study]
 
 
 def build_sr(
