@@ -28,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["engines.py", *engines],
         ["ingest.py"],
         ["end_to_end.py"],
+        ["settle_orthanc.py"],
         ["memory.py", *memory],
         ["selection.py"],
     ]

@@ -1,7 +1,7 @@
 """Association release -> results stored in Orthanc, with ``series.complete_after_s: 30``.
 
     .venv/bin/python bench/settle_orthanc.py [--runs 5] [--engine auto] [--outputs seg,sr]
-        [--notify]
+        [--notify] [--write-docs]
 
 A real Orthanc (Debian package) holds the real 28-slice GE head CT and C-STOREs it to a real
 ``ichnet-node serve`` (``POST /modalities/ichnet/store``, synchronous: the call returns once
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, plain_table
+from common import REPO_ROOT, markdown_table, plain_table, section_text, update_docs
 from end_to_end import HEAD_STUDY, job_timings
 from peers import NODE_AE, free_port, node_serve
 
@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--outputs", default="seg,sr", help="peers[].outputs, comma-separated")
     parser.add_argument("--notify", action="store_true", help="JSON + FHIR notifications too")
+    parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
     expected = {MODALITY_OF_OUTPUT[o] for o in outputs}
@@ -133,12 +134,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 orthanc.stop()
             settled = node.log_path.read_text().count("gap-free stack, association released")
-    print(
+    summary = (
         f"median release -> {'+'.join(sorted(expected))} in Orthanc: "
         f"{statistics.median(totals):.2f} s over {len(totals)} runs "
         f"(complete_after_s {QUIET_PERIOD_S:g}, settle_after_release_s 1, engine {args.engine}; "
         f"{settled} of {len(totals)} series settled; repo {REPO_ROOT.name})"
     )
+    print(summary)
+    if args.write_docs:
+        notes = (
+            "Orthanc C-STOREs the real 28-slice study to `ichnet-node serve` "
+            "(`POST /modalities/ichnet/store`); timed from the store call's return (association "
+            "released) until Orthanc holds every result series. `wait + other` = total minus the "
+            "job's stage timings: the settle time (1 s), the assembler's polling and bookkeeping."
+        )
+        body = markdown_table(headers, rows) + "\n\n" + summary
+        update_docs(
+            "settle_orthanc",
+            section_text("Association release -> results in Orthanc", body, notes=notes),
+        )
     return 0
 
 
