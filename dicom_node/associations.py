@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 
+from dicom_node.audit import AuditEvent, AuditLog
 from dicom_node.config import Peer
 from dicom_node.metrics import NodeMetrics
 from dicom_node.status import (
@@ -58,13 +59,20 @@ class ReceiveMonitor:
         Where to count; ``None`` keeps the log summaries only.
     clock:
         Monotonic seconds, for association durations.
+    audit:
+        Where association_accepted / association_rejected are recorded; ``None``: nowhere.
     """
 
     def __init__(
-        self, metrics: NodeMetrics | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        metrics: NodeMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        audit: AuditLog | None = None,
     ) -> None:
         self._metrics = metrics
         self._clock = clock
+        self._audit = audit
         self._lock = threading.Lock()
         self._counts: dict[Association, _AssociationCounts] = {}
 
@@ -77,6 +85,14 @@ class ReceiveMonitor:
             )
         if self._metrics is not None:
             self._metrics.associations_accepted.inc()
+        if self._audit is not None:
+            self._audit.record(
+                AuditEvent.ASSOCIATION_ACCEPTED,
+                calling_ae=requestor.ae_title.strip(),
+                called_ae=event.assoc.acceptor.ae_title.strip(),
+                peer_address=f"{requestor.address}:{requestor.port}",
+                status="accepted",
+            )
         logger.debug(
             "accepted association from %s (%s:%d)",
             requestor.ae_title,
@@ -98,6 +114,15 @@ class ReceiveMonitor:
             result = f"result{reject.result}"
         if self._metrics is not None:
             self._metrics.associations_rejected.labels(reason=reason).inc()
+        if self._audit is not None:
+            self._audit.record(
+                AuditEvent.ASSOCIATION_REJECTED,
+                calling_ae=str(request.calling_ae_title).strip(),
+                called_ae=str(request.called_ae_title).strip(),
+                peer_address=f"{requestor.address}:{requestor.port}",
+                status=reason,
+                reason=f"A-ASSOCIATE-RJ {result}, source {source}, reason {diagnostic}",
+            )
         logger.warning(
             "rejected association from calling AE %r to called AE %r at %s:%d: %s, %s "
             "(result %s, source %d, reason %d)",
@@ -197,6 +222,8 @@ class PeerHostCheck:
         Counts rejections under :data:`HOST_MISMATCH_REASON`; ``None`` counts nothing.
     resolve:
         Host name -> addresses (:func:`resolve_host`; tests may pass a fixed table).
+    audit:
+        Where rejections are recorded (association_rejected); ``None``: nowhere.
     """
 
     def __init__(
@@ -204,10 +231,12 @@ class PeerHostCheck:
         peers: Sequence[Peer],
         metrics: NodeMetrics | None = None,
         resolve: Resolver = resolve_host,
+        audit: AuditLog | None = None,
     ) -> None:
         self._peers = {peer.ae_title: peer for peer in peers}
         self._metrics = metrics
         self._resolve = resolve
+        self._audit = audit
 
     def on_requested(self, event: Event) -> None:
         """Reject the association now if its calling AE title came from the wrong host."""
@@ -222,6 +251,16 @@ class PeerHostCheck:
         logger.warning("rejected association: %s", problem)
         if self._metrics is not None:
             self._metrics.associations_rejected.labels(reason=HOST_MISMATCH_REASON).inc()
+        if self._audit is not None:
+            request = cast("A_ASSOCIATE", assoc.requestor.primitive)
+            self._audit.record(
+                AuditEvent.ASSOCIATION_REJECTED,
+                calling_ae=str(request.calling_ae_title).strip(),
+                called_ae=str(request.called_ae_title).strip(),
+                peer_address=f"{assoc.requestor.address}:{assoc.requestor.port}",
+                status=HOST_MISMATCH_REASON,
+                reason=problem,
+            )
         assoc.acse.send_reject(
             RejectResult.REJECTED_PERMANENT,
             RejectSource.SERVICE_USER,

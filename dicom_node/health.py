@@ -13,6 +13,7 @@ Parts (the names ``/healthz`` uses):
 * ``assembling``: the assembler loop (quiet series -> QUEUED jobs);
 * ``inference``: the worker loop (QUEUED -> RUNNING -> SENDING/SKIPPED/FAILED);
 * ``sending``: the sender loop (SENDING -> DONE/FAILED);
+* ``retention``: the retention loop (files of expired DONE/SKIPPED jobs removed);
 * ``job_store``: ``jobs.sqlite3`` can be opened read-write and its write lock taken.
 
 A loop is unhealthy when its thread has ended, when its latest attempt failed (it is backing
@@ -36,7 +37,14 @@ STALL_AFTER_S: Final[float] = 60.0
 #: How long the job-store probe waits for another connection's write lock.
 JOB_STORE_PROBE_TIMEOUT_S: Final[float] = 2.0
 #: The parts of a :class:`HealthReport`, in the order ``/healthz`` lists them.
-PARTS: Final[tuple[str, ...]] = ("receiving", "assembling", "inference", "sending", "job_store")
+PARTS: Final[tuple[str, ...]] = (
+    "receiving",
+    "assembling",
+    "inference",
+    "sending",
+    "retention",
+    "job_store",
+)
 OK: Final[str] = "ok"
 
 

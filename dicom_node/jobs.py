@@ -20,13 +20,22 @@ pay for the WAL sync (which also makes every earlier NORMAL commit durable).
 A series that arrives again after its batch left ``RECEIVED`` (late instances, or a modality
 resending the series) starts a *new* job; that job reruns the workflow on the whole series as
 the spool then holds it, and its results go out as a new batch. ``instance_count`` counts only the
-instances of its own batch.
+instances of its own batch. Each analysis that produces results gets the series' next
+``result_version`` (1, 2, ...; :meth:`JobStore.next_result_version`), recorded when the job
+becomes SENDING; an operator's ``jobs retry`` is such a re-analysis too (:meth:`JobStore.rerun`).
+
+Schema version 2 added ``result_version``, ``sending_since`` (when the job last became SENDING:
+the sender gives up ``sender.give_up_after_hours`` later) and ``purged_at`` (when retention
+removed the job's files); a version 1 database is upgraded in place at open. The database file
+is created 0600 (SQLite gives its -wal and -shm files the same mode), and a job's end (DONE,
+FAILED, SKIPPED) is recorded in the audit trail.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -35,8 +44,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
+from dicom_node.audit import AuditEvent, AuditLog
 from dicom_node.job_states import (
     ALLOWED_TRANSITIONS,
     DEFAULT_MAX_RUNS,
@@ -49,6 +59,7 @@ from dicom_node.job_states import (
     recovery_target,
 )
 from dicom_node.layout import StorageLayout
+from dicom_node.storage import PRIVATE_FILE_MODE, make_private_dirs
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -67,7 +78,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the table layout changes; an unknown version is refused, never guessed at.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: How long a statement waits for another connection's write lock before failing.
 BUSY_TIMEOUT_S = 10.0
 
@@ -117,17 +128,29 @@ CREATE TABLE IF NOT EXISTS jobs (
     runs INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL,
     outbox_dir TEXT,
-    timings TEXT NOT NULL DEFAULT '{{}}'
+    timings TEXT NOT NULL DEFAULT '{{}}',
+    result_version INTEGER,
+    sending_since REAL,
+    purged_at REAL
 );
 -- At most one open (RECEIVED) batch per series: the target of record_instance's upsert.
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_open_batch
     ON jobs (study_instance_uid, series_instance_uid) WHERE state = 'RECEIVED';
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_by_series ON jobs (series_instance_uid, id);
 """
+
+#: Upgrade of a version 1 database to version 2 (columns added with NULL for old rows).
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE jobs ADD COLUMN result_version INTEGER",
+    "ALTER TABLE jobs ADD COLUMN sending_since REAL",
+    "ALTER TABLE jobs ADD COLUMN purged_at REAL",
+)
 
 _COLUMNS = (
     "id, study_instance_uid, series_instance_uid, calling_ae, state, reason, instance_count, "
-    "created_at, updated_at, last_instance_at, attempts, runs, next_attempt_at, outbox_dir, timings"
+    "created_at, updated_at, last_instance_at, attempts, runs, next_attempt_at, outbox_dir, timings, "
+    "result_version, sending_since, purged_at"
 )
 
 _UPSERT_INSTANCE = f"""
@@ -159,7 +182,18 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         next_attempt_at=row["next_attempt_at"],
         outbox_dir=Path(row["outbox_dir"]) if row["outbox_dir"] is not None else None,
         timings_json=row["timings"],
+        result_version=row["result_version"],
+        sending_since=row["sending_since"],
+        purged_at=row["purged_at"],
     )
+
+
+#: The audit event of each terminal state a job can reach.
+_AUDIT_EVENTS: Final[dict[JobState, AuditEvent]] = {
+    JobState.DONE: AuditEvent.JOB_DONE,
+    JobState.FAILED: AuditEvent.JOB_FAILED,
+    JobState.SKIPPED: AuditEvent.JOB_SKIPPED,
+}
 
 
 def _log_transition(job: Job, previous: JobState) -> None:
@@ -196,6 +230,9 @@ class JobStore:
         Its folder is created if missing.
     clock
         Time source for ``updated_at`` of state changes that take no ``now`` argument.
+    audit
+        Where a job's end (DONE, FAILED, SKIPPED) is recorded; ``None`` records nothing (tools
+        that only read the queue).
 
     Raises
     ------
@@ -203,11 +240,21 @@ class JobStore:
         If the file holds a queue of another schema version.
     """
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.path = Path(path)
         self._clock = clock
+        self._audit = audit
         self._lock = threading.RLock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.path.parent)
+        # The file is made 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        # database file's mode, so the whole queue (series UIDs, AE titles) stays private.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
         # isolation_level=None: no implicit BEGIN; single statements autocommit and the
         # multi-statement methods open their own BEGIN IMMEDIATE.
         self._conn = sqlite3.connect(
@@ -224,19 +271,27 @@ class JobStore:
 
     @classmethod
     def for_storage_dir(
-        cls, storage_dir: str | Path, *, clock: Callable[[], float] = time.time
+        cls,
+        storage_dir: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
     ) -> JobStore:
         """Open ``<storage_dir>/jobs.sqlite3``."""
-        return cls(StorageLayout(Path(storage_dir)).jobs_db, clock=clock)
+        return cls(StorageLayout(Path(storage_dir)).jobs_db, clock=clock, audit=audit)
 
     def _init_schema(self) -> None:
         with self._transaction(durable=True):
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise SchemaVersionError(
                     f"{self.path}: job database has schema version {version}, this node "
                     f"understands version {SCHEMA_VERSION}; move the file aside or upgrade"
                 )
+            if version == 1:
+                for statement in _MIGRATE_1_TO_2:
+                    self._conn.execute(statement)
+                logger.info("%s: job database upgraded to schema version 2", self.path)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
@@ -278,7 +333,7 @@ class JobStore:
         wanted: JobState,
         now: float,
         *,
-        only_from: JobState | None = None,
+        only_from: JobState | frozenset[JobState] | None = None,
         increment: str | None = None,
         **columns: Any,
     ) -> tuple[Job, JobState]:
@@ -305,7 +360,7 @@ class JobStore:
         job_id: int,
         wanted: JobState,
         *,
-        only_from: JobState | None = None,
+        only_from: JobState | frozenset[JobState] | None = None,
         increment: str | None = None,
         **columns: Any,
     ) -> Job:
@@ -321,7 +376,22 @@ class JobStore:
                 **columns,
             )
         _log_transition(job, previous)
+        self._audit_end(job)
         return job
+
+    def _audit_end(self, job: Job) -> None:
+        """Record a job's end (DONE, FAILED, SKIPPED) in the audit trail."""
+        event = _AUDIT_EVENTS.get(job.state)
+        if self._audit is None or event is None:
+            return
+        self._audit.record(
+            event,
+            calling_ae=job.calling_ae,
+            study_instance_uid=job.study_instance_uid,
+            series_instance_uid=job.series_instance_uid,
+            status=job.state.value,
+            reason=f"job {job.id}" + (f": {job.reason}" if job.reason else ""),
+        )
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -412,8 +482,11 @@ class JobStore:
         _log_transition(job, previous)
         return job
 
-    def mark_sending(self, job_id: int, outbox_dir: str | Path) -> Job:
-        """RUNNING -> SENDING: the results are complete in ``outbox_dir``; send them now."""
+    def mark_sending(self, job_id: int, outbox_dir: str | Path, result_version: int) -> Job:
+        """RUNNING -> SENDING: the results (the series' ``result_version``) are complete in
+        ``outbox_dir``; send them now."""
+        if result_version < 1:
+            raise ValueError(f"result versions start at 1, got {result_version}")
         return self._transition(
             job_id,
             JobState.SENDING,
@@ -421,7 +494,38 @@ class JobStore:
             outbox_dir=str(outbox_dir),
             next_attempt_at=None,
             reason=None,
+            result_version=result_version,
+            sending_since=self._clock(),
         )
+
+    def resend(self, job_id: int, outbox_dir: str | Path) -> Job:
+        """DONE | FAILED -> SENDING (an operator's ``jobs resend``): send the job's results,
+        refilled into ``outbox_dir``, again from the first attempt.
+
+        Raises
+        ------
+        IllegalTransitionError
+            If the job is not DONE or FAILED.
+        ValueError
+            If the job never had results (no ``result_version``).
+        """
+        with self._lock:
+            job = self.get(job_id)
+            if job.result_version is None:
+                raise ValueError(
+                    f"job {job_id} has no results to send (it is {job.state.value} and was "
+                    "never analysed to the end)"
+                )
+            return self._transition(
+                job_id,
+                JobState.SENDING,
+                only_from=frozenset({JobState.DONE, JobState.FAILED}),
+                outbox_dir=str(outbox_dir),
+                next_attempt_at=None,
+                reason=None,
+                attempts=0,
+                sending_since=self._clock(),
+            )
 
     def schedule_retry(self, job_id: int, next_attempt_at: float, reason: str) -> Job:
         """SENDING -> SENDING: a send failed transiently; try again at ``next_attempt_at``."""
@@ -456,6 +560,96 @@ class JobStore:
                 (json.dumps(merged, sort_keys=True), job_id),
             ).fetchone()
         return _row_to_job(row)
+
+    def rerun(self, job_id: int, now: float) -> Job:
+        """A new QUEUED job that analyses ``job_id``'s series again (an operator's ``jobs
+        retry`` of a FAILED or SKIPPED job); the old job keeps its state and reason.
+
+        Raises
+        ------
+        ValueError
+            If the job is not FAILED or SKIPPED.
+        """
+        with self._transaction(durable=True) as conn:
+            job = self._get_locked(job_id)
+            if job.state not in (JobState.FAILED, JobState.SKIPPED):
+                raise ValueError(
+                    f"job {job_id} is {job.state.value}; only a FAILED or SKIPPED job can be "
+                    "retried (use 'resend' to send a job's results again)"
+                )
+            row = conn.execute(
+                f"INSERT INTO jobs (study_instance_uid, series_instance_uid, calling_ae, state, "
+                "reason, instance_count, created_at, updated_at, last_instance_at) "
+                f"VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?) RETURNING {_COLUMNS}",
+                (
+                    job.study_instance_uid,
+                    job.series_instance_uid,
+                    job.calling_ae,
+                    JobState.QUEUED.value,
+                    f"re-run of job {job_id}",
+                    now,
+                    now,
+                    job.last_instance_at,
+                ),
+            ).fetchone()
+        new = _row_to_job(row)
+        logger.info(
+            "job %d QUEUED: re-run of job %d (series %s)", new.id, job_id, new.series_instance_uid
+        )
+        return new
+
+    def next_result_version(self, study_instance_uid: str, series_instance_uid: str) -> int:
+        """The ``result_version`` the next analysis of this series gets: one more than the
+        highest any job of the series has (1 for the first)."""
+        with self._lock:
+            (highest,) = self._conn.execute(
+                "SELECT max(result_version) FROM jobs WHERE study_instance_uid = ? "
+                "AND series_instance_uid = ?",
+                (study_instance_uid, series_instance_uid),
+            ).fetchone()
+        return int(highest or 0) + 1
+
+    def series_jobs(self, study_instance_uid: str, series_instance_uid: str) -> list[Job]:
+        """Every job of one series, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE study_instance_uid = ? "
+                "AND series_instance_uid = ? ORDER BY id",
+                (study_instance_uid, series_instance_uid),
+            ).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def expired_jobs(self, before: float) -> list[Job]:
+        """DONE and SKIPPED jobs that ended before ``before`` and still have their files
+        (retention's candidates), oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE state IN (?, ?) AND updated_at < ? "
+                "AND purged_at IS NULL ORDER BY id",
+                (JobState.DONE.value, JobState.SKIPPED.value, before),
+            ).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def mark_purged(self, job_id: int, now: float) -> Job:
+        """Record that retention removed the job's files; no state change."""
+        with self._transaction(durable=False) as conn:
+            row = conn.execute(
+                f"UPDATE jobs SET purged_at = ? WHERE id = ? RETURNING {_COLUMNS}",
+                (now, job_id),
+            ).fetchone()
+        if row is None:
+            raise UnknownJobError(job_id)
+        return _row_to_job(row)
+
+    def newest_instance_times(self) -> dict[tuple[str, str], float]:
+        """``(study, series) -> latest last_instance_at`` over all jobs: what the startup scan
+        compares spool folders with, in one query."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT study_instance_uid, series_instance_uid, max(last_instance_at) "
+                "FROM jobs GROUP BY study_instance_uid, series_instance_uid"
+            ).fetchall()
+        return {(study, series): float(latest) for study, series, latest in rows}
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -556,6 +750,7 @@ class JobStore:
             ).fetchall()
         for job, previous in requeued:
             _log_transition(job, previous)
+            self._audit_end(job)
         rest = [_row_to_job(r) for r in others]
         report = RecoveryReport(
             requeued=tuple(j for j, _ in requeued if j.state is JobState.QUEUED),

@@ -37,15 +37,17 @@ import pydicom
 
 from dicom_node import app
 from dicom_node.associations import ReceiveMonitor
+from dicom_node.audit import AuditEvent, AuditLog
 from dicom_node.config import NodeConfig, engine_cache_dir
 from dicom_node.health import HealthCheck, HealthReport, LoopMonitor
 from dicom_node.jobs import IllegalTransitionError, Job, JobStore, JobStoreError, UnknownJobError
 from dicom_node.metrics import NodeMetrics, NodeStateCollector, start_metrics_server
-from dicom_node.outbox import Outbox
-from dicom_node.results import write_result
-from dicom_node.sender import ResultSender, SendOutcomeKind
+from dicom_node.outbox import Outbox, pending_files
+from dicom_node.results import RESULT_JSON_NAME, write_result
+from dicom_node.retention import Retention, restore_interrupted
+from dicom_node.sender import ResultSender, SendOutcome, SendOutcomeKind
 from dicom_node.series_tracker import CompletedSeries, SeriesKey, SeriesTracker
-from dicom_node.storage import InstanceStore, StoredInstance
+from dicom_node.storage import InstanceStore, StoredInstance, restrict_storage_dir
 from dicom_node.study_selection import StudySelector
 from dicom_node.tls import client_context
 from dicom_node.transport import GuardedAssociationServer
@@ -71,6 +73,7 @@ _LOOP_THREADS: Final[dict[str, str]] = {
     "assembling": "ichnet-assembler",
     "inference": "ichnet-worker",
     "sending": "ichnet-sender",
+    "retention": "ichnet-retention",
 }
 
 
@@ -104,6 +107,8 @@ class NodeService:
         self.config = config
         self.layout = config.node.layout
         storage_dir = self.layout.root
+        restrict_storage_dir(storage_dir)
+        self.audit = AuditLog.for_storage_dir(storage_dir)
         self.weights = weights or load_weights(config.model.weights, config.model.weights_sha256)
         self.engine = engine or create_engine(
             config.engine,
@@ -112,8 +117,9 @@ class NodeService:
             cache_dir=engine_cache_dir(config),
         )
         self.store = InstanceStore(storage_dir)
-        self.jobs = JobStore.for_storage_dir(storage_dir)
+        self.jobs = JobStore.for_storage_dir(storage_dir, audit=self.audit)
         self.outbox = Outbox.for_storage_dir(storage_dir)
+        self.kept_results = Outbox.kept_results(storage_dir)
         self.results_dir = self.layout.results
         self.tracker = SeriesTracker(config.series.complete_after_s)
         self.selector = StudySelector(self.store, self.jobs, config.selection)
@@ -155,6 +161,15 @@ class NodeService:
         self._to_queue: dict[SeriesKey, CompletedSeries] = {}
         #: Jobs whose FAILED state could not be recorded yet (retried each worker round).
         self._unrecorded_failures: dict[int, str] = {}
+        self.retention = Retention(
+            self.jobs,
+            self.store,
+            self.outbox,
+            self.kept_results,
+            config.storage.retention_hours,
+            self._series_busy,
+        )
+        self._next_retention_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -168,8 +183,9 @@ class NodeService:
             self.config,
             self.store,
             self._on_stored,
-            ReceiveMonitor(self.metrics),
+            ReceiveMonitor(self.metrics, audit=self.audit),
             self.metrics,
+            audit=self.audit,
         )
         node = self.config.node
         if node.metrics_port is not None:
@@ -180,6 +196,7 @@ class NodeService:
             "assembling": (self._queue_complete_series, self.config.series.poll_interval_s),
             "inference": (self._worker_round, 0.0),
             "sending": (self._sender_round, 0.0),
+            "retention": (self._retention_round, IDLE_WAIT_S),
         }
         for name, (round_, interval_s) in rounds.items():
             monitor = self.loops[name]
@@ -275,13 +292,14 @@ class NodeService:
             self._track_series_on_disk(
                 job.study_instance_uid, job.series_instance_uid, job.calling_ae
             )
-        for series in self.store.iter_series():
+        restore_interrupted(self.store)
+        for series in self.store.changed_series(self.jobs.newest_instance_times(), _MTIME_SLACK_S):
             latest = self.jobs.latest_job(series.study_instance_uid, series.series_instance_uid)
             if (
                 latest is not None
                 and series.newest_mtime <= latest.last_instance_at + _MTIME_SLACK_S
             ):
-                continue
+                continue  # the folder changed, but by a removal or a replaced file
             calling_ae = (
                 latest.calling_ae if latest is not None else self._calling_ae_of(series.paths)
             )
@@ -473,6 +491,7 @@ class NodeService:
         datasets, unreadable = read_datasets(paths)
         for line in unreadable:
             logger.warning("job %d: %s", job.id, line)
+        version = self.jobs.next_result_version(job.study_instance_uid, job.series_instance_uid)
         try:
             if not datasets:
                 raise SeriesSkipped("no readable instance of the series is in the spool")
@@ -482,6 +501,7 @@ class NodeService:
                 weights=self.weights,
                 rules=self.config.selection,
                 selection=decision.selection,
+                result_version=version,
             )
         except SeriesSkipped as exc:
             self.jobs.mark_skipped(job.id, exc.reason)
@@ -490,18 +510,19 @@ class NodeService:
             logger.exception("job %d: analysis failed", job.id)
             self.jobs.mark_failed(job.id, f"analysis failed: {type(exc).__name__}: {exc}")
             return
-        self.outbox.prepare(job.id)
-        self.outbox.add(job.id, analysis.seg, "seg")
-        self.outbox.add(job.id, analysis.sr, "sr")
-        job_results = self.layout.result_dir(job.id)
-        job_results.mkdir(parents=True, exist_ok=True)
-        write_result(job_results / "result.json", analysis.result)
+        # The kept copy first, then the outbox filled from it: a resend later sends the very
+        # same files. A crash before mark_sending reruns the job, and prepare() clears both.
+        self.kept_results.prepare(job.id)
+        self.kept_results.add(job.id, analysis.seg, "seg")
+        self.kept_results.add(job.id, analysis.sr, "sr")
+        write_result(self.layout.result_dir(job.id) / RESULT_JSON_NAME, analysis.result)
+        self.outbox.refill(job.id, pending_files(self.kept_results.job_dir(job.id)))
         timings = analysis.timings
         self.jobs.set_timings(
             job.id,
             {"volume": timings.volume, "inference": timings.inference, "results": timings.results},
         )
-        self.jobs.mark_sending(job.id, self.outbox.job_dir(job.id))
+        self.jobs.mark_sending(job.id, self.outbox.job_dir(job.id), result_version=version)
         self._send_ready.set()
 
     def _sender_round(self) -> None:
@@ -510,10 +531,68 @@ class NodeService:
             for job in self.jobs.due_for_sending(self._clock()):
                 if self._stopping.is_set():
                     return
-                outcome = self.sender.deliver(self.jobs, job, self.config.peer(job.calling_ae))
+                peer = self.config.peer(job.calling_ae)
+                outcome = self.sender.deliver(self.jobs, job, peer)
+                self._audit_send(job, outcome)
                 if outcome.kind is SendOutcomeKind.RETRY:
                     self.metrics.send_failures.labels(outcome="retry").inc()
                 elif outcome.kind is SendOutcomeKind.FAILED:
                     self.metrics.send_failures.labels(outcome="failed").inc()
         self._send_ready.wait(IDLE_WAIT_S)
         self._send_ready.clear()
+
+    def _retention_round(self) -> None:
+        """Retention round: every ``storage.retention_interval_s``, remove expired files.
+
+        The loop itself comes round every second (so ``/healthz`` sees it alive); the work runs
+        when due. A failed round is retried by :meth:`_run_loop` with its backoff.
+        """
+        if time.monotonic() < self._next_retention_at:
+            return
+        self.retention.run_once(self._clock())
+        self._next_retention_at = time.monotonic() + self.config.storage.retention_interval_s
+
+    def _series_busy(self, study: str, series: str) -> bool:
+        """Whether instances of the series are arriving or waiting to be queued (retention
+        leaves such a series' spool alone)."""
+        key = SeriesKey(study, series)
+        if key in self._to_queue or any(a.key == key for a in self.tracker.pending()):
+            return True
+        with self._unrecorded_lock:
+            return any((r[0], r[1]) == key for r in self._unrecorded_instances)
+
+    def _audit_send(self, job: Job, outcome: SendOutcome) -> None:
+        """results_sent for what the peer acknowledged, results_refused when an attempt failed."""
+        peer = self.config.peer(job.calling_ae)
+        where = f"{peer.host}:{peer.port}" if peer is not None else None
+        common = {
+            "calling_ae": self.config.node.ae_title,
+            "called_ae": peer.ae_title if peer is not None else job.calling_ae,
+            "peer_address": where,
+            "study_instance_uid": job.study_instance_uid,
+            "series_instance_uid": job.series_instance_uid,
+        }
+        sent = [
+            r.sop_instance_uid for r in outcome.results if r.acknowledged and r.sop_instance_uid
+        ]
+        if sent:
+            self.audit.record(
+                AuditEvent.RESULTS_SENT,
+                sop_instance_uids=sent,
+                status=0,
+                reason=f"job {job.id}, result version {job.result_version}",
+                **common,
+            )
+        if outcome.kind is not SendOutcomeKind.SENT:
+            codes = [r.status.code for r in outcome.results if r.status and not r.acknowledged]
+            self.audit.record(
+                AuditEvent.RESULTS_REFUSED,
+                sop_instance_uids=[
+                    r.sop_instance_uid
+                    for r in outcome.results
+                    if not r.acknowledged and r.sop_instance_uid
+                ],
+                status=codes[0] if codes else outcome.kind.value,
+                reason=f"job {job.id}: {outcome.reason}",
+                **common,
+            )

@@ -116,6 +116,7 @@ def analyse_series(
     weights: ModelWeights,
     rules: SelectionSection,
     selection: SelectionResult | None = None,
+    result_version: int = 1,
 ) -> SeriesAnalysis:
     """Run the whole analysis of one series in memory.
 
@@ -132,6 +133,9 @@ def analyse_series(
     selection:
         The caller's accepted selection of this series (the node decides per study, the CLI
         before it loads the model); ``None`` applies ``rules`` here.
+    result_version:
+        Which analysis of this series it is (the node's job store counts them); the result
+        objects get new UIDs in any case (:meth:`ResultUids.new`).
 
     Raises
     ------
@@ -155,7 +159,7 @@ def analyse_series(
     volumes = measure_hemorrhage(volume, prediction)
     operating_points = weights.operating_points
     model = model_identity(weights)
-    uids = ResultUids.derive(volume.series_instance_uid, model)
+    uids = ResultUids.new(volume.series_instance_uid, model, result_version)
     now = datetime.datetime.now(datetime.timezone.utc).astimezone()
     source = volume.datasets[0]
     seg = build_seg(
@@ -192,6 +196,7 @@ def analyse_series(
         engine=engine.name,
         model=model,
         timings=timings,
+        result_version=result_version,
     )
     logger.info(
         "series %s: ICH p=%.3f (%s at operating point %.3g), hemorrhage %.2f mL "
