@@ -94,6 +94,10 @@ class FreeSpaceGuard:
             + f": below storage.min_free_bytes {self.min_free_bytes}"
         )
 
+    def problem(self) -> str | None:
+        """Why no new data is taken now (for ``/healthz``), or ``None``."""
+        return self._shortfall(0)
+
     def check_store(self, n_bytes: int) -> None:
         """Refuse a C-STORE whose data set would take free space below the watermark.
 

@@ -39,6 +39,7 @@ from dicom_node import app
 from dicom_node.associations import ReceiveMonitor
 from dicom_node.audit import AuditEvent, AuditLog
 from dicom_node.config import NodeConfig, engine_cache_dir
+from dicom_node.free_space import FreeSpaceGuard
 from dicom_node.health import HealthCheck, HealthReport, LoopMonitor
 from dicom_node.jobs import IllegalTransitionError, Job, JobStore, JobStoreError, UnknownJobError
 from dicom_node.metrics import NodeMetrics, NodeStateCollector, start_metrics_server
@@ -150,6 +151,7 @@ class NodeService:
             lambda: self._server is not None and self._server.is_serving,
             self.loops,
             self.jobs.path,
+            FreeSpaceGuard(storage_dir, config.storage.min_free_bytes).problem,
         )
         self.metrics.registry.register(
             NodeStateCollector(self.jobs, storage_dir, self.health.report, clock)

@@ -173,6 +173,9 @@ def test_below_the_watermark_nothing_new_is_taken_and_above_it_again(
         rsp = assoc.send_c_store(second)
         assert rsp.Status == StoreStatus.REFUSED_OUT_OF_RESOURCES
         assert "min_free_bytes" in rsp.ErrorComment
+        report = service.health_report()
+        assert report.failing == ("storage",)
+        assert "below storage.min_free_bytes" in report.parts["storage"]
         rejected = _associate(service.port)
         assert rejected.is_rejected
         rj = rejected.acceptor.primitive
@@ -190,6 +193,7 @@ def test_below_the_watermark_nothing_new_is_taken_and_above_it_again(
     again = _associate(service.port)
     assert again.is_established
     again.release()
+    assert service.health_report().healthy
     assert not list(storage.glob("incoming/*/*/.*")), "nothing half-written in the spool"
     records = _audit(service)
     low = [r for r in records if r["status"] == LOW_DISK_REASON]
