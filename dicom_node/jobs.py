@@ -253,8 +253,13 @@ class JobStore:
         self._lock = threading.RLock()
         make_private_dirs(self.path.parent)
         # The file is made 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
-        # database file's mode, so the whole queue (series UIDs, AE titles) stays private.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
+        # database file's mode, so the whole queue (series UIDs, AE titles) stays private. A
+        # file an earlier version created (0644) is tightened too.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+        try:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+        finally:
+            os.close(fd)
         # isolation_level=None: no implicit BEGIN; single statements autocommit and the
         # multi-statement methods open their own BEGIN IMMEDIATE.
         self._conn = sqlite3.connect(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sqlite3
 import subprocess
@@ -408,9 +409,11 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_jobs(tmp_path: Path) -> 
         """
     )
     conn.close()
+    os.chmod(path, 0o644)  # as version 1 left it
     with JobStore(path) as store:
         [job] = store.list_jobs()
         assert (job.state, job.result_version, job.purged_at) == (JobState.DONE, None, None)
+        assert path.stat().st_mode & 0o777 == 0o600
         assert store.next_result_version("1.2", "1.2.3") == 1
 
 
