@@ -364,3 +364,7 @@ def test_a_late_instance_gives_result_version_2_under_new_uids_and_orthanc_keeps
     assert len(_instances_of(orthanc, study_id, "SEG")) == 2
     assert len(_instances_of(orthanc, study_id, "SR")) == 2
     assert "Traceback" not in node.log()
+    # Spool, kept results, result.json, outbox, job database, audit trail: all private.
+    modes = {p: p.stat().st_mode & 0o777 for p in node.storage_dir.rglob("*")}
+    assert {m for p, m in modes.items() if p.is_dir()} == {0o700}, modes
+    assert {m for p, m in modes.items() if p.is_file()} == {0o600}, modes
