@@ -179,6 +179,9 @@ def start(
     node = config.node
     ssl_context = server_context(node.tls) if node.tls is not None else None
     audit = audit or AuditLog.for_storage_dir(node.storage_dir)
+    monitor = monitor or ReceiveMonitor(metrics)
+    if monitor.audit is None:
+        monitor.audit = audit  # every association is audited, whoever built the monitor
 
     def refused(reason: TransportRefusal, peer: str, calling_ae: str, detail: str) -> None:
         if metrics is not None:
@@ -217,7 +220,7 @@ def start(
             config,
             store,
             on_stored,
-            monitor or ReceiveMonitor(metrics, audit=audit),
+            monitor,
             metrics,
             audit,
         ),

@@ -60,7 +60,8 @@ class ReceiveMonitor:
     clock:
         Monotonic seconds, for association durations.
     audit:
-        Where association_accepted / association_rejected are recorded; ``None``: nowhere.
+        Where association_accepted / association_rejected are recorded; ``None``: nowhere
+        (:func:`dicom_node.app.start` gives a monitor without one the SCP's audit trail).
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class ReceiveMonitor:
     ) -> None:
         self._metrics = metrics
         self._clock = clock
-        self._audit = audit
+        self.audit = audit
         self._lock = threading.Lock()
         self._counts: dict[Association, _AssociationCounts] = {}
 
@@ -85,8 +86,8 @@ class ReceiveMonitor:
             )
         if self._metrics is not None:
             self._metrics.associations_accepted.inc()
-        if self._audit is not None:
-            self._audit.record(
+        if self.audit is not None:
+            self.audit.record(
                 AuditEvent.ASSOCIATION_ACCEPTED,
                 calling_ae=requestor.ae_title.strip(),
                 called_ae=event.assoc.acceptor.ae_title.strip(),
@@ -114,8 +115,8 @@ class ReceiveMonitor:
             result = f"result{reject.result}"
         if self._metrics is not None:
             self._metrics.associations_rejected.labels(reason=reason).inc()
-        if self._audit is not None:
-            self._audit.record(
+        if self.audit is not None:
+            self.audit.record(
                 AuditEvent.ASSOCIATION_REJECTED,
                 calling_ae=str(request.calling_ae_title).strip(),
                 called_ae=str(request.called_ae_title).strip(),

@@ -14,6 +14,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_node.audit import read_audit
 from dicom_node.status import (
     PresentationProviderRejectReason,
     RejectResult,
@@ -123,3 +124,6 @@ def test_max_associations_is_enforced_and_frees_up(start_node: NodeFactory) -> N
     again.release()
     held[1].release()
     assert node.server.ae.maximum_associations == 2
+    events = [(r["event"], r["status"]) for r in read_audit(node.config.node.layout.audit_log)]
+    assert events.count(("association_accepted", "accepted")) == 3
+    assert events.count(("association_rejected", "local_limit_exceeded")) == 1
