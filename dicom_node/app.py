@@ -40,7 +40,7 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.associations import PeerHostCheck, ReceiveMonitor
+from dicom_node.associations import PeerAssociationLimit, PeerHostCheck, ReceiveMonitor
 from dicom_node.audit import AuditEvent, AuditLog
 from dicom_node.config import NodeConfig, announced_max_pdu
 from dicom_node.free_space import FreeSpaceGuard
@@ -126,8 +126,10 @@ def event_handlers(
     space = FreeSpaceGuard(
         config.node.storage_dir, config.storage.min_free_bytes, metrics=metrics, audit=audit
     )
+    peer_limit = PeerAssociationLimit(config.peers, metrics, audit)
     return [
         (evt.EVT_REQUESTED, host_check.on_requested, []),
+        (evt.EVT_REQUESTED, peer_limit.on_requested, []),
         (evt.EVT_REQUESTED, space.on_requested, []),
         (evt.EVT_C_ECHO, handle_echo, []),
         (

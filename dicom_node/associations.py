@@ -21,6 +21,7 @@ from dicom_node.audit import AuditEvent, AuditLog
 from dicom_node.config import Peer
 from dicom_node.metrics import NodeMetrics
 from dicom_node.status import (
+    PresentationProviderRejectReason,
     RejectResult,
     RejectSource,
     ServiceUserRejectReason,
@@ -292,3 +293,79 @@ class PeerHostCheck:
             f"{peer.host!r} ({shown}); set check_host: false for that peer only if it may "
             "connect from anywhere"
         )
+
+
+#: Metrics label and audit status of associations over a peer's own limit.
+PEER_LIMIT_REASON: Final[str] = "peer_association_limit"
+
+
+class PeerAssociationLimit:
+    """``evt.EVT_REQUESTED``: at most ``peers[].max_associations`` at once per calling AE title.
+
+    ``node.max_associations`` bounds the node; without a per-peer bound one busy (or hostile)
+    peer can hold every slot and lock the others out. One more association than its limit is
+    rejected the way pynetdicom rejects one over the global limit (rejected-transient,
+    presentation service provider, local limit exceeded; PS3.8 7.1.1.9), so the peer retries
+    later; with a log line, a metric and an audit line.
+
+    Parameters
+    ----------
+    peers:
+        The configured peers; those without ``max_associations`` are not limited here.
+    metrics, audit:
+        Where rejections are counted and recorded (``None``: nowhere).
+    """
+
+    def __init__(
+        self,
+        peers: Sequence[Peer],
+        metrics: NodeMetrics | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self._limits = {p.ae_title: p.max_associations for p in peers if p.max_associations}
+        self._metrics = metrics
+        self._audit = audit
+
+    def on_requested(self, event: Event) -> None:
+        """Reject the association if its peer already holds its limit."""
+        assoc = event.assoc
+        if assoc.is_rejected or assoc.is_aborted:
+            return  # an earlier check already answered
+        request = cast("A_ASSOCIATE", assoc.requestor.primitive)
+        calling = str(request.calling_ae_title).strip()
+        limit = self._limits.get(calling)
+        if limit is None:
+            return
+        held = sum(
+            1
+            for other in assoc.ae.active_associations
+            if other is not assoc
+            and other.is_acceptor
+            and not (other.is_rejected or other.is_aborted)
+            and other.requestor.ae_title.strip() == calling
+        )
+        if held < limit:
+            return
+        where = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        problem = (
+            f"calling AE {calling!r} at {where} already holds {held} association(s), its "
+            f"peers[].max_associations {limit}"
+        )
+        logger.warning("rejected association (transient, local limit exceeded): %s", problem)
+        if self._metrics is not None:
+            self._metrics.associations_rejected.labels(reason=PEER_LIMIT_REASON).inc()
+        if self._audit is not None:
+            self._audit.record(
+                AuditEvent.ASSOCIATION_REJECTED,
+                calling_ae=calling,
+                called_ae=str(request.called_ae_title).strip(),
+                peer_address=where,
+                status=PEER_LIMIT_REASON,
+                reason=problem,
+            )
+        assoc.acse.send_reject(
+            RejectResult.REJECTED_TRANSIENT,
+            RejectSource.SERVICE_PROVIDER_PRESENTATION,
+            PresentationProviderRejectReason.LOCAL_LIMIT_EXCEEDED,
+        )
+        assoc.kill()

@@ -186,6 +186,10 @@ class Peer(_Section):
     check_host: bool = True
     #: Send results to this peer over TLS, with ``node.tls``'s certificate as client certificate.
     tls: bool = False
+    #: Concurrent associations from this calling AE title; one more is rejected (transient,
+    #: local limit exceeded), so one peer cannot take every slot of ``node.max_associations``.
+    #: null = only the global limit.
+    max_associations: PositiveInt | None = None
 
 
 class LimitsSection(_Section):
