@@ -117,6 +117,7 @@ def analyse_series(
     rules: SelectionSection,
     selection: SelectionResult | None = None,
     result_version: int = 1,
+    uids: ResultUids | None = None,
 ) -> SeriesAnalysis:
     """Run the whole analysis of one series in memory.
 
@@ -134,8 +135,10 @@ def analyse_series(
         The caller's accepted selection of this series (the node decides per study, the CLI
         before it loads the model); ``None`` applies ``rules`` here.
     result_version:
-        Which analysis of this series it is (the node's job store counts them); the result
-        objects get new UIDs in any case (:meth:`ResultUids.new`).
+        Which analysis of this series it is (the node's job store counts them).
+    uids:
+        The result objects' UIDs; ``None`` (the node, ``infer``) makes new ones
+        (:meth:`ResultUids.new`). Tests that pin the output pass fixed ones.
 
     Raises
     ------
@@ -159,7 +162,8 @@ def analyse_series(
     volumes = measure_hemorrhage(volume, prediction)
     operating_points = weights.operating_points
     model = model_identity(weights)
-    uids = ResultUids.new(volume.series_instance_uid, model, result_version)
+    if uids is None:
+        uids = ResultUids.new(volume.series_instance_uid, model, result_version)
     now = datetime.datetime.now(datetime.timezone.utc).astimezone()
     source = volume.datasets[0]
     seg = build_seg(

@@ -65,24 +65,23 @@ class ResultUids:
     def new(
         cls, source_series_instance_uid: str, model: IdentifiedModel, result_version: int
     ) -> ResultUids:
-        """Fresh UIDs for one analysis (a random part; see the module docstring)."""
+        """Fresh UIDs for one analysis: :meth:`derive` with the version and a random UUID as
+        further parts (see the module docstring)."""
+        if result_version < 1:
+            raise ValueError(f"result versions start at 1, got {result_version}")
         return cls.derive(
             source_series_instance_uid,
             model,
-            result_version=result_version,
-            nonce=uuid.uuid4().hex,
+            f"version-{result_version}",
+            uuid.uuid4().hex,
         )
 
     @classmethod
     def derive(
-        cls,
-        source_series_instance_uid: str,
-        model: IdentifiedModel,
-        *,
-        result_version: int = 1,
-        nonce: str = "",
+        cls, source_series_instance_uid: str, model: IdentifiedModel, *further: str
     ) -> ResultUids:
-        """The UIDs determined by these inputs (:meth:`new` adds a random ``nonce``).
+        """The UIDs these inputs determine; tests and tools that need reproducible objects
+        use it directly, the node uses :meth:`new`.
 
         Parameters
         ----------
@@ -91,25 +90,15 @@ class ResultUids:
         model:
             The model whose output the objects carry; other weights give other UIDs, and so
             does another node version.
-        result_version:
-            Which analysis of the series (result.json ``result_version``).
-        nonce:
-            Any further distinguishing text.
+        further:
+            More distinguishing parts (:meth:`new`: the result version and a random UUID).
 
         Returns
         -------
         ResultUids
             Four distinct UIDs.
         """
-        if result_version < 1:
-            raise ValueError(f"result versions start at 1, got {result_version}")
-        base = (
-            source_series_instance_uid,
-            model.weights_sha256,
-            software_version(),
-            f"version-{result_version}",
-            nonce,
-        )
+        base = (source_series_instance_uid, model.weights_sha256, software_version(), *further)
         return cls(
             seg_series_instance_uid=derived_uid(*base, "seg-series"),
             seg_sop_instance_uid=derived_uid(*base, "seg-instance"),

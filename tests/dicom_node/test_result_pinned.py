@@ -24,7 +24,8 @@ import pytest
 from pydicom import Dataset, dcmwrite
 
 from dicom_node.config import SelectionSection
-from dicom_node.workflow import SeriesAnalysis, analyse_series, read_datasets
+from dicom_node.results import ResultUids
+from dicom_node.workflow import SeriesAnalysis, analyse_series, model_identity, read_datasets
 from ichnet_core.inference.torch_engine import TorchEngine
 from tests.dicom_node.test_workflow_results import make_compartment_weights
 
@@ -34,7 +35,9 @@ WEIGHTS_SHA256 = "f4a2cf39f9f04a7a37090f935283497804b1f1d2d35cc2503b2464743a84a1
 EXPECTED = {
     "seg": "5f669fc8dab28ffe8a6d4da2546a7a630321b8ce5d275e872294ca77731c3a52",
     "sr": "546573d908c12cfc2efc7a57ef2bb836ae485fbce7736aedc5bf31b5ac79f860",
-    "result.json": "2544419cdc4dbb8c34b16cb1b18196efdd5361b41c05ce7141f9ffb1e388dbf0",
+    # Issue 10 added "result_version": 1 (DESIGN.md); without that key the digest is main's
+    # 2544419cdc4dbb8c34b16cb1b18196efdd5361b41c05ce7141f9ffb1e388dbf0.
+    "result.json": "e2ea6548e43a8b47cc308755dd4ce80281cab8673f19b3a66de834f002fecba4",
 }
 _VOLATILE_VRS = frozenset({"DA", "TM", "DT"})
 
@@ -75,7 +78,14 @@ def test_result_files_of_the_real_study_are_unchanged(head_ct_dir: Path, tmp_pat
     assert weights.sha256 == WEIGHTS_SHA256  # same weights, or the comparison means nothing
     datasets, problems = read_datasets(sorted(head_ct_dir.glob("*.dcm")))
     assert problems == []
+    # The node gives every analysis new UIDs (issue 10); the pin uses the UIDs main derived
+    # from the series and the weights alone, so the SEG and SR bytes compare with main's.
+    uids = ResultUids.derive(datasets[0].SeriesInstanceUID, model_identity(weights))
     analysis = analyse_series(
-        datasets, engine=TorchEngine(weights), weights=weights, rules=SelectionSection()
+        datasets,
+        engine=TorchEngine(weights),
+        weights=weights,
+        rules=SelectionSection(),
+        uids=uids,
     )
     assert result_digests(analysis) == EXPECTED
