@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from dicom_node.audit import AuditEvent, AuditLog
 from dicom_node.status import (
@@ -120,7 +120,7 @@ class FreeSpaceGuard:
         problem = self._shortfall(0)
         if problem is None:
             return
-        request: A_ASSOCIATE = assoc.requestor.primitive
+        request = cast("A_ASSOCIATE", assoc.requestor.primitive)
         calling = str(request.calling_ae_title).strip()
         where = f"{assoc.requestor.address}:{assoc.requestor.port}"
         logger.warning(

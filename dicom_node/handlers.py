@@ -286,27 +286,21 @@ def _audit_store(
 ) -> None:
     requestor = event.assoc.requestor
     request = cast("C_STORE", event.request)
-    common = {
-        "calling_ae": requestor.ae_title.strip(),
-        "called_ae": event.assoc.acceptor.ae_title.strip(),
-        "peer_address": f"{requestor.address}:{requestor.port}",
-        "status": int(status),
-    }
-    if instance is not None:
-        audit.record(
-            AuditEvent.INSTANCE_STORED,
-            study_instance_uid=instance.study_instance_uid,
-            series_instance_uid=instance.series_instance_uid,
-            sop_instance_uid=instance.sop_instance_uid,
-            **common,
-        )
-    else:
-        audit.record(
-            AuditEvent.INSTANCE_REFUSED,
-            sop_instance_uid=str(request.AffectedSOPInstanceUID or "") or None,
-            reason=reason,
-            **common,
-        )
+    audit.record(
+        AuditEvent.INSTANCE_STORED if instance is not None else AuditEvent.INSTANCE_REFUSED,
+        calling_ae=requestor.ae_title.strip(),
+        called_ae=event.assoc.acceptor.ae_title.strip(),
+        peer_address=f"{requestor.address}:{requestor.port}",
+        study_instance_uid=instance.study_instance_uid if instance is not None else None,
+        series_instance_uid=instance.series_instance_uid if instance is not None else None,
+        sop_instance_uid=(
+            instance.sop_instance_uid
+            if instance is not None
+            else str(request.AffectedSOPInstanceUID or "") or None
+        ),
+        status=int(status),
+        reason=reason or None,
+    )
 
 
 def handle_echo(event: Event) -> int:

@@ -94,15 +94,12 @@ class Retention:
                 shutil.rmtree(folder, ignore_errors=True)
             series_jobs = self.jobs.series_jobs(job.study_instance_uid, job.series_instance_uid)
             if all(j.state in _FINISHED and j.updated_at < cutoff for j in series_jobs):
-                known = {j.id for j in series_jobs}
+                known = frozenset(j.id for j in series_jobs)
                 if remove_series_folder(
                     self.store,
                     job.study_instance_uid,
                     job.series_instance_uid,
-                    lambda study, series, known=known: (
-                        self._busy(study, series)
-                        or any(j.id not in known for j in self.jobs.series_jobs(study, series))
-                    ),
+                    self._arrived_since(known),
                 ):
                     removed += 1
             self.jobs.mark_purged(job.id, now)
@@ -116,6 +113,16 @@ class Retention:
                 removed,
             )
         return RetentionReport(purged, removed)
+
+    def _arrived_since(self, known: frozenset[int]) -> SeriesBusy:
+        """Whether a series is busy now or has a job that was not among ``known``."""
+
+        def arrived(study: str, series: str) -> bool:
+            return self._busy(study, series) or any(
+                j.id not in known for j in self.jobs.series_jobs(study, series)
+            )
+
+        return arrived
 
 
 def remove_series_folder(
