@@ -173,3 +173,31 @@ class Job:
     def is_terminal(self) -> bool:
         """True for DONE, FAILED and SKIPPED."""
         return self.state in TERMINAL_STATES
+
+
+class UnknownJobError(JobStoreError, LookupError):
+    """No job with the given id exists."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id} in the job store")
+
+
+class SchemaVersionError(JobStoreError):
+    """The database was written by a different, incompatible version of the node."""
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What :meth:`JobStore.recover` found and did at startup."""
+
+    #: Were RUNNING when the process died; now QUEUED again (rerun from the spool).
+    requeued: tuple[Job, ...]
+    #: Were RUNNING too often (:data:`DEFAULT_MAX_RUNS`); now FAILED.
+    failed: tuple[Job, ...]
+    #: Still RECEIVED: hand them to the series tracker so their quiet period restarts.
+    received: tuple[Job, ...]
+    #: Already QUEUED: nothing to do, a worker claims them.
+    queued: tuple[Job, ...]
+    #: SENDING: their outbox is (re)sent when due.
+    sending: tuple[Job, ...]

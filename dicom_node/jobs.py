@@ -24,11 +24,8 @@ instances of its own batch. Each analysis that produces results gets the series'
 ``result_version`` (1, 2, ...; :meth:`JobStore.next_result_version`), recorded when the job
 becomes SENDING; an operator's ``jobs retry`` is such a re-analysis too (:meth:`JobStore.rerun`).
 
-Schema version 2 added ``result_version``, ``sending_since`` (when the job last became SENDING:
-the sender gives up ``sender.give_up_after_hours`` later) and ``purged_at`` (when retention
-removed the job's files); a version 1 database is upgraded in place at open. The database file
-is created 0600 (SQLite gives its -wal and -shm files the same mode), and a job's end (DONE,
-FAILED, SKIPPED) is recorded in the audit trail.
+The table layout and its versions are in :mod:`dicom_node.job_schema`, the read-only queries
+in :mod:`dicom_node.job_queries`. A job's end (DONE, FAILED, SKIPPED) goes to the audit trail.
 """
 
 from __future__ import annotations
@@ -41,12 +38,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
 from dicom_node.audit import AuditEvent, AuditLog
+from dicom_node.job_queries import JobQueries
+from dicom_node.job_schema import (
+    COLUMNS,
+    MIGRATE_1_TO_2,
+    SCHEMA,
+    SCHEMA_VERSION,
+    UPSERT_INSTANCE,
+    row_to_job,
+)
 from dicom_node.job_states import (
     ALLOWED_TRANSITIONS,
     DEFAULT_MAX_RUNS,
@@ -55,6 +60,9 @@ from dicom_node.job_states import (
     Job,
     JobState,
     JobStoreError,
+    RecoveryReport,
+    SchemaVersionError,
+    UnknownJobError,
     check_transition,
     recovery_target,
 )
@@ -77,115 +85,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Bumped whenever the table layout changes; an unknown version is refused, never guessed at.
-SCHEMA_VERSION = 2
 #: How long a statement waits for another connection's write lock before failing.
 BUSY_TIMEOUT_S = 10.0
-
-
-class UnknownJobError(JobStoreError, LookupError):
-    """No job with the given id exists."""
-
-    def __init__(self, job_id: int) -> None:
-        self.job_id = job_id
-        super().__init__(f"no job with id {job_id} in the job store")
-
-
-class SchemaVersionError(JobStoreError):
-    """The database was written by a different, incompatible version of the node."""
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    """What :meth:`JobStore.recover` found and did at startup."""
-
-    #: Were RUNNING when the process died; now QUEUED again (rerun from the spool).
-    requeued: tuple[Job, ...]
-    #: Were RUNNING too often (:data:`DEFAULT_MAX_RUNS`); now FAILED.
-    failed: tuple[Job, ...]
-    #: Still RECEIVED: hand them to the series tracker so their quiet period restarts.
-    received: tuple[Job, ...]
-    #: Already QUEUED: nothing to do, a worker claims them.
-    queued: tuple[Job, ...]
-    #: SENDING: their outbox is (re)sent when due.
-    sending: tuple[Job, ...]
-
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS jobs (
-    -- AUTOINCREMENT: ids are never reused, so an old outbox/<id> folder never meets a new job.
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_instance_uid TEXT NOT NULL,
-    series_instance_uid TEXT NOT NULL,
-    calling_ae TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ({", ".join(f"'{s.value}'" for s in JobState)})),
-    reason TEXT,
-    instance_count INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    last_instance_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    runs INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL,
-    outbox_dir TEXT,
-    timings TEXT NOT NULL DEFAULT '{{}}',
-    result_version INTEGER,
-    sending_since REAL,
-    purged_at REAL
-);
--- At most one open (RECEIVED) batch per series: the target of record_instance's upsert.
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_open_batch
-    ON jobs (study_instance_uid, series_instance_uid) WHERE state = 'RECEIVED';
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at, id);
-CREATE INDEX IF NOT EXISTS jobs_by_series ON jobs (series_instance_uid, id);
-"""
-
-#: Upgrade of a version 1 database to version 2 (columns added with NULL for old rows).
-_MIGRATE_1_TO_2 = (
-    "ALTER TABLE jobs ADD COLUMN result_version INTEGER",
-    "ALTER TABLE jobs ADD COLUMN sending_since REAL",
-    "ALTER TABLE jobs ADD COLUMN purged_at REAL",
-)
-
-_COLUMNS = (
-    "id, study_instance_uid, series_instance_uid, calling_ae, state, reason, instance_count, "
-    "created_at, updated_at, last_instance_at, attempts, runs, next_attempt_at, outbox_dir, timings, "
-    "result_version, sending_since, purged_at"
-)
-
-_UPSERT_INSTANCE = f"""
-INSERT INTO jobs (study_instance_uid, series_instance_uid, calling_ae, state, instance_count,
-                  created_at, updated_at, last_instance_at)
-VALUES (?, ?, ?, '{JobState.RECEIVED.value}', 1, ?, ?, ?)
-ON CONFLICT (study_instance_uid, series_instance_uid) WHERE state = '{JobState.RECEIVED.value}'
-DO UPDATE SET instance_count = instance_count + 1,
-              last_instance_at = max(last_instance_at, excluded.last_instance_at),
-              updated_at = excluded.updated_at
-RETURNING id, instance_count
-"""
-
-
-def _row_to_job(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"],
-        study_instance_uid=row["study_instance_uid"],
-        series_instance_uid=row["series_instance_uid"],
-        calling_ae=row["calling_ae"],
-        state=JobState(row["state"]),
-        reason=row["reason"],
-        instance_count=row["instance_count"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        last_instance_at=row["last_instance_at"],
-        attempts=row["attempts"],
-        runs=row["runs"],
-        next_attempt_at=row["next_attempt_at"],
-        outbox_dir=Path(row["outbox_dir"]) if row["outbox_dir"] is not None else None,
-        timings_json=row["timings"],
-        result_version=row["result_version"],
-        sending_since=row["sending_since"],
-        purged_at=row["purged_at"],
-    )
 
 
 #: The audit event of each terminal state a job can reach.
@@ -213,7 +114,7 @@ def _log_transition(job: Job, previous: JobState) -> None:
     )
 
 
-class JobStore:
+class JobStore(JobQueries):
     """The queue: a thread-safe handle on ``jobs.sqlite3``.
 
     One connection, opened with ``check_same_thread=False`` and guarded by a lock. The sqlite3
@@ -294,10 +195,10 @@ class JobStore:
                     f"understands version {SCHEMA_VERSION}; move the file aside or upgrade"
                 )
             if version == 1:
-                for statement in _MIGRATE_1_TO_2:
+                for statement in MIGRATE_1_TO_2:
                     self._conn.execute(statement)
                 logger.info("%s: job database upgraded to schema version 2", self.path)
-            for statement in _SCHEMA.split(";"):
+            for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -326,10 +227,10 @@ class JobStore:
                     self._conn.execute("PRAGMA synchronous=NORMAL")
 
     def _get_locked(self, job_id: int) -> Job:
-        row = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self._conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJobError(job_id)
-        return _row_to_job(row)
+        return row_to_job(row)
 
     def _transition_locked(
         self,
@@ -355,10 +256,10 @@ class JobStore:
             assignments += f", {increment} = {increment} + 1"
         row = conn.execute(
             f"UPDATE jobs SET state = ?, updated_at = ?{assignments} WHERE id = ? "
-            f"RETURNING {_COLUMNS}",
+            f"RETURNING {COLUMNS}",
             (wanted.value, now, *columns.values(), job_id),
         ).fetchone()
-        return _row_to_job(row), previous
+        return row_to_job(row), previous
 
     def _transition(
         self,
@@ -424,7 +325,7 @@ class JobStore:
         """
         with self._lock:
             job_id, count = self._conn.execute(
-                _UPSERT_INSTANCE,
+                UPSERT_INSTANCE,
                 (study_instance_uid, series_instance_uid, calling_ae, now, now, now),
             ).fetchall()[0]
         if count == 1:
@@ -436,16 +337,6 @@ class JobStore:
                 calling_ae,
             )
         return int(job_id)
-
-    def received_job(self, study_instance_uid: str, series_instance_uid: str) -> Job | None:
-        """The series' open (RECEIVED) batch, if any: what the series tracker queues."""
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE study_instance_uid = ? "
-                "AND series_instance_uid = ? AND state = ?",
-                (study_instance_uid, series_instance_uid, JobState.RECEIVED.value),
-            ).fetchone()
-        return _row_to_job(row) if row is not None else None
 
     # -- transitions ------------------------------------------------------------------------
 
@@ -561,10 +452,10 @@ class JobStore:
             merged = self._get_locked(job_id).timings
             merged.update({str(k): float(v) for k, v in timings.items()})
             row = conn.execute(
-                f"UPDATE jobs SET timings = ? WHERE id = ? RETURNING {_COLUMNS}",
+                f"UPDATE jobs SET timings = ? WHERE id = ? RETURNING {COLUMNS}",
                 (json.dumps(merged, sort_keys=True), job_id),
             ).fetchone()
-        return _row_to_job(row)
+        return row_to_job(row)
 
     def rerun(self, job_id: int, now: float) -> Job:
         """A new QUEUED job that analyses ``job_id``'s series again (an operator's ``jobs
@@ -585,7 +476,7 @@ class JobStore:
             row = conn.execute(
                 f"INSERT INTO jobs (study_instance_uid, series_instance_uid, calling_ae, state, "
                 "reason, instance_count, created_at, updated_at, last_instance_at) "
-                f"VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?) RETURNING {_COLUMNS}",
+                f"VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?) RETURNING {COLUMNS}",
                 (
                     job.study_instance_uid,
                     job.series_instance_uid,
@@ -597,64 +488,22 @@ class JobStore:
                     job.last_instance_at,
                 ),
             ).fetchone()
-        new = _row_to_job(row)
+        new = row_to_job(row)
         logger.info(
             "job %d QUEUED: re-run of job %d (series %s)", new.id, job_id, new.series_instance_uid
         )
         return new
 
-    def next_result_version(self, study_instance_uid: str, series_instance_uid: str) -> int:
-        """The ``result_version`` the next analysis of this series gets: one more than the
-        highest any job of the series has (1 for the first)."""
-        with self._lock:
-            (highest,) = self._conn.execute(
-                "SELECT max(result_version) FROM jobs WHERE study_instance_uid = ? "
-                "AND series_instance_uid = ?",
-                (study_instance_uid, series_instance_uid),
-            ).fetchone()
-        return int(highest or 0) + 1
-
-    def series_jobs(self, study_instance_uid: str, series_instance_uid: str) -> list[Job]:
-        """Every job of one series, oldest first."""
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE study_instance_uid = ? "
-                "AND series_instance_uid = ? ORDER BY id",
-                (study_instance_uid, series_instance_uid),
-            ).fetchall()
-        return [_row_to_job(r) for r in rows]
-
-    def expired_jobs(self, before: float) -> list[Job]:
-        """DONE and SKIPPED jobs that ended before ``before`` and still have their files
-        (retention's candidates), oldest first."""
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state IN (?, ?) AND updated_at < ? "
-                "AND purged_at IS NULL ORDER BY id",
-                (JobState.DONE.value, JobState.SKIPPED.value, before),
-            ).fetchall()
-        return [_row_to_job(r) for r in rows]
-
     def mark_purged(self, job_id: int, now: float) -> Job:
         """Record that retention removed the job's files; no state change."""
         with self._transaction(durable=False) as conn:
             row = conn.execute(
-                f"UPDATE jobs SET purged_at = ? WHERE id = ? RETURNING {_COLUMNS}",
+                f"UPDATE jobs SET purged_at = ? WHERE id = ? RETURNING {COLUMNS}",
                 (now, job_id),
             ).fetchone()
         if row is None:
             raise UnknownJobError(job_id)
-        return _row_to_job(row)
-
-    def newest_instance_times(self) -> dict[tuple[str, str], float]:
-        """``(study, series) -> latest last_instance_at`` over all jobs: what the startup scan
-        compares spool folders with, in one query."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT study_instance_uid, series_instance_uid, max(last_instance_at) "
-                "FROM jobs GROUP BY study_instance_uid, series_instance_uid"
-            ).fetchall()
-        return {(study, series): float(latest) for study, series, latest in rows}
+        return row_to_job(row)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -662,60 +511,6 @@ class JobStore:
         """The job with this id; raises :class:`UnknownJobError` if there is none."""
         with self._lock:
             return self._get_locked(job_id)
-
-    def due_for_sending(self, now: float) -> list[Job]:
-        """SENDING jobs whose next attempt is due at ``now``, the longest-waiting first."""
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state = ? "
-                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
-                "ORDER BY coalesce(next_attempt_at, updated_at), id",
-                (JobState.SENDING.value, now),
-            ).fetchall()
-        return [_row_to_job(r) for r in rows]
-
-    def latest_job(self, study_instance_uid: str, series_instance_uid: str) -> Job | None:
-        """The series' newest job in any state: the startup spool scan compares its
-        ``last_instance_at`` with the files on disk to find instances no job has seen."""
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE study_instance_uid = ? "
-                "AND series_instance_uid = ? ORDER BY id DESC LIMIT 1",
-                (study_instance_uid, series_instance_uid),
-            ).fetchone()
-        return _row_to_job(row) if row is not None else None
-
-    def jobs_of_study(self, study_instance_uid: str) -> list[Job]:
-        """Every job of one study, oldest first: the study-level series choice compares them
-        (dicom_node.study_selection)."""
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE study_instance_uid = ? ORDER BY id",
-                (study_instance_uid,),
-            ).fetchall()
-        return [_row_to_job(r) for r in rows]
-
-    def list_jobs(self, states: Iterable[JobState | str] | None = None) -> list[Job]:
-        """All jobs (or those in ``states``), oldest first."""
-        with self._lock:
-            if states is None:
-                rows = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY id").fetchall()
-            else:
-                wanted = [JobState(s).value for s in states]
-                rows = self._conn.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE state IN ({', '.join('?' * len(wanted))}) "
-                    "ORDER BY id",
-                    wanted,
-                ).fetchall()
-        return [_row_to_job(r) for r in rows]
-
-    def count_by_state(self) -> dict[JobState, int]:
-        """How many jobs are in each state (every state present, zero included); for metrics."""
-        with self._lock:
-            rows = self._conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
-        counts = dict.fromkeys(JobState, 0)
-        counts.update({JobState(state): n for state, n in rows})
-        return counts
 
     # -- startup ----------------------------------------------------------------------------
 
@@ -739,10 +534,10 @@ class JobStore:
         requeued: list[tuple[Job, JobState]] = []
         with self._transaction(durable=True) as conn:
             running = conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state = ? ORDER BY id",
+                f"SELECT {COLUMNS} FROM jobs WHERE state = ? ORDER BY id",
                 (JobState.RUNNING.value,),
             ).fetchall()
-            for job in map(_row_to_job, running):
+            for job in map(row_to_job, running):
                 target, reason = recovery_target(job.runs, max_runs)
                 requeued.append(
                     self._transition_locked(
@@ -750,13 +545,13 @@ class JobStore:
                     )
                 )
             others = conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state IN (?, ?, ?) ORDER BY id",
+                f"SELECT {COLUMNS} FROM jobs WHERE state IN (?, ?, ?) ORDER BY id",
                 (JobState.RECEIVED.value, JobState.QUEUED.value, JobState.SENDING.value),
             ).fetchall()
         for job, previous in requeued:
             _log_transition(job, previous)
             self._audit_end(job)
-        rest = [_row_to_job(r) for r in others]
+        rest = [row_to_job(r) for r in others]
         report = RecoveryReport(
             requeued=tuple(j for j, _ in requeued if j.state is JobState.QUEUED),
             failed=tuple(j for j, _ in requeued if j.state is JobState.FAILED),

@@ -25,9 +25,8 @@ they count as success and are logged. Status meanings are pynetdicom's tables
 Transient failures back off exponentially: the n-th failed attempt waits
 ``min(initial_backoff_s * 2**(n-1), max_backoff_s)`` plus up to :data:`JITTER_FRACTION` of that
 (so many jobs failing together do not retry in lockstep). The job is FAILED with the last reason
-only when the next attempt would fall more than ``give_up_after_hours`` after the job became
-SENDING (default 24 h: a PACS outage of hours is survived), or after ``max_attempts`` attempts
-if that is set.
+only when the next attempt would come more than ``give_up_after_hours`` (default 24 h: a PACS
+outage of hours is survived) after it became SENDING, or after ``max_attempts`` if set.
 """
 
 from __future__ import annotations
