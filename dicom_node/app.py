@@ -40,8 +40,10 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.associations import PeerHostCheck, ReceiveMonitor
+from dicom_node.associations import PeerAssociationLimit, PeerHostCheck, ReceiveMonitor
+from dicom_node.audit import AuditEvent, AuditLog
 from dicom_node.config import NodeConfig, announced_max_pdu
+from dicom_node.free_space import FreeSpaceGuard
 from dicom_node.handlers import handle_echo, handle_store
 from dicom_node.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.metrics import NodeMetrics
@@ -116,14 +118,25 @@ def event_handlers(
     on_stored: Callable[[StoredInstance], None],
     monitor: ReceiveMonitor,
     metrics: NodeMetrics | None = None,
+    audit: AuditLog | None = None,
 ) -> list[evt.EventHandlerType]:
-    """The handler bindings: host check, C-ECHO, C-STORE with its dependencies, association
-    bookkeeping."""
-    host_check = PeerHostCheck(config.peers, metrics)
+    """The handler bindings: host check, free-space watermark, C-ECHO, C-STORE with its
+    dependencies, association bookkeeping."""
+    host_check = PeerHostCheck(config.peers, metrics, audit=audit)
+    space = FreeSpaceGuard(
+        config.node.storage_dir, config.storage.min_free_bytes, metrics=metrics, audit=audit
+    )
+    peer_limit = PeerAssociationLimit(config.peers, metrics, audit)
     return [
         (evt.EVT_REQUESTED, host_check.on_requested, []),
+        (evt.EVT_REQUESTED, peer_limit.on_requested, []),
+        (evt.EVT_REQUESTED, space.on_requested, []),
         (evt.EVT_C_ECHO, handle_echo, []),
-        (evt.EVT_C_STORE, handle_store, [store, on_stored, monitor, config.limits]),
+        (
+            evt.EVT_C_STORE,
+            handle_store,
+            [store, on_stored, monitor, config.limits, space, audit],
+        ),
         (evt.EVT_ACCEPTED, monitor.on_accepted, []),
         (evt.EVT_REJECTED, monitor.on_rejected, []),
         (evt.EVT_RELEASED, monitor.on_ended, []),
@@ -137,6 +150,8 @@ def start(
     on_stored: Callable[[StoredInstance], None],
     monitor: ReceiveMonitor | None = None,
     metrics: NodeMetrics | None = None,
+    *,
+    audit: AuditLog | None = None,
 ) -> GuardedAssociationServer:
     """Start the SCP on ``node.bind``:``node.port`` and return at once.
 
@@ -145,6 +160,9 @@ def start(
     metrics:
         Where transport refusals, TLS failures and host-check rejections are counted (the
         ``monitor``'s metrics, normally); ``None`` counts nothing.
+    audit:
+        The audit trail every refusal, rejection and stored instance is recorded in; ``None``
+        opens the one under ``node.storage_dir`` (there is no way to run the SCP unaudited).
 
     Returns
     -------
@@ -162,14 +180,33 @@ def start(
     ae = build_ae(config)
     node = config.node
     ssl_context = server_context(node.tls) if node.tls is not None else None
+    audit = audit or AuditLog.for_storage_dir(node.storage_dir)
+    monitor = monitor or ReceiveMonitor(metrics)
+    if monitor.audit is None:
+        monitor.audit = audit  # every association is audited, whoever built the monitor
 
-    def refused(reason: TransportRefusal) -> None:
+    def refused(reason: TransportRefusal, peer: str, calling_ae: str, detail: str) -> None:
         if metrics is not None:
             metrics.transport_refusals.labels(reason=reason.value).inc()
+        audit.record(
+            AuditEvent.ASSOCIATION_REJECTED,
+            calling_ae=calling_ae or None,
+            called_ae=node.ae_title,
+            peer_address=peer,
+            status=reason.value,
+            reason=f"A-ABORT at the transport: {detail}",
+        )
 
-    def tls_failed() -> None:
+    def tls_failed(peer: str, detail: str) -> None:
         if metrics is not None:
             metrics.tls_handshake_failures.inc()
+        audit.record(
+            AuditEvent.ASSOCIATION_REJECTED,
+            called_ae=node.ae_title,
+            peer_address=peer,
+            status="tls_handshake_failed",
+            reason=detail,
+        )
 
     guard = TransportGuard(
         config.limits,
@@ -181,7 +218,14 @@ def start(
     server = ae.make_server(
         (node.bind, node.port),
         ssl_context=ssl_context,
-        evt_handlers=event_handlers(config, store, on_stored, monitor or ReceiveMonitor(), metrics),
+        evt_handlers=event_handlers(
+            config,
+            store,
+            on_stored,
+            monitor,
+            metrics,
+            audit,
+        ),
         server_class=GuardedAssociationServer,
         request_handler=GuardedRequestHandler,
         guard=guard,

@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 
+from dicom_node.audit import AuditEvent, AuditLog
 from dicom_node.config import Peer
 from dicom_node.metrics import NodeMetrics
 from dicom_node.status import (
+    PresentationProviderRejectReason,
     RejectResult,
     RejectSource,
     ServiceUserRejectReason,
@@ -62,6 +64,9 @@ class ReceiveMonitor:
         Called with the peer's ``(address, port)`` and whether the association was released
         (``True``) or aborted, once per accepted association that stored instances: the series
         tracker's settle rule.
+    audit:
+        Where association_accepted / association_rejected are recorded; ``None``: nowhere
+        (:func:`dicom_node.app.start` gives a monitor without one the SCP's audit trail).
     """
 
     def __init__(
@@ -69,10 +74,13 @@ class ReceiveMonitor:
         metrics: NodeMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_ended: Callable[[tuple[str, int], bool], None] | None = None,
+        *,
+        audit: AuditLog | None = None,
     ) -> None:
         self._metrics = metrics
         self._clock = clock
         self._on_ended = on_ended
+        self.audit = audit
         self._lock = threading.Lock()
         self._counts: dict[Association, _AssociationCounts] = {}
 
@@ -85,6 +93,14 @@ class ReceiveMonitor:
             )
         if self._metrics is not None:
             self._metrics.associations_accepted.inc()
+        if self.audit is not None:
+            self.audit.record(
+                AuditEvent.ASSOCIATION_ACCEPTED,
+                calling_ae=requestor.ae_title.strip(),
+                called_ae=event.assoc.acceptor.ae_title.strip(),
+                peer_address=f"{requestor.address}:{requestor.port}",
+                status="accepted",
+            )
         logger.debug(
             "accepted association from %s (%s:%d)",
             requestor.ae_title,
@@ -106,6 +122,15 @@ class ReceiveMonitor:
             result = f"result{reject.result}"
         if self._metrics is not None:
             self._metrics.associations_rejected.labels(reason=reason).inc()
+        if self.audit is not None:
+            self.audit.record(
+                AuditEvent.ASSOCIATION_REJECTED,
+                calling_ae=str(request.calling_ae_title).strip(),
+                called_ae=str(request.called_ae_title).strip(),
+                peer_address=f"{requestor.address}:{requestor.port}",
+                status=reason,
+                reason=f"A-ASSOCIATE-RJ {result}, source {source}, reason {diagnostic}",
+            )
         logger.warning(
             "rejected association from calling AE %r to called AE %r at %s:%d: %s, %s "
             "(result %s, source %d, reason %d)",
@@ -207,6 +232,8 @@ class PeerHostCheck:
         Counts rejections under :data:`HOST_MISMATCH_REASON`; ``None`` counts nothing.
     resolve:
         Host name -> addresses (:func:`resolve_host`; tests may pass a fixed table).
+    audit:
+        Where rejections are recorded (association_rejected); ``None``: nowhere.
     """
 
     def __init__(
@@ -214,10 +241,12 @@ class PeerHostCheck:
         peers: Sequence[Peer],
         metrics: NodeMetrics | None = None,
         resolve: Resolver = resolve_host,
+        audit: AuditLog | None = None,
     ) -> None:
         self._peers = {peer.ae_title: peer for peer in peers}
         self._metrics = metrics
         self._resolve = resolve
+        self._audit = audit
 
     def on_requested(self, event: Event) -> None:
         """Reject the association now if its calling AE title came from the wrong host."""
@@ -232,6 +261,16 @@ class PeerHostCheck:
         logger.warning("rejected association: %s", problem)
         if self._metrics is not None:
             self._metrics.associations_rejected.labels(reason=HOST_MISMATCH_REASON).inc()
+        if self._audit is not None:
+            request = cast("A_ASSOCIATE", assoc.requestor.primitive)
+            self._audit.record(
+                AuditEvent.ASSOCIATION_REJECTED,
+                calling_ae=str(request.calling_ae_title).strip(),
+                called_ae=str(request.called_ae_title).strip(),
+                peer_address=f"{assoc.requestor.address}:{assoc.requestor.port}",
+                status=HOST_MISMATCH_REASON,
+                reason=problem,
+            )
         assoc.acse.send_reject(
             RejectResult.REJECTED_PERMANENT,
             RejectSource.SERVICE_USER,
@@ -262,3 +301,79 @@ class PeerHostCheck:
             f"{peer.host!r} ({shown}); set check_host: false for that peer only if it may "
             "connect from anywhere"
         )
+
+
+#: Metrics label and audit status of associations over a peer's own limit.
+PEER_LIMIT_REASON: Final[str] = "peer_association_limit"
+
+
+class PeerAssociationLimit:
+    """``evt.EVT_REQUESTED``: at most ``peers[].max_associations`` at once per calling AE title.
+
+    ``node.max_associations`` bounds the node; without a per-peer bound one busy (or hostile)
+    peer can hold every slot and lock the others out. One more association than its limit is
+    rejected the way pynetdicom rejects one over the global limit (rejected-transient,
+    presentation service provider, local limit exceeded; PS3.8 7.1.1.9), so the peer retries
+    later; with a log line, a metric and an audit line.
+
+    Parameters
+    ----------
+    peers:
+        The configured peers; those without ``max_associations`` are not limited here.
+    metrics, audit:
+        Where rejections are counted and recorded (``None``: nowhere).
+    """
+
+    def __init__(
+        self,
+        peers: Sequence[Peer],
+        metrics: NodeMetrics | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self._limits = {p.ae_title: p.max_associations for p in peers if p.max_associations}
+        self._metrics = metrics
+        self._audit = audit
+
+    def on_requested(self, event: Event) -> None:
+        """Reject the association if its peer already holds its limit."""
+        assoc = event.assoc
+        if assoc.is_rejected or assoc.is_aborted:
+            return  # an earlier check already answered
+        request = cast("A_ASSOCIATE", assoc.requestor.primitive)
+        calling = str(request.calling_ae_title).strip()
+        limit = self._limits.get(calling)
+        if limit is None:
+            return
+        held = sum(
+            1
+            for other in assoc.ae.active_associations
+            if other is not assoc
+            and other.is_acceptor
+            and not (other.is_rejected or other.is_aborted)
+            and other.requestor.ae_title.strip() == calling
+        )
+        if held < limit:
+            return
+        where = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        problem = (
+            f"calling AE {calling!r} at {where} already holds {held} association(s), its "
+            f"peers[].max_associations {limit}"
+        )
+        logger.warning("rejected association (transient, local limit exceeded): %s", problem)
+        if self._metrics is not None:
+            self._metrics.associations_rejected.labels(reason=PEER_LIMIT_REASON).inc()
+        if self._audit is not None:
+            self._audit.record(
+                AuditEvent.ASSOCIATION_REJECTED,
+                calling_ae=calling,
+                called_ae=str(request.called_ae_title).strip(),
+                peer_address=where,
+                status=PEER_LIMIT_REASON,
+                reason=problem,
+            )
+        assoc.acse.send_reject(
+            RejectResult.REJECTED_TRANSIENT,
+            RejectSource.SERVICE_PROVIDER_PRESENTATION,
+            PresentationProviderRejectReason.LOCAL_LIMIT_EXCEEDED,
+        )
+        assoc.kill()

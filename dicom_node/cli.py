@@ -1,4 +1,4 @@
-"""``ichnet-node``: serve | infer | export | triton-repo | demo | check-config (../shared/DESIGN.md).
+"""``ichnet-node``: serve | infer | export | triton-repo | demo | check-config | jobs (DESIGN.md).
 
 Thin wrappers: each sub-command parses arguments, sets up logging and calls the API that does the
 work, so tests can call the same functions without a subprocess.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -19,7 +20,16 @@ from pydicom import Dataset, dcmwrite
 
 from dicom_node.app import NoPeersConfiguredError
 from dicom_node.config import ConfigError, NodeConfig, engine_cache_dir, load_config
-from dicom_node.results import write_result
+from dicom_node.job_control import (
+    JobControlError,
+    NodeStorage,
+    list_lines,
+    resend,
+    retry,
+    show_lines,
+)
+from dicom_node.jobs import JobStoreError
+from dicom_node.results import RESULT_JSON_NAME, write_result
 from dicom_node.selection import select_series
 from dicom_node.service import NodeService
 from dicom_node.triton_engine import node_engine
@@ -149,6 +159,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     if args.log_level is None:
         setup_logging(config.logging.level)
+    # Everything the node writes is patient data or about it (DESIGN.md: files 0600,
+    # directories 0700); the modules set those modes, and the umask covers what a library
+    # writes on its own (engine caches, SQLite's side files).
+    os.umask(0o077)
     try:
         service = NodeService(config)
         service.start()
@@ -214,7 +228,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_dataset(analysis.seg, out_dir / "seg.dcm")
     _write_dataset(analysis.sr, out_dir / "sr.dcm")
-    write_result(out_dir / "result.json", analysis.result)
+    write_result(out_dir / RESULT_JSON_NAME, analysis.result)
     result = analysis.result
     verdict = "present" if result["present"]["any"] else "absent"
     print(
@@ -223,6 +237,46 @@ def cmd_infer(args: argparse.Namespace) -> int:
         f"{analysis.hemorrhage_volume_ml:.2f} mL; "
         f"wrote {out_dir / 'seg.dcm'}, {out_dir / 'sr.dcm'}, {out_dir / 'result.json'}"
     )
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """``jobs list|show|retry|resend``: see and steer the node's jobs (works beside a running
+    node; see :mod:`dicom_node.job_control`)."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    os.umask(0o077)
+    try:
+        storage = NodeStorage.open(Path(config.node.storage_dir))
+    except (JobControlError, JobStoreError, OSError) as exc:
+        return _fail(str(exc))
+    try:
+        if args.action == "list":
+            for line in list_lines(storage.jobs):
+                print(line)
+        elif args.action == "show":
+            for line in show_lines(storage, args.job):
+                print(line)
+        elif args.action == "retry":
+            new = retry(storage, args.job)
+            print(
+                f"job {new.id} QUEUED: analyses series {new.series_instance_uid} again "
+                f"(re-run of job {args.job})"
+            )
+        else:
+            job = resend(storage, args.job)
+            print(
+                f"job {job.id} SENDING: result version {job.result_version} goes to "
+                f"{job.calling_ae} again"
+            )
+    except (JobControlError, JobStoreError, ValueError) as exc:
+        return _fail(str(exc))
+    finally:
+        storage.close()
     return EXIT_OK
 
 
@@ -269,6 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", choices=["cpu", "gpu"], default="cpu", help="instance_group kind of the models"
     )
     repo.set_defaults(func=cmd_triton_repo)
+    jobs = sub.add_parser(
+        "jobs",
+        help="list, show, retry or resend the node's jobs",
+        description="list: one line per job (id, state, series UID, calling AE, result "
+        "version, reason); show JOB: everything about one job; retry JOB: analyse a FAILED "
+        "or SKIPPED job's series again (a new job); resend JOB: send a DONE or FAILED job's "
+        "results again.",
+    )
+    jobs.add_argument("action", choices=("list", "show", "retry", "resend"))
+    jobs.add_argument("job", nargs="?", type=int, help="job id (show, retry, resend)")
+    jobs.add_argument("--config", required=True, help="the node's configuration (YAML)")
+    jobs.set_defaults(func=cmd_jobs)
 
     demo = sub.add_parser("demo", help="run a synthetic head CT through the node on loopback")
     demo.add_argument(
@@ -293,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "jobs" and (args.action == "list") != (args.job is None):
+        parser.error(
+            "jobs list takes no job id" if args.job is not None else f"jobs {args.action} needs JOB"
+        )
     setup_logging(args.log_level or "INFO")
     return int(args.func(args))
 

@@ -201,6 +201,10 @@ class Peer(_Section):
     #: Result objects this peer gets: ``seg``, ``sr``, ``sc`` (secondary-capture key images for
     #: viewers that cannot show a SEG).
     outputs: tuple[ResultOutput, ...] = ("seg", "sr")
+    #: Concurrent associations from this calling AE title; one more is rejected (transient,
+    #: local limit exceeded), so one peer cannot take every slot of ``node.max_associations``.
+    #: null = only the global limit.
+    max_associations: PositiveInt | None = None
 
     @field_validator("outputs")
     @classmethod
@@ -345,9 +349,17 @@ class ModelSection(_Section):
 
 
 class SenderSection(_Section):
-    """Retries for sending results back (transient failures only)."""
+    """Retries for sending results back (transient failures only).
 
-    max_attempts: PositiveInt = 8
+    A PACS outage of an afternoon must not lose results: transient failures are retried with
+    backoff (at most ``max_backoff_s`` apart) until ``give_up_after_hours`` after the job became
+    SENDING, and only then FAILED (``ichnet-node jobs resend`` sends them later still).
+    """
+
+    #: Attempts before FAILED; null = no count limit, only ``give_up_after_hours``.
+    max_attempts: PositiveInt | None = None
+    #: How long transient failures are retried, counted from when the job became SENDING.
+    give_up_after_hours: Annotated[float, Field(gt=0)] = 24.0
     initial_backoff_s: Seconds = 2.0
     max_backoff_s: Seconds = 300.0
 
@@ -376,6 +388,19 @@ class NotificationTarget(_Section):
     timeout_s: Annotated[float, Field(gt=0)] = 10.0
 
 
+class StorageSection(_Section):
+    """Protection of the disk under ``storage_dir`` (../shared/DESIGN.md "Config")."""
+
+    #: Below this much free space new associations are rejected (transient, local limit
+    #: exceeded) and C-STORE answers 0xA700; accepted again once there is more.
+    min_free_bytes: Annotated[int, Field(ge=0)] = 2 * 1024**3
+    #: Spool, results and outbox of DONE and SKIPPED jobs are removed this long after the job
+    #: ended; unfinished, FAILED and re-analysed-but-open series are never touched.
+    retention_hours: Annotated[float, Field(gt=0)] = 168.0
+    #: How often the retention loop looks for expired jobs.
+    retention_interval_s: Annotated[float, Field(gt=0)] = 600.0
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -395,6 +420,7 @@ class NodeConfig(_Section):
     triton: TritonSection = TritonSection()
     #: Pushes when a result is ready; retried like results (``sender:``), never delaying them.
     notifications: tuple[NotificationTarget, ...] = ()
+    storage: StorageSection = StorageSection()
 
     @model_validator(mode="after")
     def _unique_peers(self) -> NodeConfig:

@@ -42,6 +42,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID
 
 from dicom_node.associations import ReceiveMonitor
+from dicom_node.audit import AuditEvent, AuditLog
 from dicom_node.config import LimitsSection
 from dicom_node.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.stack import slice_header
@@ -64,6 +65,8 @@ from dicom_node.validation import (
 if TYPE_CHECKING:
     from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.events import Event
+
+    from dicom_node.free_space import FreeSpaceGuard
 
 logger = logging.getLogger(__name__)
 
@@ -160,12 +163,18 @@ def handle_store(
     on_stored: Callable[[StoredInstance], None],
     monitor: ReceiveMonitor | None = None,
     limits: LimitsSection = DEFAULT_LIMITS,
+    space: FreeSpaceGuard | None = None,
+    audit: AuditLog | None = None,
 ) -> int | Dataset:
     """``evt.EVT_C_STORE`` handler: store the instance durably, then report it.
 
     Success is returned only after the file is fsync'ed and renamed into place. ``on_stored`` is
     called after that; if it fails the instance is still stored (and success still returned):
-    the spool is the source of truth and the startup scan finds the file again.
+    the spool is the source of truth and the startup scan finds the file again. One check
+    follows ``on_stored``: the file must still be in place. Retention moves a series' folder
+    away before it looks for new jobs of that series (:mod:`dicom_node.retention`), so an
+    instance written into a folder retention took meanwhile is refused (0xA700, the peer sends
+    it again) instead of acknowledged and lost.
 
     Parameters
     ----------
@@ -179,6 +188,10 @@ def handle_store(
         Per-association counts and metrics; ``None`` records nothing.
     limits:
         ``limits:`` of the config (instance size after inflation, frame size).
+    space:
+        The free-space watermark (``storage.min_free_bytes``); ``None`` checks none.
+    audit:
+        Where instance_stored / instance_refused are recorded; ``None`` records nothing.
 
     Returns
     -------
@@ -193,6 +206,8 @@ def handle_store(
     try:
         encoded_dataset = event.encoded_dataset(include_meta=False)
         n_bytes = len(encoded_dataset)
+        if space is not None:
+            space.check_store(n_bytes)
         instance = receive_instance(
             encoded_dataset,
             request,
@@ -206,6 +221,7 @@ def handle_store(
     except DicomNodeError as exc:
         status = exc.status
         response = exc.to_status_dataset()
+        refusal = str(exc)
         logger.warning(
             "refused SOP Instance %s from %s (%s:%d): %s [status 0x%04X %s]",
             request.AffectedSOPInstanceUID,
@@ -216,9 +232,10 @@ def handle_store(
             status,
             status.name,
         )
-    except Exception:
+    except Exception as exc:
         status = StoreStatus.ERROR_PROCESSING_FAILURE
         response = _status_dataset(status, "internal error, see the receiver's log")
+        refusal = f"internal error: {type(exc).__name__}: {exc}"
         logger.exception(
             "failed to process SOP Instance %s from %s (%s:%d)",
             request.AffectedSOPInstanceUID,
@@ -237,6 +254,7 @@ def handle_store(
             UID(instance.transfer_syntax_uid).name,
             instance.path,
         )
+        refusal = ""
         try:
             on_stored(instance)
         except Exception:
@@ -246,9 +264,45 @@ def handle_store(
                 instance.sop_instance_uid,
                 instance.path,
             )
+        if not instance.path.exists():
+            status = StoreStatus.REFUSED_OUT_OF_RESOURCES
+            refusal = (
+                f"{instance.path} was removed while it was stored (retention took its series "
+                "folder); the peer must send it again"
+            )
+            response = _status_dataset(status, "series was being cleaned up, send again")
+            logger.warning("refused SOP Instance %s: %s", instance.sop_instance_uid, refusal)
+    if audit is not None:
+        _audit_store(audit, event, status, refusal, instance if status == 0 else None)
     if monitor is not None:
         monitor.instance_answered(event.assoc, status, n_bytes, time.perf_counter() - started)
     return response
+
+
+def _audit_store(
+    audit: AuditLog,
+    event: Event,
+    status: StoreStatus,
+    reason: str,
+    instance: StoredInstance | None,
+) -> None:
+    requestor = event.assoc.requestor
+    request = cast("C_STORE", event.request)
+    audit.record(
+        AuditEvent.INSTANCE_STORED if instance is not None else AuditEvent.INSTANCE_REFUSED,
+        calling_ae=requestor.ae_title.strip(),
+        called_ae=event.assoc.acceptor.ae_title.strip(),
+        peer_address=f"{requestor.address}:{requestor.port}",
+        study_instance_uid=instance.study_instance_uid if instance is not None else None,
+        series_instance_uid=instance.series_instance_uid if instance is not None else None,
+        sop_instance_uid=(
+            instance.sop_instance_uid
+            if instance is not None
+            else str(request.AffectedSOPInstanceUID or "") or None
+        ),
+        status=int(status),
+        reason=reason or None,
+    )
 
 
 def handle_echo(event: Event) -> int:

@@ -13,7 +13,11 @@ Parts (the names ``/healthz`` uses):
 * ``assembling``: the assembler loop (quiet series -> QUEUED jobs);
 * ``inference``: the worker loop (QUEUED -> RUNNING -> SENDING/SKIPPED/FAILED);
 * ``sending``: the sender loop (SENDING -> DONE/FAILED);
-* ``job_store``: ``jobs.sqlite3`` can be opened read-write and its write lock taken.
+* ``notifying``: the notifier loop (queued notifications posted to ``notifications:``);
+* ``retention``: the retention loop (files of expired DONE/SKIPPED jobs removed);
+* ``job_store``: ``jobs.sqlite3`` can be opened read-write and its write lock taken;
+* ``storage``: free space under ``storage_dir`` is above ``storage.min_free_bytes`` (below it
+  the node refuses new data, so monitoring must hear of it before the PACS does).
 
 A loop is unhealthy when its thread has ended, when its latest attempt failed (it is backing
 off and retrying), or when it has not come round for :data:`STALL_AFTER_S` although it is not
@@ -42,7 +46,9 @@ PARTS: Final[tuple[str, ...]] = (
     "inference",
     "sending",
     "notifying",
+    "retention",
     "job_store",
+    "storage",
 )
 OK: Final[str] = "ok"
 
@@ -193,6 +199,9 @@ class HealthCheck:
         The loop monitors (assembling, inference, sending).
     job_store_path:
         ``<storage_dir>/jobs.sqlite3``.
+    storage:
+        Returns why the disk takes no more data (below the watermark), or ``None``; without
+        it the report has no ``storage`` part.
     """
 
     def __init__(
@@ -200,10 +209,12 @@ class HealthCheck:
         receiving: Callable[[], bool],
         loops: Mapping[str, LoopMonitor],
         job_store_path: Path,
+        storage: Callable[[], str | None] | None = None,
     ) -> None:
         self._receiving = receiving
         self._loops = dict(loops)
         self._job_store_path = job_store_path
+        self._storage = storage
 
     def report(self) -> HealthReport:
         """Check every part now."""
@@ -221,5 +232,10 @@ class HealthCheck:
             failing.append("receiving")
         if store is not None:
             failing.append("job_store")
+        if self._storage is not None:
+            low = self._storage()
+            parts["storage"] = low or OK
+            if low is not None:
+                failing.append("storage")
         ordered = {name: parts[name] for name in PARTS if name in parts}
         return HealthReport(ordered, tuple(n for n in PARTS if n in failing))

@@ -7,8 +7,9 @@ A job follows one path through the node (../shared/DESIGN.md "Data flow")::
     SENDING  -> SENDING            (a transient send failure, rescheduled with attempts + 1)
     RECEIVED | QUEUED | RUNNING -> SKIPPED            (selection refused the series)
     RECEIVED | QUEUED | RUNNING | SENDING -> FAILED   (with the reason)
+    DONE | FAILED -> SENDING       (only by an operator's ``ichnet-node jobs resend``)
 
-DONE, FAILED and SKIPPED are terminal.
+DONE, FAILED and SKIPPED are terminal: the node never moves a job out of them by itself.
 
 * ``RECEIVED``: instances are still arriving; the store counts them.
 * ``QUEUED``: the series tracker saw the series go quiet; waiting for a worker.
@@ -46,7 +47,7 @@ class JobState(str, Enum):
     SKIPPED = "SKIPPED"
 
 
-#: States a job never leaves.
+#: States the node never moves a job out of by itself.
 TERMINAL_STATES: Final[frozenset[JobState]] = frozenset(
     {JobState.DONE, JobState.FAILED, JobState.SKIPPED}
 )
@@ -60,8 +61,8 @@ ALLOWED_TRANSITIONS: Final[Mapping[JobState, frozenset[JobState]]] = {
         {JobState.QUEUED, JobState.SENDING, JobState.SKIPPED, JobState.FAILED}
     ),
     JobState.SENDING: frozenset({JobState.SENDING, JobState.DONE, JobState.FAILED}),
-    JobState.DONE: frozenset(),
-    JobState.FAILED: frozenset(),
+    JobState.DONE: frozenset({JobState.SENDING}),
+    JobState.FAILED: frozenset({JobState.SENDING}),
     JobState.SKIPPED: frozenset(),
 }
 
@@ -86,18 +87,24 @@ class IllegalTransitionError(JobStoreError, ValueError):
 
 
 def check_transition(
-    job_id: int, current: JobState, wanted: JobState, *, only_from: JobState | None = None
+    job_id: int,
+    current: JobState,
+    wanted: JobState,
+    *,
+    only_from: JobState | frozenset[JobState] | None = None,
 ) -> None:
     """Raise :class:`IllegalTransitionError` unless ``current -> wanted`` is legal.
 
-    ``only_from`` narrows the legal source states to one: a retry is SENDING -> SENDING only,
-    and queueing is RECEIVED -> QUEUED only (RUNNING -> QUEUED belongs to recovery), although
-    the table allows those targets from other states too.
+    ``only_from`` narrows the legal source states: a retry is SENDING -> SENDING only, queueing
+    is RECEIVED -> QUEUED only (RUNNING -> QUEUED belongs to recovery), a first send is
+    RUNNING -> SENDING only and a resend DONE | FAILED -> SENDING only, although the table
+    allows those targets from other states too.
     """
+    narrowed = {only_from} if isinstance(only_from, JobState) else only_from
     needed = [
         source
         for source, targets in ALLOWED_TRANSITIONS.items()
-        if wanted in targets and only_from in (None, source)
+        if wanted in targets and (narrowed is None or source in narrowed)
     ]
     if current not in needed:
         raise IllegalTransitionError(job_id, current, wanted, needed)
@@ -149,6 +156,13 @@ class Job:
     outbox_dir: Path | None
     #: Stage timings in seconds as JSON text (``{"inference": 1.2, ...}``).
     timings_json: str
+    #: Which analysis of the series this job's results are (1 = first); ``None`` until the
+    #: job has results (it became SENDING).
+    result_version: int | None = None
+    #: When the job last became SENDING; the sender's give-up horizon counts from here.
+    sending_since: float | None = None
+    #: When retention removed the job's files (spool, results, outbox); ``None`` = still there.
+    purged_at: float | None = None
 
     @property
     def timings(self) -> dict[str, float]:
@@ -159,3 +173,31 @@ class Job:
     def is_terminal(self) -> bool:
         """True for DONE, FAILED and SKIPPED."""
         return self.state in TERMINAL_STATES
+
+
+class UnknownJobError(JobStoreError, LookupError):
+    """No job with the given id exists."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id} in the job store")
+
+
+class SchemaVersionError(JobStoreError):
+    """The database was written by a different, incompatible version of the node."""
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What :meth:`JobStore.recover` found and did at startup."""
+
+    #: Were RUNNING when the process died; now QUEUED again (rerun from the spool).
+    requeued: tuple[Job, ...]
+    #: Were RUNNING too often (:data:`DEFAULT_MAX_RUNS`); now FAILED.
+    failed: tuple[Job, ...]
+    #: Still RECEIVED: hand them to the series tracker so their quiet period restarts.
+    received: tuple[Job, ...]
+    #: Already QUEUED: nothing to do, a worker claims them.
+    queued: tuple[Job, ...]
+    #: SENDING: their outbox is (re)sent when due.
+    sending: tuple[Job, ...]

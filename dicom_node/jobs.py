@@ -20,7 +20,12 @@ pay for the WAL sync (which also makes every earlier NORMAL commit durable).
 A series that arrives again after its batch left ``RECEIVED`` (late instances, or a modality
 resending the series) starts a *new* job; that job reruns the workflow on the whole series as
 the spool then holds it, and its results go out as a new batch. ``instance_count`` counts only the
-instances of its own batch.
+instances of its own batch. Each analysis that produces results gets the series' next
+``result_version`` (1, 2, ...; :meth:`JobStore.next_result_version`), recorded when the job
+becomes SENDING; an operator's ``jobs retry`` is such a re-analysis too (:meth:`JobStore.rerun`).
+
+The table layout and its versions are in :mod:`dicom_node.job_schema`, the read-only queries
+in :mod:`dicom_node.job_queries`. A job's end (DONE, FAILED, SKIPPED) goes to the audit trail.
 """
 
 from __future__ import annotations
@@ -32,11 +37,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
+from dicom_node.audit import AuditEvent, AuditLog
+from dicom_node.job_queries import JobQueries
+from dicom_node.job_schema import (
+    COLUMNS,
+    MIGRATE_1_TO_2,
+    SCHEMA,
+    SCHEMA_VERSION,
+    UPSERT_INSTANCE,
+    row_to_job,
+)
 from dicom_node.job_states import (
     ALLOWED_TRANSITIONS,
     DEFAULT_MAX_RUNS,
@@ -45,10 +59,14 @@ from dicom_node.job_states import (
     Job,
     JobState,
     JobStoreError,
+    RecoveryReport,
+    SchemaVersionError,
+    UnknownJobError,
     check_transition,
     recovery_target,
 )
 from dicom_node.layout import StorageLayout
+from dicom_node.storage import create_private_file, make_private_dirs
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -66,100 +84,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Bumped whenever the table layout changes; an unknown version is refused, never guessed at.
-SCHEMA_VERSION = 1
 #: How long a statement waits for another connection's write lock before failing.
 BUSY_TIMEOUT_S = 10.0
 
 
-class UnknownJobError(JobStoreError, LookupError):
-    """No job with the given id exists."""
-
-    def __init__(self, job_id: int) -> None:
-        self.job_id = job_id
-        super().__init__(f"no job with id {job_id} in the job store")
-
-
-class SchemaVersionError(JobStoreError):
-    """The database was written by a different, incompatible version of the node."""
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    """What :meth:`JobStore.recover` found and did at startup."""
-
-    #: Were RUNNING when the process died; now QUEUED again (rerun from the spool).
-    requeued: tuple[Job, ...]
-    #: Were RUNNING too often (:data:`DEFAULT_MAX_RUNS`); now FAILED.
-    failed: tuple[Job, ...]
-    #: Still RECEIVED: hand them to the series tracker so their quiet period restarts.
-    received: tuple[Job, ...]
-    #: Already QUEUED: nothing to do, a worker claims them.
-    queued: tuple[Job, ...]
-    #: SENDING: their outbox is (re)sent when due.
-    sending: tuple[Job, ...]
-
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS jobs (
-    -- AUTOINCREMENT: ids are never reused, so an old outbox/<id> folder never meets a new job.
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_instance_uid TEXT NOT NULL,
-    series_instance_uid TEXT NOT NULL,
-    calling_ae TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ({", ".join(f"'{s.value}'" for s in JobState)})),
-    reason TEXT,
-    instance_count INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    last_instance_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    runs INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL,
-    outbox_dir TEXT,
-    timings TEXT NOT NULL DEFAULT '{{}}'
-);
--- At most one open (RECEIVED) batch per series: the target of record_instance's upsert.
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_open_batch
-    ON jobs (study_instance_uid, series_instance_uid) WHERE state = 'RECEIVED';
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at, id);
-"""
-
-_COLUMNS = (
-    "id, study_instance_uid, series_instance_uid, calling_ae, state, reason, instance_count, "
-    "created_at, updated_at, last_instance_at, attempts, runs, next_attempt_at, outbox_dir, timings"
-)
-
-_UPSERT_INSTANCE = f"""
-INSERT INTO jobs (study_instance_uid, series_instance_uid, calling_ae, state, instance_count,
-                  created_at, updated_at, last_instance_at)
-VALUES (?, ?, ?, '{JobState.RECEIVED.value}', 1, ?, ?, ?)
-ON CONFLICT (study_instance_uid, series_instance_uid) WHERE state = '{JobState.RECEIVED.value}'
-DO UPDATE SET instance_count = instance_count + 1,
-              last_instance_at = max(last_instance_at, excluded.last_instance_at),
-              updated_at = excluded.updated_at
-RETURNING id, instance_count
-"""
-
-
-def _row_to_job(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"],
-        study_instance_uid=row["study_instance_uid"],
-        series_instance_uid=row["series_instance_uid"],
-        calling_ae=row["calling_ae"],
-        state=JobState(row["state"]),
-        reason=row["reason"],
-        instance_count=row["instance_count"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        last_instance_at=row["last_instance_at"],
-        attempts=row["attempts"],
-        runs=row["runs"],
-        next_attempt_at=row["next_attempt_at"],
-        outbox_dir=Path(row["outbox_dir"]) if row["outbox_dir"] is not None else None,
-        timings_json=row["timings"],
-    )
+#: The audit event of each terminal state a job can reach.
+_AUDIT_EVENTS: Final[dict[JobState, AuditEvent]] = {
+    JobState.DONE: AuditEvent.JOB_DONE,
+    JobState.FAILED: AuditEvent.JOB_FAILED,
+    JobState.SKIPPED: AuditEvent.JOB_SKIPPED,
+}
 
 
 def _log_transition(job: Job, previous: JobState) -> None:
@@ -179,7 +113,7 @@ def _log_transition(job: Job, previous: JobState) -> None:
     )
 
 
-class JobStore:
+class JobStore(JobQueries):
     """The queue: a thread-safe handle on ``jobs.sqlite3``.
 
     One connection, opened with ``check_same_thread=False`` and guarded by a lock. The sqlite3
@@ -196,6 +130,9 @@ class JobStore:
         Its folder is created if missing.
     clock
         Time source for ``updated_at`` of state changes that take no ``now`` argument.
+    audit
+        Where a job's end (DONE, FAILED, SKIPPED) is recorded; ``None`` records nothing (tools
+        that only read the queue).
 
     Raises
     ------
@@ -203,11 +140,22 @@ class JobStore:
         If the file holds a queue of another schema version.
     """
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.path = Path(path)
         self._clock = clock
+        self._audit = audit
         self._lock = threading.RLock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.path.parent)
+        # The file is made 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        # database file's mode, so the whole queue (series UIDs, AE titles) stays private. A
+        # file an earlier version created (0644) is tightened too.
+        create_private_file(self.path)
         # isolation_level=None: no implicit BEGIN; single statements autocommit and the
         # multi-statement methods open their own BEGIN IMMEDIATE.
         self._conn = sqlite3.connect(
@@ -224,20 +172,28 @@ class JobStore:
 
     @classmethod
     def for_storage_dir(
-        cls, storage_dir: str | Path, *, clock: Callable[[], float] = time.time
+        cls,
+        storage_dir: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
     ) -> JobStore:
         """Open ``<storage_dir>/jobs.sqlite3``."""
-        return cls(StorageLayout(Path(storage_dir)).jobs_db, clock=clock)
+        return cls(StorageLayout(Path(storage_dir)).jobs_db, clock=clock, audit=audit)
 
     def _init_schema(self) -> None:
         with self._transaction(durable=True):
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise SchemaVersionError(
                     f"{self.path}: job database has schema version {version}, this node "
                     f"understands version {SCHEMA_VERSION}; move the file aside or upgrade"
                 )
-            for statement in _SCHEMA.split(";"):
+            if version == 1:
+                for statement in MIGRATE_1_TO_2:
+                    self._conn.execute(statement)
+                logger.info("%s: job database upgraded to schema version 2", self.path)
+            for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -266,10 +222,10 @@ class JobStore:
                     self._conn.execute("PRAGMA synchronous=NORMAL")
 
     def _get_locked(self, job_id: int) -> Job:
-        row = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self._conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJobError(job_id)
-        return _row_to_job(row)
+        return row_to_job(row)
 
     def _transition_locked(
         self,
@@ -278,7 +234,7 @@ class JobStore:
         wanted: JobState,
         now: float,
         *,
-        only_from: JobState | None = None,
+        only_from: JobState | frozenset[JobState] | None = None,
         increment: str | None = None,
         **columns: Any,
     ) -> tuple[Job, JobState]:
@@ -295,17 +251,17 @@ class JobStore:
             assignments += f", {increment} = {increment} + 1"
         row = conn.execute(
             f"UPDATE jobs SET state = ?, updated_at = ?{assignments} WHERE id = ? "
-            f"RETURNING {_COLUMNS}",
+            f"RETURNING {COLUMNS}",
             (wanted.value, now, *columns.values(), job_id),
         ).fetchone()
-        return _row_to_job(row), previous
+        return row_to_job(row), previous
 
     def _transition(
         self,
         job_id: int,
         wanted: JobState,
         *,
-        only_from: JobState | None = None,
+        only_from: JobState | frozenset[JobState] | None = None,
         increment: str | None = None,
         **columns: Any,
     ) -> Job:
@@ -321,7 +277,22 @@ class JobStore:
                 **columns,
             )
         _log_transition(job, previous)
+        self._audit_end(job)
         return job
+
+    def _audit_end(self, job: Job) -> None:
+        """Record a job's end (DONE, FAILED, SKIPPED) in the audit trail."""
+        event = _AUDIT_EVENTS.get(job.state)
+        if self._audit is None or event is None:
+            return
+        self._audit.record(
+            event,
+            calling_ae=job.calling_ae,
+            study_instance_uid=job.study_instance_uid,
+            series_instance_uid=job.series_instance_uid,
+            status=job.state.value,
+            reason=f"job {job.id}" + (f": {job.reason}" if job.reason else ""),
+        )
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -349,7 +320,7 @@ class JobStore:
         """
         with self._lock:
             job_id, count = self._conn.execute(
-                _UPSERT_INSTANCE,
+                UPSERT_INSTANCE,
                 (study_instance_uid, series_instance_uid, calling_ae, now, now, now),
             ).fetchall()[0]
         if count == 1:
@@ -361,16 +332,6 @@ class JobStore:
                 calling_ae,
             )
         return int(job_id)
-
-    def received_job(self, study_instance_uid: str, series_instance_uid: str) -> Job | None:
-        """The series' open (RECEIVED) batch, if any: what the series tracker queues."""
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE study_instance_uid = ? "
-                "AND series_instance_uid = ? AND state = ?",
-                (study_instance_uid, series_instance_uid, JobState.RECEIVED.value),
-            ).fetchone()
-        return _row_to_job(row) if row is not None else None
 
     # -- transitions ------------------------------------------------------------------------
 
@@ -412,8 +373,11 @@ class JobStore:
         _log_transition(job, previous)
         return job
 
-    def mark_sending(self, job_id: int, outbox_dir: str | Path) -> Job:
-        """RUNNING -> SENDING: the results are complete in ``outbox_dir``; send them now."""
+    def mark_sending(self, job_id: int, outbox_dir: str | Path, result_version: int) -> Job:
+        """RUNNING -> SENDING: the results (the series' ``result_version``) are complete in
+        ``outbox_dir``; send them now."""
+        if result_version < 1:
+            raise ValueError(f"result versions start at 1, got {result_version}")
         return self._transition(
             job_id,
             JobState.SENDING,
@@ -421,7 +385,38 @@ class JobStore:
             outbox_dir=str(outbox_dir),
             next_attempt_at=None,
             reason=None,
+            result_version=result_version,
+            sending_since=self._clock(),
         )
+
+    def resend(self, job_id: int, outbox_dir: str | Path) -> Job:
+        """DONE | FAILED -> SENDING (an operator's ``jobs resend``): send the job's results,
+        refilled into ``outbox_dir``, again from the first attempt.
+
+        Raises
+        ------
+        IllegalTransitionError
+            If the job is not DONE or FAILED.
+        ValueError
+            If the job never had results (no ``result_version``).
+        """
+        with self._lock:
+            job = self.get(job_id)
+            if job.result_version is None:
+                raise ValueError(
+                    f"job {job_id} has no results to send (it is {job.state.value} and was "
+                    "never analysed to the end)"
+                )
+            return self._transition(
+                job_id,
+                JobState.SENDING,
+                only_from=frozenset({JobState.DONE, JobState.FAILED}),
+                outbox_dir=str(outbox_dir),
+                next_attempt_at=None,
+                reason=None,
+                attempts=0,
+                sending_since=self._clock(),
+            )
 
     def schedule_retry(self, job_id: int, next_attempt_at: float, reason: str) -> Job:
         """SENDING -> SENDING: a send failed transiently; try again at ``next_attempt_at``."""
@@ -452,10 +447,58 @@ class JobStore:
             merged = self._get_locked(job_id).timings
             merged.update({str(k): float(v) for k, v in timings.items()})
             row = conn.execute(
-                f"UPDATE jobs SET timings = ? WHERE id = ? RETURNING {_COLUMNS}",
+                f"UPDATE jobs SET timings = ? WHERE id = ? RETURNING {COLUMNS}",
                 (json.dumps(merged, sort_keys=True), job_id),
             ).fetchone()
-        return _row_to_job(row)
+        return row_to_job(row)
+
+    def rerun(self, job_id: int, now: float) -> Job:
+        """A new QUEUED job that analyses ``job_id``'s series again (an operator's ``jobs
+        retry`` of a FAILED or SKIPPED job); the old job keeps its state and reason.
+
+        Raises
+        ------
+        ValueError
+            If the job is not FAILED or SKIPPED.
+        """
+        with self._transaction(durable=True) as conn:
+            job = self._get_locked(job_id)
+            if job.state not in (JobState.FAILED, JobState.SKIPPED):
+                raise ValueError(
+                    f"job {job_id} is {job.state.value}; only a FAILED or SKIPPED job can be "
+                    "retried (use 'resend' to send a job's results again)"
+                )
+            row = conn.execute(
+                f"INSERT INTO jobs (study_instance_uid, series_instance_uid, calling_ae, state, "
+                "reason, instance_count, created_at, updated_at, last_instance_at) "
+                f"VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?) RETURNING {COLUMNS}",
+                (
+                    job.study_instance_uid,
+                    job.series_instance_uid,
+                    job.calling_ae,
+                    JobState.QUEUED.value,
+                    f"re-run of job {job_id}",
+                    now,
+                    now,
+                    job.last_instance_at,
+                ),
+            ).fetchone()
+        new = row_to_job(row)
+        logger.info(
+            "job %d QUEUED: re-run of job %d (series %s)", new.id, job_id, new.series_instance_uid
+        )
+        return new
+
+    def mark_purged(self, job_id: int, now: float) -> Job:
+        """Record that retention removed the job's files; no state change."""
+        with self._transaction(durable=False) as conn:
+            row = conn.execute(
+                f"UPDATE jobs SET purged_at = ? WHERE id = ? RETURNING {COLUMNS}",
+                (now, job_id),
+            ).fetchone()
+        if row is None:
+            raise UnknownJobError(job_id)
+        return row_to_job(row)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -463,60 +506,6 @@ class JobStore:
         """The job with this id; raises :class:`UnknownJobError` if there is none."""
         with self._lock:
             return self._get_locked(job_id)
-
-    def due_for_sending(self, now: float) -> list[Job]:
-        """SENDING jobs whose next attempt is due at ``now``, the longest-waiting first."""
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state = ? "
-                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
-                "ORDER BY coalesce(next_attempt_at, updated_at), id",
-                (JobState.SENDING.value, now),
-            ).fetchall()
-        return [_row_to_job(r) for r in rows]
-
-    def latest_job(self, study_instance_uid: str, series_instance_uid: str) -> Job | None:
-        """The series' newest job in any state: the startup spool scan compares its
-        ``last_instance_at`` with the files on disk to find instances no job has seen."""
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE study_instance_uid = ? "
-                "AND series_instance_uid = ? ORDER BY id DESC LIMIT 1",
-                (study_instance_uid, series_instance_uid),
-            ).fetchone()
-        return _row_to_job(row) if row is not None else None
-
-    def jobs_of_study(self, study_instance_uid: str) -> list[Job]:
-        """Every job of one study, oldest first: the study-level series choice compares them
-        (dicom_node.study_selection)."""
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE study_instance_uid = ? ORDER BY id",
-                (study_instance_uid,),
-            ).fetchall()
-        return [_row_to_job(r) for r in rows]
-
-    def list_jobs(self, states: Iterable[JobState | str] | None = None) -> list[Job]:
-        """All jobs (or those in ``states``), oldest first."""
-        with self._lock:
-            if states is None:
-                rows = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY id").fetchall()
-            else:
-                wanted = [JobState(s).value for s in states]
-                rows = self._conn.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE state IN ({', '.join('?' * len(wanted))}) "
-                    "ORDER BY id",
-                    wanted,
-                ).fetchall()
-        return [_row_to_job(r) for r in rows]
-
-    def count_by_state(self) -> dict[JobState, int]:
-        """How many jobs are in each state (every state present, zero included); for metrics."""
-        with self._lock:
-            rows = self._conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
-        counts = dict.fromkeys(JobState, 0)
-        counts.update({JobState(state): n for state, n in rows})
-        return counts
 
     # -- startup ----------------------------------------------------------------------------
 
@@ -540,10 +529,10 @@ class JobStore:
         requeued: list[tuple[Job, JobState]] = []
         with self._transaction(durable=True) as conn:
             running = conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state = ? ORDER BY id",
+                f"SELECT {COLUMNS} FROM jobs WHERE state = ? ORDER BY id",
                 (JobState.RUNNING.value,),
             ).fetchall()
-            for job in map(_row_to_job, running):
+            for job in map(row_to_job, running):
                 target, reason = recovery_target(job.runs, max_runs)
                 requeued.append(
                     self._transition_locked(
@@ -551,12 +540,13 @@ class JobStore:
                     )
                 )
             others = conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state IN (?, ?, ?) ORDER BY id",
+                f"SELECT {COLUMNS} FROM jobs WHERE state IN (?, ?, ?) ORDER BY id",
                 (JobState.RECEIVED.value, JobState.QUEUED.value, JobState.SENDING.value),
             ).fetchall()
         for job, previous in requeued:
             _log_transition(job, previous)
-        rest = [_row_to_job(r) for r in others]
+            self._audit_end(job)
+        rest = [row_to_job(r) for r in others]
         report = RecoveryReport(
             requeued=tuple(j for j, _ in requeued if j.state is JobState.QUEUED),
             failed=tuple(j for j, _ in requeued if j.state is JobState.FAILED),

@@ -18,12 +18,14 @@ that references it.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
 from pydicom import Dataset, dcmwrite
 
 from dicom_node.layout import StorageLayout
+from dicom_node.storage import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, make_private_dirs
 from ichnet_core.durable import fsync_directory, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -86,12 +88,18 @@ class Outbox:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.root)
 
     @classmethod
     def for_storage_dir(cls, storage_dir: str | Path) -> Outbox:
         """The outbox under ``<storage_dir>/outbox``."""
         return cls(StorageLayout(Path(storage_dir)).outbox)
+
+    @classmethod
+    def kept_results(cls, storage_dir: str | Path) -> Outbox:
+        """The kept copies under ``<storage_dir>/results`` (one folder per job, as the outbox;
+        the files there are never sent from, only copied into the outbox)."""
+        return cls(StorageLayout(Path(storage_dir)).results)
 
     def job_dir(self, job_id: int) -> Path:
         """Where job ``job_id``'s results wait (whether or not the folder exists yet)."""
@@ -105,8 +113,23 @@ class Outbox:
         if job_dir.exists():
             logger.info("job %d: removing results of an interrupted earlier run", job_id)
             shutil.rmtree(job_dir)
-        job_dir.mkdir()
+        job_dir.mkdir(mode=PRIVATE_DIR_MODE)
+        os.chmod(job_dir, PRIVATE_DIR_MODE)  # not left to the umask: results are patient data
         fsync_directory(self.root)
+        return job_dir
+
+    def refill(self, job_id: int, files: list[Path]) -> Path:
+        """Make the job's folder hold exactly copies of ``files`` (same names, same order).
+
+        How the node fills the outbox from the kept copy of a job's results (``results/<job>``),
+        after an analysis and for an operator's ``jobs resend``: the objects sent are always the
+        bytes written once, so a resend can never put other content under a sent UID.
+        """
+        job_dir = self.prepare(job_id)
+        for source in files:
+            if source.suffix != RESULT_SUFFIX or source.name.startswith(TEMP_PREFIX):
+                raise ValueError(f"{source} is not a result file")
+            write_atomic(job_dir / source.name, source.read_bytes(), mode=PRIVATE_FILE_MODE)
         return job_dir
 
     def add(self, job_id: int, dataset: Dataset, name: str) -> Path:
@@ -135,7 +158,12 @@ class Outbox:
             )
         index = sum(1 for p in job_dir.iterdir() if not p.name.startswith(TEMP_PREFIX))
         final = job_dir / f"{index:02d}-{name}{RESULT_SUFFIX}"
-        write_atomic(final, lambda handle: dcmwrite(handle, dataset, enforce_file_format=True))
+        # write_atomic's temporary name starts with TEMP_PREFIX, so it is never pending.
+        write_atomic(
+            final,
+            lambda handle: dcmwrite(handle, dataset, enforce_file_format=True),
+            mode=PRIVATE_FILE_MODE,
+        )
         logger.debug(
             "job %d: result %s written (SOP instance %s)",
             job_id,

@@ -12,7 +12,6 @@ per-instance hot path.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
@@ -25,6 +24,7 @@ from pydicom import Dataset
 
 from dicom_node.results.comparison import PatientKey, PriorResult, study_datetime
 from dicom_node.results.volumes import HemorrhageVolumes
+from dicom_node.storage import create_private_file, make_private_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,10 @@ class PriorIndex:
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
+        # 0600 before SQLite opens it (its -wal and -shm files get the same mode): the index
+        # holds PatientIDs. A file an earlier version created is tightened too.
+        create_private_file(path)
         self.path = path
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -76,8 +79,6 @@ class PriorIndex:
             )
         self._conn.executescript(_SCHEMA)
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        with contextlib.suppress(OSError):
-            path.chmod(0o600)
 
     def latest_before(
         self, patient: PatientKey, before: datetime.datetime, study_instance_uid: str

@@ -24,8 +24,9 @@ they count as success and are logged. Status meanings are pynetdicom's tables
 
 Transient failures back off exponentially: the n-th failed attempt waits
 ``min(initial_backoff_s * 2**(n-1), max_backoff_s)`` plus up to :data:`JITTER_FRACTION` of that
-(so many jobs failing together do not retry in lockstep); after ``max_attempts`` attempts the job
-is FAILED with the last reason.
+(so many jobs failing together do not retry in lockstep). The job is FAILED with the last reason
+only when the next attempt would come more than ``give_up_after_hours`` (default 24 h: a PACS
+outage of hours is survived) after it became SENDING, or after ``max_attempts`` if set.
 """
 
 from __future__ import annotations
@@ -284,8 +285,8 @@ class ResultSender:
     Parameters
     ----------
     settings
-        ``sender`` section of the config: ``max_attempts``, ``initial_backoff_s``,
-        ``max_backoff_s``.
+        ``sender`` section of the config: ``initial_backoff_s``, ``max_backoff_s``,
+        ``give_up_after_hours``, ``max_attempts``.
     our_ae_title
         Our node's AE title, the Calling AE Title of every association.
     connection_timeout_s
@@ -331,7 +332,12 @@ class ResultSender:
     # -- one attempt ------------------------------------------------------------------------
 
     def send(
-        self, job_outbox_dir: str | Path, peer: Peer, *, previous_attempts: int = 0
+        self,
+        job_outbox_dir: str | Path,
+        peer: Peer,
+        *,
+        previous_attempts: int = 0,
+        sending_since: float | None = None,
     ) -> SendOutcome:
         """Send every file left in ``job_outbox_dir`` to ``peer`` over one association.
 
@@ -342,8 +348,11 @@ class ResultSender:
         peer
             Where to send: Called AE Title ``peer.ae_title`` at ``peer.host:peer.port``.
         previous_attempts
-            Failed attempts before this one (the job's ``attempts``); decides the backoff and
-            when to give up.
+            Failed attempts before this one (the job's ``attempts``); decides the backoff (and
+            when to give up, with ``sender.max_attempts``).
+        sending_since
+            When the job became SENDING; transient failures are given up
+            ``sender.give_up_after_hours`` later. ``None`` = now (a first attempt).
 
         Returns
         -------
@@ -352,6 +361,7 @@ class ResultSender:
         """
         job_outbox_dir = Path(job_outbox_dir)
         attempt = previous_attempts + 1
+        since = self._clock() if sending_since is None else sending_since
         try:
             paths = pending_files(job_outbox_dir)
         except FileNotFoundError as exc:
@@ -389,7 +399,7 @@ class ResultSender:
         if not assoc.is_established:
             reason, transient = self._association_failure(assoc, peer, watch)
             if transient and not permanent:
-                return self._retry_or_fail(reason, attempt, ())
+                return self._retry_or_fail(reason, attempt, since, ())
             return self._failed("; ".join([reason, *permanent]), tuple(unreadable))
 
         results: list[FileResult] = list(unreadable)
@@ -425,7 +435,7 @@ class ResultSender:
         if permanent:
             return self._failed("; ".join(permanent), tuple(results))
         if transient_reason is not None:
-            return self._retry_or_fail(transient_reason, attempt, tuple(results))
+            return self._retry_or_fail(transient_reason, attempt, since, tuple(results))
         return SendOutcome(SendOutcomeKind.SENT, None, sent, None, tuple(results))
 
     def _send_one(
@@ -516,15 +526,24 @@ class ResultSender:
         )
 
     def _retry_or_fail(
-        self, reason: str, attempt: int, results: tuple[FileResult, ...]
+        self, reason: str, attempt: int, since: float, results: tuple[FileResult, ...]
     ) -> SendOutcome:
         sent = tuple(r.path for r in results if r.acknowledged)
-        if attempt >= self.settings.max_attempts:
+        settings = self.settings
+        if settings.max_attempts is not None and attempt >= settings.max_attempts:
             return self._failed(
                 f"gave up after {attempt} attempt(s) (sender.max_attempts); last error: {reason}",
                 results,
             )
-        delay = backoff_delay(attempt, self.settings, self._rng)
+        delay = backoff_delay(attempt, settings, self._rng)
+        horizon_s = settings.give_up_after_hours * 3600.0
+        if self._clock() + delay - since > horizon_s:
+            return self._failed(
+                f"gave up after {attempt} attempt(s) over "
+                f"{(self._clock() - since) / 3600.0:.2f} h (sender.give_up_after_hours "
+                f"{settings.give_up_after_hours:g}); last error: {reason}",
+                results,
+            )
         logger.warning("send attempt %d failed, retrying in %.1f s: %s", attempt, delay, reason)
         return SendOutcome(SendOutcomeKind.RETRY, reason, sent, self._clock() + delay, results)
 
@@ -564,7 +583,12 @@ class ResultSender:
             )
         else:
             started = time.perf_counter()
-            outcome = self.send(job.outbox_dir, peer, previous_attempts=job.attempts)
+            outcome = self.send(
+                job.outbox_dir,
+                peer,
+                previous_attempts=job.attempts,
+                sending_since=job.sending_since,
+            )
             store.set_timings(job.id, {"send": time.perf_counter() - started})
         if outcome.kind is SendOutcomeKind.SENT:
             store.mark_done(job.id)

@@ -8,16 +8,21 @@ Threads and what they own:
   release (``series.settle_after_release_s``) or quiet (``series.complete_after_s``), see
   :mod:`dicom_node.series_tracker`;
 * one worker claims QUEUED jobs and runs :func:`analyse_series` (one inference at a time: the
-  model uses every core), then writes SEG + SR into the outbox and marks the job SENDING;
-* the sender delivers due outbox folders to the peer that sent the series, with backoff;
-* the notifier posts ``notifications:`` (queued on disk when a result is ready) on its own
-  thread, so a slow endpoint never delays results to the PACS.
+  model uses every core) with the series' next ``result_version``, then writes the results
+  (:mod:`dicom_node.publish`: kept copy, outbox, result.json, thumbnail, prior index,
+  notification queue) and marks the job SENDING;
+* the sender delivers due outbox folders to the peer that sent the series, with backoff, and
+  audits each delivery;
+* the notifier posts ``notifications:`` (queued on disk when a result is ready) and retention
+  removes expired jobs' files, each on its own thread (:mod:`dicom_node.side_loops`), so
+  neither ever delays results to the PACS.
 
 Every state lives on disk (spool, SQLite, outbox), so :meth:`NodeService.start` after a crash
-resumes everything: RUNNING jobs are rerun, RECEIVED series complete after a fresh quiet period,
-SENDING outboxes are resent, and spool files no job has seen get a job.
+resumes everything (:mod:`dicom_node.recovery`): RUNNING jobs are rerun, RECEIVED series
+complete after a fresh quiet period, SENDING outboxes are resent, and spool files no job has
+seen get a job.
 
-Self-healing: the three loops run under :meth:`NodeService._run_loop`, which survives any
+Self-healing: the loops run under :meth:`NodeService._run_loop`, which survives any
 exception of a round (a "database is locked" in ``claim_next`` or ``mark_queued``, a full
 disk, a bug), logs it, counts it (``ichnet_loop_errors_total``), backs off exponentially
 (:data:`LOOP_BACKOFF_INITIAL_S` doubling up to :data:`LOOP_BACKOFF_MAX_S`) and tries again;
@@ -34,31 +39,33 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
-
-import pydicom
 
 from dicom_node import app
 from dicom_node.associations import ReceiveMonitor
+from dicom_node.audit import AuditLog
 from dicom_node.config import NodeConfig, Peer
+from dicom_node.free_space import FreeSpaceGuard
 from dicom_node.health import HealthCheck, HealthReport, LoopMonitor
 from dicom_node.jobs import IllegalTransitionError, Job, JobStore, JobStoreError, UnknownJobError
 from dicom_node.metrics import NodeMetrics, NodeStateCollector, start_metrics_server
 from dicom_node.notifications.notifier import Notifier
 from dicom_node.notifications.queue import NotificationQueue
 from dicom_node.outbox import Outbox
-from dicom_node.priors import PriorIndex, find_prior, remember_result
-from dicom_node.results import write_result
+from dicom_node.priors import PriorIndex, find_prior
+from dicom_node.publish import ResultPublisher
+from dicom_node.recovery import recover
+from dicom_node.retention import Retention
 from dicom_node.sender import ResultSender, SendOutcomeKind
 from dicom_node.series_tracker import CompletedSeries, SeriesKey, SeriesTracker
-from dicom_node.status_page import THUMBNAIL_NAME, StatusPage, save_thumbnail
-from dicom_node.storage import InstanceStore, StoredInstance
+from dicom_node.side_loops import NotifierLoop, RetentionLoop, audit_send
+from dicom_node.status_page import StatusPage
+from dicom_node.storage import InstanceStore, StoredInstance, restrict_storage_dir
 from dicom_node.study_selection import StudySelector
 from dicom_node.tls import client_context
 from dicom_node.transport import GuardedAssociationServer
 from dicom_node.triton_engine import node_engine
-from dicom_node.workflow import SeriesAnalysis, SeriesSkipped, analyse_series, read_datasets
+from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
 from ichnet_core.inference.base import EngineTransientError, InferenceEngine
 from ichnet_core.models.weights import ModelWeights, load_weights
 
@@ -69,8 +76,6 @@ logger = logging.getLogger(__name__)
 
 #: Longest idle wait of the worker and sender loops; a wake-up event normally cuts it short.
 IDLE_WAIT_S: Final[float] = 1.0
-#: Tolerance when comparing a spool file's mtime with a job's last_instance_at.
-_MTIME_SLACK_S: Final[float] = 1e-3
 #: Wait after a loop round failed for the first time; doubles with each further failure ...
 LOOP_BACKOFF_INITIAL_S: Final[float] = 0.5
 #: ... up to this.
@@ -81,6 +86,7 @@ _LOOP_THREADS: Final[dict[str, str]] = {
     "inference": "ichnet-worker",
     "sending": "ichnet-sender",
     "notifying": "ichnet-notifier",
+    "retention": "ichnet-retention",
 }
 
 
@@ -114,11 +120,14 @@ class NodeService:
         self.config = config
         self.layout = config.node.layout
         storage_dir = self.layout.root
+        restrict_storage_dir(storage_dir)
+        self.audit = AuditLog.for_storage_dir(storage_dir)
         self.weights = weights or load_weights(config.model.weights, config.model.weights_sha256)
         self.engine = engine or node_engine(config, self.weights)
         self.store = InstanceStore(storage_dir)
-        self.jobs = JobStore.for_storage_dir(storage_dir)
+        self.jobs = JobStore.for_storage_dir(storage_dir, audit=self.audit)
         self.outbox = Outbox.for_storage_dir(storage_dir)
+        self.kept_results = Outbox.kept_results(storage_dir)
         self.priors = PriorIndex(self.layout.priors_db)
         self.results_dir = self.layout.results
         self.tracker = SeriesTracker(
@@ -145,21 +154,30 @@ class NodeService:
         self._stopping = threading.Event()
         self._work_ready = threading.Event()
         self._send_ready = threading.Event()
-        self._notify_ready = threading.Event()
-        self.notifier = Notifier(
-            config.notifications,
-            NotificationQueue(self.layout.notifications),
-            config.sender,
-            clock=clock,
-        )
         self._threads: list[threading.Thread] = []
         self._server: GuardedAssociationServer | None = None
         self._metrics_server: WSGIServer | None = None
         self.loops = {name: LoopMonitor(name) for name in _LOOP_THREADS}
+        self.notifier = NotifierLoop(
+            Notifier(
+                config.notifications,
+                NotificationQueue(self.layout.notifications),
+                config.sender,
+                clock=clock,
+                audit=self.audit,
+                ae_title=config.node.ae_title,
+            ),
+            self.loops["notifying"],
+            self._stopping,
+        )
+        self.publisher = ResultPublisher(
+            self.layout, self.outbox, self.kept_results, self.priors, self.notifier.notifier
+        )
         self.health = HealthCheck(
             lambda: self._server is not None and self._server.is_serving,
             self.loops,
             self.jobs.path,
+            FreeSpaceGuard(storage_dir, config.storage.min_free_bytes).problem,
         )
         self.metrics.registry.register(
             NodeStateCollector(self.jobs, storage_dir, self.health.report, clock)
@@ -173,6 +191,18 @@ class NodeService:
         self._unrecorded_failures: dict[int, str] = {}
         #: A RUNNING job whose engine could not answer (a Triton server down): retried first.
         self._waiting_job: Job | None = None
+        self.retention = RetentionLoop(
+            Retention(
+                self.jobs,
+                self.store,
+                self.outbox,
+                self.kept_results,
+                config.storage.retention_hours,
+                self._series_busy,
+            ),
+            config.storage.retention_interval_s,
+            clock,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -181,13 +211,15 @@ class NodeService:
         removed = self.store.remove_partial_files()
         if removed:
             logger.info("removed %d partial spool file(s) of an interrupted write", removed)
-        self._recover()
+        if recover(self.jobs, self.store, self.tracker, self._clock):
+            self._work_ready.set()
         self._server = app.start(
             self.config,
             self.store,
             self._on_stored,
-            ReceiveMonitor(self.metrics, on_ended=self._on_association_ended),
+            ReceiveMonitor(self.metrics, on_ended=self._on_association_ended, audit=self.audit),
             self.metrics,
+            audit=self.audit,
         )
         node = self.config.node
         if node.metrics_port is not None:
@@ -202,7 +234,8 @@ class NodeService:
             "assembling": (self._queue_complete_series, self.config.series.poll_interval_s),
             "inference": (self._worker_round, 0.0),
             "sending": (self._sender_round, 0.0),
-            "notifying": (self._notifier_round, 0.0),
+            "notifying": (self.notifier.round, 0.0),
+            "retention": (self.retention.round, IDLE_WAIT_S),
         }
         for name, (round_, interval_s) in rounds.items():
             monitor = self.loops[name]
@@ -237,7 +270,7 @@ class NodeService:
         self._stopping.set()
         self._work_ready.set()
         self._send_ready.set()
-        self._notify_ready.set()
+        self.notifier.wake()
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -298,63 +331,6 @@ class NodeService:
     def _on_association_ended(self, association: tuple[str, int], released: bool) -> None:
         """An association that stored instances ended: its series may settle (if released)."""
         self.tracker.association_ended(association, released=released)
-
-    def _recover(self) -> None:
-        """Resume what a previous run left: the job queue first, then the spool."""
-        report = self.jobs.recover(self._clock())
-        for job in report.received:
-            self._track_series_on_disk(
-                job.study_instance_uid, job.series_instance_uid, job.calling_ae
-            )
-        for series in self.store.iter_series():
-            latest = self.jobs.latest_job(series.study_instance_uid, series.series_instance_uid)
-            if (
-                latest is not None
-                and series.newest_mtime <= latest.last_instance_at + _MTIME_SLACK_S
-            ):
-                continue
-            calling_ae = (
-                latest.calling_ae if latest is not None else self._calling_ae_of(series.paths)
-            )
-            logger.info(
-                "spool holds unseen instances of series %s: starting a job",
-                series.series_instance_uid,
-            )
-            for _ in series.paths:
-                self.jobs.record_instance(
-                    series.study_instance_uid, series.series_instance_uid, calling_ae, self._clock()
-                )
-            self._track_series_on_disk(
-                series.study_instance_uid, series.series_instance_uid, calling_ae
-            )
-        logger.info(
-            "recovered: %d rerun, %d failed, %d receiving, %d queued, %d sending",
-            len(report.requeued),
-            len(report.failed),
-            len(report.received),
-            len(report.queued),
-            len(report.sending),
-        )
-        if report.queued or report.requeued:
-            self._work_ready.set()
-
-    def _track_series_on_disk(self, study: str, series: str, calling_ae: str) -> None:
-        key = SeriesKey(study, series)
-        for path in self.store.series_paths(study, series):
-            self.tracker.instance_received(key, path.stem, calling_ae)
-
-    @staticmethod
-    def _calling_ae_of(paths: tuple[Path, ...]) -> str:
-        """Who sent a spooled series: SourceApplicationEntityTitle of its first file's meta."""
-        for path in paths:
-            try:
-                meta = pydicom.filereader.read_file_meta_info(path)
-            except (OSError, ValueError):
-                continue
-            title = str(meta.get("SourceApplicationEntityTitle", "")).strip()
-            if title:
-                return title
-        return ""
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -516,6 +492,7 @@ class NodeService:
         datasets, unreadable = read_datasets(paths)
         for line in unreadable:
             logger.warning("job %d: %s", job.id, line)
+        version = self.jobs.next_result_version(job.study_instance_uid, job.series_instance_uid)
         try:
             if not datasets:
                 raise SeriesSkipped("no readable instance of the series is in the spool")
@@ -527,6 +504,7 @@ class NodeService:
                 selection=decision.selection,
                 key_images="sc" in outputs,
                 prior=find_prior(self.priors, datasets[0]),
+                result_version=version,
             )
         except SeriesSkipped as exc:
             self.jobs.mark_skipped(job.id, exc.reason)
@@ -537,44 +515,15 @@ class NodeService:
             logger.exception("job %d: analysis failed", job.id)
             self.jobs.mark_failed(job.id, f"analysis failed: {type(exc).__name__}: {exc}")
             return
-        self.outbox.prepare(job.id)
-        if "seg" in outputs:
-            self.outbox.add(job.id, analysis.seg, "seg")
-        if "sr" in outputs:
-            self.outbox.add(job.id, analysis.sr, "sr")
-        for number, image in enumerate(analysis.key_images, start=1):
-            self.outbox.add(job.id, image, f"sc{number}")
-        job_results = self.layout.result_dir(job.id)
-        job_results.mkdir(parents=True, exist_ok=True)
-        write_result(job_results / "result.json", analysis.result)
-        remember_result(self.priors, analysis.volume.datasets[0], analysis.sr, analysis.volumes)
-        save_thumbnail(job_results / THUMBNAIL_NAME, analysis.volume, analysis.prediction)
+        if self.publisher.publish(job.id, analysis, outputs):
+            self.notifier.wake()
         timings = analysis.timings
         self.jobs.set_timings(
             job.id,
             {"volume": timings.volume, "inference": timings.inference, "results": timings.results},
         )
-        self._queue_notifications(job, analysis)
-        self.jobs.mark_sending(job.id, self.outbox.job_dir(job.id))
+        self.jobs.mark_sending(job.id, self.outbox.job_dir(job.id), result_version=version)
         self._send_ready.set()
-
-    def _queue_notifications(self, job: Job, analysis: SeriesAnalysis) -> None:
-        """Queue the job's notifications (before SENDING: a rerun after a crash re-queues them
-        under the same names). A failure here is logged and never holds back the results."""
-        if not self.config.notifications:
-            return
-        try:
-            if self.notifier.enqueue(job.id, analysis.result, analysis.volume.datasets[0]):
-                self._notify_ready.set()
-        except Exception:
-            logger.exception("job %d: notifications could not be queued", job.id)
-
-    def _notifier_round(self) -> None:
-        """Notifier round: post every due notification, then wait for the next one."""
-        with self.loops["notifying"].busy("posting notifications"):
-            self.notifier.deliver_due(self._stopping.is_set)
-        self._notify_ready.wait(IDLE_WAIT_S)
-        self._notify_ready.clear()
 
     def _sender_round(self) -> None:
         """Sender round: deliver every due outbox, then wait for the next one."""
@@ -582,10 +531,21 @@ class NodeService:
             for job in self.jobs.due_for_sending(self._clock()):
                 if self._stopping.is_set():
                     return
-                outcome = self.sender.deliver(self.jobs, job, self.config.peer(job.calling_ae))
+                peer = self.config.peer(job.calling_ae)
+                outcome = self.sender.deliver(self.jobs, job, peer)
+                audit_send(self.audit, self.config.node.ae_title, peer, job, outcome)
                 if outcome.kind is SendOutcomeKind.RETRY:
                     self.metrics.send_failures.labels(outcome="retry").inc()
                 elif outcome.kind is SendOutcomeKind.FAILED:
                     self.metrics.send_failures.labels(outcome="failed").inc()
         self._send_ready.wait(IDLE_WAIT_S)
         self._send_ready.clear()
+
+    def _series_busy(self, study: str, series: str) -> bool:
+        """Whether instances of the series are arriving or waiting to be queued (retention
+        leaves such a series' spool alone)."""
+        key = SeriesKey(study, series)
+        if key in self._to_queue or any(a.key == key for a in self.tracker.pending()):
+            return True
+        with self._unrecorded_lock:
+            return any((r[0], r[1]) == key for r in self._unrecorded_instances)

@@ -1,7 +1,7 @@
 """A read-only status page for the admin, on the metrics port: ``/status``.
 
 What an admin checks first when a radiologist asks "where is my result?": the recent jobs with
-their state and reason, the last results with an overlay thumbnail, where results go (peers)
+their state, result version (as ``ichnet-node jobs list``) and reason, the last results with an overlay thumbnail, where results go (peers)
 and whether the disk is filling up. Read-only by design: the page has no forms and accepts only
 GET; operators act through ``ichnet-node jobs``.
 
@@ -18,7 +18,6 @@ import json
 import re
 import shutil
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -49,9 +48,9 @@ _STYLE: Final[str] = (
 )
 
 
-def save_thumbnail(path: Path, volume: Volume, prediction: Prediction) -> None:
+def render_thumbnail(volume: Volume, prediction: Prediction) -> Image.Image:
     """The slice with most blood (or the representative slice) in a brain window with the
-    overlay in the SEG's colours, as a small PNG."""
+    overlay in the SEG's colours, small (:mod:`dicom_node.publish` stores it as a PNG)."""
     index = key_slices(prediction, maximum=1)[0]
     centre, width = BRAIN_WINDOW_HU
     grey = np.clip((volume.hu[index] - (centre - width / 2)) / width, 0.0, 1.0) * 255.0
@@ -61,7 +60,7 @@ def save_thumbnail(path: Path, volume: Volume, prediction: Prediction) -> None:
     rgb[painted] = (1 - OVERLAY_ALPHA) * rgb[painted] + OVERLAY_ALPHA * colours[painted]
     image = Image.fromarray(np.round(rgb).astype(np.uint8), mode="RGB")
     image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-    image.save(path, format="PNG")
+    return image
 
 
 def _when(epoch: float) -> str:
@@ -141,6 +140,7 @@ class StatusPage:
                 job.state.value,
                 job.series_instance_uid,
                 job.calling_ae,
+                "-" if job.result_version is None else job.result_version,
                 job.instance_count,
                 _when(job.updated_at),
                 job.reason or "",
@@ -157,7 +157,7 @@ class StatusPage:
             present = result.get("present", {})
             found = [k for k, v in present.items() if v and k != "any"]
             text = (
-                f"job {job.id}: ICH {'present' if present.get('any') else 'absent'} "
+                f"job {job.id} (version {result.get('result_version', '-')}): ICH {'present' if present.get('any') else 'absent'} "
                 f"(p={result['subject']['any']:.2f}), {result['hemorrhage_volume_ml']:.1f} mL"
                 + (f" [{', '.join(found)}]" if found else "")
             )
@@ -181,7 +181,7 @@ class StatusPage:
             f"<h2>Last results</h2>{''.join(results) or '<p>none yet</p>'}"
             f"<h2>Jobs (newest first)</h2>"
             + _table(
-                ("job", "state", "series", "from", "instances", "updated", "reason"),
+                ("job", "state", "series", "from", "version", "instances", "updated", "reason"),
                 job_rows,
                 [job.state.value for job in jobs],
             )

@@ -14,8 +14,9 @@ PS3.5 9.1) before it touches the file system: a value such as ``..`` never escap
 from __future__ import annotations
 
 import logging
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -42,7 +43,9 @@ _PREAMBLE_AND_PREFIX: Final[bytes] = b"\x00" * 128 + b"DICM"
 #: also rules out "." and "..".
 UID_MAX_CHARS: Final[int] = 64
 _UID_PATTERN: Final[re.Pattern[str]] = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-_FILE_MODE: Final[int] = 0o644
+#: Everything under storage_dir holds patient data (DESIGN.md): files 0600, directories 0700.
+PRIVATE_FILE_MODE: Final[int] = 0o600
+PRIVATE_DIR_MODE: Final[int] = 0o700
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,58 @@ def check_uid(value: object, keyword: str) -> str:
     return text
 
 
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parents with mode 0700 (``Path.mkdir(parents=True)``
+    would give the parents the umask's default, typically 0755)."""
+    missing: list[Path] = []
+    current = Path(directory)
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    for new_dir in reversed(missing):
+        try:
+            new_dir.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by another thread
+        # mkdir's mode is filtered by the umask; patient data must not depend on it.
+        os.chmod(new_dir, PRIVATE_DIR_MODE)
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` (empty) mode 0600 if missing, or tighten an existing file to 0600.
+
+    For files another library opens by name (SQLite databases): made private before that
+    library creates it with the umask's mode, and SQLite gives its -wal and -shm files the
+    database file's mode.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+def restrict_storage_dir(storage_dir: Path) -> None:
+    """Create ``storage_dir`` 0700, or take group and other access away from an existing one.
+
+    Called once at start-up: a folder an admin made with ``mkdir`` (0755) would otherwise let
+    every local user list studies and read whatever a looser file mode let through.
+    """
+    storage_dir = Path(storage_dir)
+    if not storage_dir.is_dir():
+        make_private_dirs(storage_dir)
+        return
+    mode = storage_dir.stat().st_mode & 0o777
+    if mode & 0o077:
+        os.chmod(storage_dir, mode & 0o700 | PRIVATE_DIR_MODE)
+        logger.warning(
+            "storage_dir %s was mode %03o; restricted to %03o (it holds patient data)",
+            storage_dir,
+            mode,
+            PRIVATE_DIR_MODE,
+        )
+
+
 def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
     """Preamble, ``DICM`` prefix and File Meta Information group (PS3.10 7.1) as bytes.
 
@@ -170,7 +225,7 @@ class InstanceStore:
         self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
     ) -> Path:
         """Where an instance lives; every UID is checked first (see :func:`check_uid`)."""
-        series_dir = self._series_dir(study_instance_uid, series_instance_uid)
+        series_dir = self.series_dir(study_instance_uid, series_instance_uid)
         return series_dir / (check_uid(sop_instance_uid, "SOPInstanceUID") + INSTANCE_SUFFIX)
 
     def store(
@@ -243,16 +298,22 @@ class InstanceStore:
 
     def series_paths(self, study_instance_uid: str, series_instance_uid: str) -> list[Path]:
         """The instance files of one series, sorted by name; empty if the series is unknown."""
-        directory = self._series_dir(study_instance_uid, series_instance_uid)
+        directory = self.series_dir(study_instance_uid, series_instance_uid)
         if not directory.is_dir():
             return []
-        return sorted(p for p in directory.iterdir() if self._is_instance_file(p))
+        return sorted(p for p in directory.iterdir() if self.is_instance_file(p))
 
-    def iter_series(self) -> Iterator[SeriesOnDisk]:
-        """Every series in the spool with its files and newest mtime (the startup scan).
+    def changed_series(
+        self, known: Mapping[tuple[str, str], float], slack_s: float = 1e-3
+    ) -> Iterator[SeriesOnDisk]:
+        """Series whose folder changed after the time ``known`` has for them (the startup scan).
 
-        Directories whose names are not UIDs and files that are not ``<uid>.dcm`` (temporary
-        files of an interrupted write) are skipped: only complete instances are reported.
+        ``known`` maps ``(study, series)`` to the newest instance time the job queue recorded.
+        A folder's mtime moves whenever a file is renamed into it, so only folders with an
+        mtime later than that (or unknown series) can hold instances no job has seen; only
+        their files are listed. The rest of the spool costs one ``stat`` per series folder,
+        never a listing of its files. Directories whose names are not UIDs and files that are
+        not ``<uid>.dcm`` (temporary files of an interrupted write) are skipped.
         """
         if not self.incoming_dir.is_dir():
             return
@@ -262,7 +323,10 @@ class InstanceStore:
             for series_dir in sorted(study_dir.iterdir()):
                 if not (series_dir.is_dir() and _UID_PATTERN.fullmatch(series_dir.name)):
                     continue
-                paths = sorted(p for p in series_dir.iterdir() if self._is_instance_file(p))
+                seen = known.get((study_dir.name, series_dir.name))
+                if seen is not None and series_dir.stat().st_mtime <= seen + slack_s:
+                    continue
+                paths = sorted(p for p in series_dir.iterdir() if self.is_instance_file(p))
                 if paths:
                     yield SeriesOnDisk(
                         study_instance_uid=study_dir.name,
@@ -287,15 +351,23 @@ class InstanceStore:
             logger.warning("removed %d partial file(s) of interrupted writes", removed)
         return removed
 
-    def _series_dir(self, study_instance_uid: str, series_instance_uid: str) -> Path:
+    def series_dir(self, study_instance_uid: str, series_instance_uid: str) -> Path:
+        """The folder of one series (whether or not it exists); both UIDs are checked."""
         return (
             self.incoming_dir
             / check_uid(study_instance_uid, "StudyInstanceUID")
             / check_uid(series_instance_uid, "SeriesInstanceUID")
         )
 
+    def ensure_series_dir(self, study_instance_uid: str, series_instance_uid: str) -> Path:
+        """The series folder, created (0700, each new level fsynced) when missing."""
+        directory = self.series_dir(study_instance_uid, series_instance_uid)
+        self._make_directories(directory)
+        return directory
+
     @staticmethod
-    def _is_instance_file(path: Path) -> bool:
+    def is_instance_file(path: Path) -> bool:
+        """A complete instance file: ``<uid>.dcm`` (never a temporary file)."""
         return path.suffix == INSTANCE_SUFFIX and _UID_PATTERN.fullmatch(path.stem) is not None
 
     def _write_durably(self, path: Path, chunks: tuple[bytes, ...]) -> None:
@@ -304,7 +376,7 @@ class InstanceStore:
         try:
             self._make_directories(path.parent)
             replaced = path.exists()
-            write_atomic(path, lambda handle: handle.writelines(chunks), mode=_FILE_MODE)
+            write_atomic(path, lambda handle: handle.writelines(chunks), mode=PRIVATE_FILE_MODE)
         except OSError as exc:
             raise OutOfResourcesError(
                 f"cannot write {path}: {exc.strerror or exc}",
@@ -325,7 +397,8 @@ class InstanceStore:
             current = current.parent
         for new_dir in reversed(missing):
             try:
-                new_dir.mkdir()
+                new_dir.mkdir(mode=PRIVATE_DIR_MODE)
             except FileExistsError:
                 continue  # another association created it meanwhile
+            os.chmod(new_dir, PRIVATE_DIR_MODE)  # not left to the umask
             fsync_directory(new_dir.parent)

@@ -115,24 +115,30 @@ class TransportGuard:
         ``None`` waits forever. pynetdicom reads a PDU body in one blocking call, so without it
         a peer that stops in the middle of a PDU would hold its association slot for good.
     on_refused:
-        Called with the :class:`TransportRefusal` of every connection aborted here (metrics).
+        Called for every connection aborted here with the :class:`TransportRefusal`, the
+        peer's address, its calling AE title (empty before any A-ASSOCIATE-RQ) and the logged
+        detail (metrics and the audit trail).
     on_tls_failure:
-        Called once per failed TLS handshake (metrics).
+        Called once per failed TLS handshake with the peer's address and the reason.
     """
 
     limits: LimitsSection
     handshake_timeout_s: float
     read_timeout_s: float | None = None
-    on_refused: Callable[[TransportRefusal], None] = lambda _reason: None
-    on_tls_failure: Callable[[], None] = lambda: None
+    on_refused: Callable[[TransportRefusal, str, str, str], None] = lambda *_: None
+    on_tls_failure: Callable[[str, str], None] = lambda *_: None
+
+
+def _calling_ae(assoc: Association) -> str:
+    primitive = assoc.requestor.primitive
+    if primitive is None:
+        return ""
+    return str(getattr(primitive, "calling_ae_title", "") or "").strip()
 
 
 def _describe_peer(assoc: Association) -> str:
     requestor = assoc.requestor
-    title = ""
-    primitive = requestor.primitive
-    if primitive is not None:
-        title = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+    title = _calling_ae(assoc)
     where = f"{requestor.address}:{requestor.port}"
     return f"calling AE {title!r} at {where}" if title else f"{where} (before any A-ASSOCIATE-RQ)"
 
@@ -251,7 +257,10 @@ class GuardedAssociationSocket(AssociationSocket):
             _describe_peer(self.assoc),
             detail,
         )
-        self._guard.on_refused(reason)
+        requestor = self.assoc.requestor
+        self._guard.on_refused(
+            reason, f"{requestor.address}:{requestor.port}", _calling_ae(self.assoc), detail
+        )
         abort = A_ABORT_RQ()
         abort.source = AbortSource.SERVICE_PROVIDER
         abort.reason_diagnostic = AbortReason.INVALID_PDU_PARAMETER_VALUE
@@ -303,7 +312,7 @@ class GuardedRequestHandler(RequestHandler):
                 reason,
                 hint,
             )
-            guard.on_tls_failure()
+            guard.on_tls_failure(f"{host}:{port}", f"TLS handshake failed: {reason}{hint}")
             self.server.shutdown_request(tls_socket)
             return False
         # getpeercert()["subject"] is a tuple of RDNs, each a tuple of (key, value) pairs (ssl

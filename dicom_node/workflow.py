@@ -123,6 +123,8 @@ def analyse_series(
     selection: SelectionResult | None = None,
     key_images: bool = False,
     prior: PriorResult | None = None,
+    result_version: int = 1,
+    uids: ResultUids | None = None,
 ) -> SeriesAnalysis:
     """Run the whole analysis of one series in memory.
 
@@ -144,6 +146,11 @@ def analyse_series(
     prior:
         The patient's previous result (:meth:`dicom_node.priors.PriorIndex.latest_before`):
         result.json ``comparison`` and the SR report the change against it.
+    result_version:
+        Which analysis of this series it is (the node's job store counts them).
+    uids:
+        The result objects' UIDs; ``None`` (the node, ``infer``) makes new ones
+        (:meth:`ResultUids.new`). Tests that pin the output pass fixed ones.
 
     Raises
     ------
@@ -167,7 +174,8 @@ def analyse_series(
     volumes = measure_hemorrhage(volume, prediction)
     operating_points = weights.operating_points
     model = model_identity(weights)
-    uids = ResultUids.derive(volume.series_instance_uid, model)
+    if uids is None:
+        uids = ResultUids.new(volume.series_instance_uid, model, result_version)
     now = datetime.datetime.now(datetime.timezone.utc).astimezone()
     source = volume.datasets[0]
     current = study_datetime(source)
@@ -226,6 +234,7 @@ def analyse_series(
         model=model,
         timings=timings,
         comparison=comparison,
+        result_version=result_version,
     )
     logger.info(
         "series %s: ICH p=%.3f (%s at operating point %.3g), hemorrhage %.2f mL "

@@ -2,8 +2,10 @@
 
 The service calls :meth:`Notifier.enqueue` when a job's result.json is written (one file write
 per configured target that wants the result) and :meth:`Notifier.deliver_due` from its own
-notifier loop. Retries follow the ``sender:`` settings (``max_attempts``, exponential backoff),
-as results to the PACS do.
+notifier loop. Retries follow the ``sender:`` settings (exponential backoff; give up after
+``max_attempts`` if set, or ``give_up_after_hours`` after the post was queued), as results to the
+PACS do. Every attempt is a ``notification_sent`` line of the audit trail
+(:func:`audit_notification_sent`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Final
 
 from pydicom import Dataset
 
+from dicom_node.audit import AuditEvent, AuditLog
 from dicom_node.config import NotificationTarget, SenderSection
 from dicom_node.notifications.messages import build_fhir_report, build_json_message, wants
 from dicom_node.notifications.queue import (
@@ -37,19 +40,28 @@ CONTENT_TYPES: Final[dict[str, str]] = {
 }
 
 
-def audit_notification_sent(notification: Notification, outcome: DeliveryOutcome) -> None:
-    """The audit trail's ``notification_sent`` event (DESIGN.md), one call site.
+def audit_notification_sent(
+    audit: AuditLog, ae_title: str | None, notification: Notification, outcome: DeliveryOutcome
+) -> None:
+    """The audit trail's ``notification_sent`` record of one delivery attempt (DESIGN.md fields).
 
-    The audit module (``<storage_dir>/audit/audit.jsonl``, issue 10) is not on main yet: until
-    it is, this writes the same fields as one log line; wire it here when it lands.
+    HTTP has no AE titles: ``calling_ae`` is ours (the node sends), ``called_ae`` is null and
+    ``peer_address`` the target's URL. ``status`` is ``sent``, ``retry`` (will be tried again)
+    or ``failed`` (given up); ``reason`` names the job and the result version the post is about
+    and the endpoint's answer. No patient data: the body is not recorded.
     """
-    logger.info(
-        "audit notification_sent: url=%s study=%s series=%s status=%s reason=%s",
-        notification.url,
-        notification.study_instance_uid,
-        notification.series_instance_uid,
-        outcome.kind.value,
-        outcome.reason,
+    audit.record(
+        AuditEvent.NOTIFICATION_SENT,
+        calling_ae=ae_title,
+        called_ae=None,
+        peer_address=notification.url,
+        study_instance_uid=notification.study_instance_uid,
+        series_instance_uid=notification.series_instance_uid,
+        status=outcome.kind.value,
+        reason=(
+            f"job {notification.job_id}: result version {notification.result_version}, "
+            f"{outcome.reason}"
+        ),
     )
 
 
@@ -69,6 +81,9 @@ class Notifier:
     post:
         One delivery attempt (:func:`dicom_node.notifications.queue.deliver`; tests may pass
         another real transport).
+    audit, ae_title:
+        The node's audit trail and AE title; ``None``: attempts are not audited (a notifier
+        outside a node).
     """
 
     def __init__(
@@ -78,6 +93,9 @@ class Notifier:
         retries: SenderSection,
         clock: Callable[[], float] = time.time,
         post: Callable[[Notification], DeliveryOutcome] = deliver,
+        *,
+        audit: AuditLog | None = None,
+        ae_title: str | None = None,
     ) -> None:
         self.targets = tuple(targets)
         self.queue = queue
@@ -85,6 +103,12 @@ class Notifier:
         self._clock = clock
         self._post = post
         self._rng = random.Random()
+        self._audit = audit
+        self._ae_title = ae_title
+
+    def _audited(self, notification: Notification, outcome: DeliveryOutcome) -> None:
+        if self._audit is not None:
+            audit_notification_sent(self._audit, self._ae_title, notification, outcome)
 
     def enqueue(self, job_id: int, result: Mapping[str, Any], source: Dataset) -> int:
         """Queue one post per target that wants ``result``; returns how many were queued."""
@@ -107,6 +131,8 @@ class Notifier:
                     body=json.dumps(message),
                     study_instance_uid=str(result["study_instance_uid"]),
                     series_instance_uid=str(result["series_instance_uid"]),
+                    result_version=int(result["result_version"]),
+                    queued_at=self._clock(),
                     timeout_s=target.timeout_s,
                 )
             )
@@ -129,10 +155,11 @@ class Notifier:
                     notification.url,
                     outcome.reason,
                 )
-                audit_notification_sent(notification, outcome)
+                self._audited(notification, outcome)
                 continue
             attempt = notification.attempts + 1
-            if outcome.kind is DeliveryKind.FAILED or attempt >= self.retries.max_attempts:
+            delay = backoff_delay(attempt, self.retries, self._rng)
+            if outcome.kind is DeliveryKind.FAILED or self._give_up(notification, attempt, delay):
                 self.queue.remove(notification)
                 logger.error(
                     "job %d: notification to %s given up after %d attempt(s): %s",
@@ -141,12 +168,11 @@ class Notifier:
                     attempt,
                     outcome.reason,
                 )
-                audit_notification_sent(
+                self._audited(
                     notification,
                     DeliveryOutcome(DeliveryKind.FAILED, outcome.http_status, outcome.reason),
                 )
                 continue
-            delay = backoff_delay(attempt, self.retries, self._rng)
             self.queue.reschedule(notification, self._clock() + delay, outcome.reason)
             logger.warning(
                 "job %d: notification to %s failed (attempt %d: %s); retrying in %.1f s",
@@ -156,5 +182,13 @@ class Notifier:
                 outcome.reason,
                 delay,
             )
-            audit_notification_sent(notification, outcome)
+            self._audited(notification, outcome)
         return delivered
+
+    def _give_up(self, notification: Notification, attempt: int, delay: float) -> bool:
+        """The sender's rule: after ``max_attempts`` if set, or when the next attempt would
+        come more than ``give_up_after_hours`` after the post was queued."""
+        if self.retries.max_attempts is not None and attempt >= self.retries.max_attempts:
+            return True
+        horizon_s = self.retries.give_up_after_hours * 3600.0
+        return self._clock() + delay - notification.queued_at > horizon_s

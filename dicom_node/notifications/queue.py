@@ -22,6 +22,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Final
 
+from dicom_node.storage import PRIVATE_FILE_MODE, make_private_dirs
 from ichnet_core.durable import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -29,8 +30,6 @@ logger = logging.getLogger(__name__)
 #: Suffix of a pending notification file; a file that cannot be read is renamed to ``.bad``.
 PENDING_SUFFIX: Final[str] = ".json"
 BAD_SUFFIX: Final[str] = ".bad"
-#: Pending files hold patient-related data (DESIGN.md: files 0600).
-FILE_MODE: Final[int] = 0o600
 #: HTTP statuses worth retrying besides 5xx: Request Timeout, Too Many Requests.
 RETRYABLE_STATUSES: Final[frozenset[int]] = frozenset({408, 429})
 USER_AGENT: Final[str] = "ichnet-node"
@@ -50,6 +49,12 @@ class Notification:
         Failed attempts so far.
     next_attempt_at:
         Epoch seconds before which it is not retried.
+    result_version:
+        The result's ``result_version`` (for the audit trail; 1 in files an earlier version
+        queued).
+    queued_at:
+        Epoch seconds when it was queued (``sender.give_up_after_hours`` counts from here; 0
+        in files an earlier version queued, which therefore give up at their next failure).
     """
 
     name: str
@@ -63,6 +68,8 @@ class Notification:
     attempts: int = 0
     next_attempt_at: float = 0.0
     last_error: str = ""
+    result_version: int = 1
+    queued_at: float = 0.0
 
 
 class DeliveryKind(str, Enum):
@@ -125,9 +132,10 @@ class NotificationQueue:
         return self.directory / f"{name}{PENDING_SUFFIX}"
 
     def _write(self, notification: Notification) -> None:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Pending posts hold patient-related data (DESIGN.md: folders 0700, files 0600).
+        make_private_dirs(self.directory)
         data = json.dumps(asdict(notification), indent=1).encode("utf-8")
-        write_atomic(self._path(notification.name), data, mode=FILE_MODE)
+        write_atomic(self._path(notification.name), data, mode=PRIVATE_FILE_MODE)
 
     def enqueue(self, notification: Notification) -> None:
         """Store a new pending notification (a rerun of the job replaces its earlier one)."""

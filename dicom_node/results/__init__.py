@@ -14,7 +14,7 @@ Typical use (one job)::
 """
 
 from dicom_node.results.device import ModelIdentity
-from dicom_node.results.result_json import Timings, build_result, write_result
+from dicom_node.results.result_json import RESULT_JSON_NAME, Timings, build_result, write_result
 from dicom_node.results.seg import (
     BRAIN_SEGMENT_NUMBER,
     HEMORRHAGE_SEGMENT_NUMBER,
@@ -28,6 +28,7 @@ from dicom_node.results.volumes import HemorrhageVolumes, measure_hemorrhage
 __all__ = [
     "BRAIN_SEGMENT_NUMBER",
     "HEMORRHAGE_SEGMENT_NUMBER",
+    "RESULT_JSON_NAME",
     "HemorrhageVolumes",
     "ModelIdentity",
     "ResultUids",

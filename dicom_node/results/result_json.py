@@ -7,8 +7,9 @@ with its ``sop_instance_uid``), ``hemorrhage_volume_ml``, ``engine``, ``model`` 
 weights_sha256} and ``timings_s`` {volume, inference, results}; and, added 2026-12,
 ``present`` (subject-level decision per output at the weights' operating points, the same the SR
 states), ``operating_points`` (those thresholds), ``volumes_ml`` (``hemorrhage`` = the total,
-then one value per compartment, ``null`` for weights without compartments), ``comparison``
-(the patient's prior result, or ``null``; :mod:`dicom_node.results.comparison`). One key beyond
+then one value per compartment, ``null`` for weights without compartments), ``result_version``
+(1 for the first analysis of a series, one more for each later one), ``comparison`` (the
+patient's prior result, or ``null``; :mod:`dicom_node.results.comparison`). One key beyond
 DESIGN.md: ``operating_points_source`` says where the thresholds come from, so a reader can tell
 thresholds chosen on validation data from the 0.5 fallback of weights that carry none.
 
@@ -37,8 +38,11 @@ from ichnet_core.prediction import Prediction
 
 logger = logging.getLogger(__name__)
 
-#: Permissions of result.json (rw-r--r--), like any other file the node writes.
-RESULT_FILE_MODE: Final[int] = 0o644
+#: File name of result.json, in the node's ``results/<job>/`` and in ``infer``'s output folder.
+RESULT_JSON_NAME: Final[str] = "result.json"
+#: Permissions of result.json (rw-------): it names series and findings of a patient, so it is
+#: patient data like everything else under storage_dir (DESIGN.md).
+RESULT_FILE_MODE: Final[int] = 0o600
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ def build_result(
     model: ModelIdentity,
     timings: Timings,
     comparison: Mapping[str, Any] | None = None,
+    result_version: int = 1,
 ) -> dict[str, Any]:
     """The result.json content for one series, as plain JSON types.
 
@@ -87,6 +92,8 @@ def build_result(
     comparison:
         ``comparison`` with the patient's prior result
         (:func:`dicom_node.results.comparison.compare`); ``None`` when there is none.
+    result_version:
+        1 for the first analysis of the series, one more for each later one.
 
     Returns
     -------
@@ -104,6 +111,8 @@ def build_result(
         check_volume_ml(value)
     if not engine:
         raise ValueError("The engine name of result.json must not be empty.")
+    if isinstance(result_version, bool) or result_version < 1:
+        raise ValueError(f"result_version starts at 1; found {result_version!r}.")
     slices = [
         {"sop_instance_uid": uid, **probabilities}
         for uid, probabilities in zip(
@@ -128,6 +137,7 @@ def build_result(
         "operating_points": {name: operating_points.subject[name] for name in CLASS_NAMES},
         "operating_points_source": operating_points.source,
         "volumes_ml": volumes.to_json(),
+        "result_version": int(result_version),
         "comparison": dict(comparison) if comparison is not None else None,
     }
 
@@ -148,7 +158,6 @@ def write_result(path: Path, result: Mapping[str, Any]) -> None:
         When the folder cannot be written; no partial file is left behind.
     """
     text = json.dumps(result, indent=2, allow_nan=False) + "\n"
-    # result.json is a report for admins and tools (RESULT_FILE_MODE), not a secret.
     write_atomic(path, text.encode("utf-8"), mode=RESULT_FILE_MODE)
     logger.info(
         "Wrote %s for series %s.", path, result.get("series_instance_uid", "<no series UID>")

@@ -1,8 +1,13 @@
-"""UIDs of the result objects, derived rather than random.
+"""UIDs of the result objects: new for every analysis, never reused for other content.
 
-The writers take every UID as a parameter. ``ResultUids.derive`` computes them from what defines
-a result (source series, weights, node version), so rerunning a job after a crash or resending a
-result produces the same instances, and a PACS replaces rather than duplicates them.
+The writers take every UID as a parameter. :meth:`ResultUids.new` makes the UIDs of one analysis
+of a series: name-based UIDs of the source series, the weights, the node version, the series'
+``result_version`` and a random UUID. The random part is what makes them safe: a second analysis
+of the same series (late instances, an operator's re-run, a rebuilt job database that counts
+versions from 1 again, another node with the same weights) holds other content, and a PACS that
+receives an object under a UID it already has keeps the stale copy or refuses it (0x0111). The
+same results are sent under the same UIDs because they are sent from the files written once
+(the outbox and the kept copy under ``results/<job>/``), never rebuilt.
 
 A derived UID is ``2.25.`` followed by the integer value of a name-based (SHA-1, version 5) UUID,
 the UUID-derived UID form of PS3.5 B.2 and ISO/IEC 9834-8. (pydicom's ``generate_uid`` ignores
@@ -57,8 +62,26 @@ class ResultUids:
     sr_sop_instance_uid: str
 
     @classmethod
-    def derive(cls, source_series_instance_uid: str, model: IdentifiedModel) -> ResultUids:
-        """Deterministic UIDs for the results of ``model`` on one source series.
+    def new(
+        cls, source_series_instance_uid: str, model: IdentifiedModel, result_version: int
+    ) -> ResultUids:
+        """Fresh UIDs for one analysis: :meth:`derive` with the version and a random UUID as
+        further parts (see the module docstring)."""
+        if result_version < 1:
+            raise ValueError(f"result versions start at 1, got {result_version}")
+        return cls.derive(
+            source_series_instance_uid,
+            model,
+            f"version-{result_version}",
+            uuid.uuid4().hex,
+        )
+
+    @classmethod
+    def derive(
+        cls, source_series_instance_uid: str, model: IdentifiedModel, *further: str
+    ) -> ResultUids:
+        """The UIDs these inputs determine; tests and tools that need reproducible objects
+        use it directly, the node uses :meth:`new`.
 
         Parameters
         ----------
@@ -67,13 +90,15 @@ class ResultUids:
         model:
             The model whose output the objects carry; other weights give other UIDs, and so
             does another node version.
+        further:
+            More distinguishing parts (:meth:`new`: the result version and a random UUID).
 
         Returns
         -------
         ResultUids
             Four distinct UIDs.
         """
-        base = (source_series_instance_uid, model.weights_sha256, software_version())
+        base = (source_series_instance_uid, model.weights_sha256, software_version(), *further)
         return cls(
             seg_series_instance_uid=derived_uid(*base, "seg-series"),
             seg_sop_instance_uid=derived_uid(*base, "seg-instance"),

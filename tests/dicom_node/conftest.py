@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,12 +12,16 @@ from typing import Any
 import pytest
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node import jobs
 from dicom_node.app import start
 from dicom_node.associations import ReceiveMonitor
 from dicom_node.config import NodeConfig, parse_config
 from dicom_node.metrics import NodeMetrics
+from dicom_node.service import NodeService
 from dicom_node.storage import InstanceStore, StoredInstance
 from tests.dicom_node.head_study import HeadStudy, head_study
+from tests.dicom_node.service_helpers import BUSY_TIMEOUT_S, PACS_AE
+from tests.dicom_node.service_helpers import NODE_AE as SERVICE_AE
 
 NODE_AE = "ICHNET"
 PEER_AE = "PACS"
@@ -103,3 +109,40 @@ def synthetic_head_study() -> HeadStudy:
     Shared by the session: tests that change a dataset work on copies (``renew_uids``).
     """
     return head_study()
+
+
+@pytest.fixture
+def make_service(
+    tmp_path: Path, engine_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., NodeService]]:
+    monkeypatch.setattr(jobs, "BUSY_TIMEOUT_S", BUSY_TIMEOUT_S)
+    services: list[NodeService] = []
+
+    def factory(**sections: Any) -> NodeService:
+        ports = []
+        for _ in range(2):
+            with contextlib.closing(socket.socket()) as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        data: dict[str, Any] = {
+            "node": {
+                "ae_title": SERVICE_AE,
+                "port": ports[0],
+                "metrics_port": ports[1],
+                "storage_dir": str(tmp_path / "storage"),
+            },
+            "peers": [{"ae_title": PACS_AE, "host": "127.0.0.1", "port": 9}],
+            "series": {"complete_after_s": 0.5, "poll_interval_s": 0.1},
+            "engine": "torch",
+            "model": {"cache_dir": str(engine_cache_dir)},
+        }
+        for name, values in sections.items():
+            data[name] = {**data.get(name, {}), **values} if isinstance(values, dict) else values
+        service = NodeService(parse_config(data))
+        service.start()
+        services.append(service)
+        return service
+
+    yield factory
+    for service in services:
+        service.stop(30)

@@ -14,6 +14,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_node.audit import read_audit
 from dicom_node.status import (
     PresentationProviderRejectReason,
     RejectResult,
@@ -123,3 +124,53 @@ def test_max_associations_is_enforced_and_frees_up(start_node: NodeFactory) -> N
     again.release()
     held[1].release()
     assert node.server.ae.maximum_associations == 2
+    events = [(r["event"], r["status"]) for r in read_audit(node.config.node.layout.audit_log)]
+    assert events.count(("association_accepted", "accepted")) == 3
+    assert events.count(("association_rejected", "local_limit_exceeded")) == 1
+
+
+def test_one_peer_cannot_take_every_slot(start_node: NodeFactory) -> None:
+    node = start_node(
+        config={
+            "node": {"max_associations": 4},
+            "peers": [
+                {"ae_title": PEER_AE, "host": "127.0.0.1", "port": 4242, "max_associations": 2},
+                {"ae_title": "OTHER", "host": "127.0.0.1", "port": 4243},
+            ],
+        }
+    )
+
+    def associate(calling: str) -> Association:
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(Verification)
+        return ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+
+    held = [associate(PEER_AE), associate(PEER_AE)]
+    assert all(a.is_established for a in held)
+    over = associate(PEER_AE)
+    assert _rejection(over) == (
+        RejectResult.REJECTED_TRANSIENT,
+        RejectSource.SERVICE_PROVIDER_PRESENTATION,
+        PresentationProviderRejectReason.LOCAL_LIMIT_EXCEEDED,
+    )
+    other = associate("OTHER")  # the other peer still gets in
+    assert other.is_established
+    other.release()
+    held[0].release()
+    again = associate(PEER_AE)  # a slot of its own freed up
+    assert again.is_established
+    again.release()
+    held[1].release()
+    [rejected] = [
+        r
+        for r in read_audit(node.config.node.layout.audit_log)
+        if r["event"] == "association_rejected"
+    ]
+    assert rejected["status"] == "peer_association_limit"
+    assert "peers[].max_associations 2" in str(rejected["reason"])
+    assert (
+        node.metrics.registry.get_sample_value(
+            "ichnet_associations_rejected_total", {"reason": "peer_association_limit"}
+        )
+        == 1
+    )

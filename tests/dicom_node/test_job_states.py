@@ -37,9 +37,19 @@ def test_only_from_narrows_the_sources_and_names_them() -> None:
         check_transition(7, JobState.RUNNING, JobState.QUEUED, only_from=JobState.RECEIVED)
 
 
-def test_terminal_states_have_no_way_out() -> None:
-    assert all(not ALLOWED_TRANSITIONS[state] for state in TERMINAL_STATES)
+def test_terminal_states_are_left_only_by_an_operators_resend() -> None:
+    # DONE and FAILED may go back to SENDING ('jobs resend'); nothing else leaves a terminal
+    # state, and the node's own sending path (RUNNING -> SENDING) cannot reach them.
+    assert {state: ALLOWED_TRANSITIONS[state] for state in TERMINAL_STATES} == {
+        JobState.DONE: {JobState.SENDING},
+        JobState.FAILED: {JobState.SENDING},
+        JobState.SKIPPED: set(),
+    }
     assert set(ALLOWED_TRANSITIONS) == set(JobState)
+    resend = frozenset({JobState.DONE, JobState.FAILED})
+    check_transition(3, JobState.FAILED, JobState.SENDING, only_from=resend)
+    with pytest.raises(IllegalTransitionError, match="needs a job in RUNNING"):
+        check_transition(3, JobState.DONE, JobState.SENDING, only_from=JobState.RUNNING)
 
 
 def test_recovery_requeues_until_the_run_limit_then_fails() -> None:

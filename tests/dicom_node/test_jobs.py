@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sqlite3
 import subprocess
@@ -64,7 +65,7 @@ def _job_in_state(store: JobStore, state: JobState, series: str = SERIES_A) -> i
     assert claimed is not None and claimed.id == job_id
     if state is JobState.RUNNING:
         return job_id
-    store.mark_sending(job_id, f"/outbox/{job_id}")
+    store.mark_sending(job_id, f"/outbox/{job_id}", result_version=1)
     assert state is JobState.SENDING
     return job_id
 
@@ -133,7 +134,7 @@ def test_happy_path_records_every_stage(store: JobStore, clock: FakeClock) -> No
         6.0,
     )
     clock.now = 7.0
-    sending = store.mark_sending(job_id, Path("/var/outbox/1"))
+    sending = store.mark_sending(job_id, Path("/var/outbox/1"), result_version=1)
     assert sending.state is JobState.SENDING
     assert sending.outbox_dir == Path("/var/outbox/1")
     assert sending.next_attempt_at is None
@@ -190,7 +191,7 @@ def test_illegal_transitions_raise_and_change_nothing(
     before = store.get(job_id)
     calls = {
         "mark_done": lambda: store.mark_done(job_id),
-        "mark_sending": lambda: store.mark_sending(job_id, "/x"),
+        "mark_sending": lambda: store.mark_sending(job_id, "/x", result_version=1),
         "mark_queued": lambda: store.mark_queued(job_id),
         "schedule_retry": lambda: store.schedule_retry(job_id, 99.0, "busy"),
         "mark_skipped": lambda: store.mark_skipped(job_id, "not a head CT"),
@@ -386,9 +387,86 @@ def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     conn.execute("PRAGMA user_version=99")
     conn.close()
     with pytest.raises(
-        SchemaVersionError, match="schema version 99, this node understands version 1"
+        SchemaVersionError, match="schema version 99, this node understands version 2"
     ):
         JobStore(path)
+
+
+def test_a_version_1_database_is_upgraded_and_keeps_its_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, study_instance_uid TEXT NOT NULL,
+            series_instance_uid TEXT NOT NULL, calling_ae TEXT NOT NULL, state TEXT NOT NULL,
+            reason TEXT, instance_count INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+            updated_at REAL NOT NULL, last_instance_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, runs INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL, outbox_dir TEXT, timings TEXT NOT NULL DEFAULT '{}');
+        INSERT INTO jobs (study_instance_uid, series_instance_uid, calling_ae, state,
+            created_at, updated_at, last_instance_at) VALUES ('1.2', '1.2.3', 'PACS', 'DONE', 1, 2, 1);
+        PRAGMA user_version=1;
+        """
+    )
+    conn.close()
+    os.chmod(path, 0o644)  # as version 1 left it
+    with JobStore(path) as store:
+        [job] = store.list_jobs()
+        assert (job.state, job.result_version, job.purged_at) == (JobState.DONE, None, None)
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert store.next_result_version("1.2", "1.2.3") == 1
+
+
+def test_result_versions_count_per_series_and_reruns_are_new_jobs(
+    store: JobStore, clock: FakeClock
+) -> None:
+    first = _run_to_sending(store, SERIES_A, version=1)
+    store.mark_done(first)
+    assert store.next_result_version(STUDY, SERIES_A) == 2
+    assert store.next_result_version(STUDY, SERIES_B) == 1
+    second = _run_to_sending(store, SERIES_A, version=2)
+    store.mark_failed(second, "peer refused")
+    rerun = store.rerun(second, now=50.0)
+    assert (rerun.state, rerun.series_instance_uid, rerun.result_version) == (
+        JobState.QUEUED,
+        SERIES_A,
+        None,
+    )
+    assert rerun.id not in (first, second)
+    assert store.get(second).state is JobState.FAILED, "the old job keeps its state"
+    with pytest.raises(ValueError, match="only a FAILED or SKIPPED job can be retried"):
+        store.rerun(first, now=51.0)
+
+
+def test_resend_moves_done_and_failed_back_to_sending_from_the_first_attempt(
+    store: JobStore, clock: FakeClock
+) -> None:
+    job_id = _run_to_sending(store, SERIES_A, version=1)
+    store.schedule_retry(job_id, next_attempt_at=99.0, reason="peer down")
+    store.mark_failed(job_id, "gave up")
+    clock.now = 500.0
+    again = store.resend(job_id, "/outbox/again")
+    assert (again.state, again.attempts, again.sending_since, again.reason) == (
+        JobState.SENDING,
+        0,
+        500.0,
+        None,
+    )
+    store.mark_done(job_id)
+    assert store.resend(job_id, "/outbox/again").state is JobState.SENDING
+    skipped = store.record_instance(STUDY, SERIES_B, PEER, now=1.0)
+    store.mark_skipped(skipped, "not a head")
+    with pytest.raises(ValueError, match="has no results"):
+        store.resend(skipped, "/x")
+
+
+def _run_to_sending(store: JobStore, series: str, version: int) -> int:
+    job_id = store.record_instance(STUDY, series, PEER, now=1.0)
+    store.mark_queued(job_id)
+    claimed = store.claim_next(now=2.0)
+    assert claimed is not None and claimed.id == job_id
+    store.mark_sending(job_id, f"/outbox/{job_id}", result_version=version)
+    return job_id
 
 
 # -- threads --------------------------------------------------------------------------------

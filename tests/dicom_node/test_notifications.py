@@ -12,6 +12,7 @@ import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydicom import Dataset
 
+from dicom_node.audit import AuditLog, read_audit
 from dicom_node.config import NotificationTarget, SenderSection, parse_config
 from dicom_node.notifications import NotificationQueue, build_fhir_report, build_json_message
 from dicom_node.notifications.messages import JSON_MESSAGE_KEYS, wants
@@ -25,6 +26,7 @@ RESULT = {
     "present": {"any": True, "CPH": False, "IVH": False, "EDH": True, "SDH": False, "SAH": False},
     "volumes_ml": {"hemorrhage": 23.1, "CPH": 0.0, "IVH": 0.0, "EDH": 22.8, "SDH": 0.3, "SAH": 0.0},
     "slices": [],
+    "result_version": 2,
 }
 NEGATIVE = {**RESULT, "present": dict.fromkeys(RESULT["present"], False)}
 RETRIES = SenderSection(max_attempts=3, initial_backoff_s=1.0, max_backoff_s=4.0)
@@ -54,7 +56,7 @@ def test_json_message_has_exactly_the_design_keys() -> None:
     message = build_json_message(RESULT, _source())
     assert tuple(message) == JSON_MESSAGE_KEYS
     assert message["accession_number"] == "ACC123"
-    assert message["result_version"] == 1
+    assert message["result_version"] == 2, "the result's (the job's) version, not a constant"
     assert message["comparison"] is None
     assert message["volumes_ml"] == RESULT["volumes_ml"]
 
@@ -109,29 +111,85 @@ def test_delivered_to_a_local_endpoint_in_both_formats(tmp_path: Path) -> None:
 
 
 def test_a_failing_endpoint_is_retried_with_backoff_from_disk_and_audited(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
 ) -> None:
     clock = FakeClock()
     queue_dir = tmp_path / "q"
+    audit = AuditLog(tmp_path / "audit" / "audit.jsonl")
     with hook_server([503, 200]) as hook:
         notifier = Notifier(
-            [NotificationTarget(url=hook.url)], NotificationQueue(queue_dir), RETRIES, clock
+            [NotificationTarget(url=hook.url)],
+            NotificationQueue(queue_dir),
+            RETRIES,
+            clock,
+            audit=audit,
+            ae_title="ICHNET",
         )
         notifier.enqueue(8, RESULT, _source())
-        with caplog.at_level(logging.INFO):
-            assert notifier.deliver_due() == 0
-            [pending] = NotificationQueue(queue_dir).pending()  # on disk, as a restart sees it
-            assert (pending.attempts, pending.last_error) == (1, "HTTP 503 Service Unavailable")
-            assert notifier.deliver_due() == 0  # not due yet: no second request
-            assert len(hook.received) == 1
-            clock.now = pending.next_attempt_at
-            restarted = Notifier(
-                [NotificationTarget(url=hook.url)], NotificationQueue(queue_dir), RETRIES, clock
-            )
-            assert restarted.deliver_due() == 1
+        assert notifier.deliver_due() == 0
+        [pending] = NotificationQueue(queue_dir).pending()  # on disk, as a restart sees it
+        assert (pending.attempts, pending.last_error) == (1, "HTTP 503 Service Unavailable")
+        assert pending.result_version == 2
+        assert notifier.deliver_due() == 0  # not due yet: no second request
+        assert len(hook.received) == 1
+        clock.now = pending.next_attempt_at
+        restarted = Notifier(
+            [NotificationTarget(url=hook.url)],
+            NotificationQueue(queue_dir),
+            RETRIES,
+            clock,
+            audit=audit,
+            ae_title="ICHNET",
+        )
+        assert restarted.deliver_due() == 1
         assert len(hook.received) == 2
-    audit = [r.getMessage() for r in caplog.records if "audit notification_sent" in r.getMessage()]
-    assert [line.split("status=")[1].split()[0] for line in audit] == ["retry", "sent"]
+    records = read_audit(audit.path)
+    assert [r["event"] for r in records] == ["notification_sent"] * 2
+    assert [r["status"] for r in records] == ["retry", "sent"]
+    for record in records:  # DESIGN.md's fields, no patient data
+        assert set(record) == {
+            "time",
+            "event",
+            "calling_ae",
+            "called_ae",
+            "peer_address",
+            "study_instance_uid",
+            "series_instance_uid",
+            "status",
+            "reason",
+        }
+        assert record["calling_ae"] == "ICHNET" and record["called_ae"] is None
+        assert record["peer_address"] == hook.url
+        assert record["study_instance_uid"] == RESULT["study_instance_uid"]
+        assert record["series_instance_uid"] == RESULT["series_instance_uid"]
+    assert records[0]["reason"] == "job 8: result version 2, HTTP 503 Service Unavailable"
+    assert str(records[1]["reason"]).startswith("job 8: result version 2, HTTP 200")
+    assert audit.path.stat().st_mode & 0o777 == 0o600
+    assert queue_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_without_max_attempts_a_post_is_given_up_after_the_senders_horizon(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    horizon = SenderSection(give_up_after_hours=1.0, initial_backoff_s=600.0, max_backoff_s=600.0)
+    assert horizon.max_attempts is None
+    with hook_server([503]) as hook:
+        notifier = Notifier(
+            [NotificationTarget(url=hook.url)], NotificationQueue(tmp_path / "q"), horizon, clock
+        )
+        notifier.enqueue(11, RESULT, _source())
+        queued_at = clock.now
+        for _ in range(20):
+            notifier.deliver_due()
+            pending = notifier.queue.pending()
+            if not pending:
+                break
+            clock.now = pending[0].next_attempt_at
+    assert notifier.queue.pending() == [], "given up once the next try would pass 1 h"
+    # Tries every 600-750 s (jitter) while the next one stays within the hour: 5 to 7 in all.
+    assert 5 <= len(hook.received) <= 7
+    assert clock.now - queued_at <= 3600.0
 
 
 def test_a_refusing_endpoint_is_given_up_at_once_and_an_absent_one_after_max_attempts(

@@ -24,7 +24,8 @@ import pytest
 from pydicom import Dataset, dcmwrite
 
 from dicom_node.config import SelectionSection
-from dicom_node.workflow import SeriesAnalysis, analyse_series, read_datasets
+from dicom_node.results import ResultUids
+from dicom_node.workflow import SeriesAnalysis, analyse_series, model_identity, read_datasets
 from ichnet_core.inference.torch_engine import TorchEngine
 from tests.dicom_node.test_workflow_results import make_compartment_weights
 
@@ -34,9 +35,10 @@ WEIGHTS_SHA256 = "f4a2cf39f9f04a7a37090f935283497804b1f1d2d35cc2503b2464743a84a1
 EXPECTED = {
     "seg": "5f669fc8dab28ffe8a6d4da2546a7a630321b8ce5d275e872294ca77731c3a52",
     "sr": "546573d908c12cfc2efc7a57ef2bb836ae485fbce7736aedc5bf31b5ac79f860",
-    # issue 11: result.json gained "comparison": null (no prior); without that key the digest
-    # is the one main had before (2544419c...), SEG and SR are unchanged.
-    "result.json": "f1cbd87de65b45d7dbdfe89d5b0ff8715752a7edda69d0556d4d8451429d6247",
+    # result.json gained "result_version": 1 (issue 10) and "comparison": null (issue 11, no
+    # prior), both DESIGN.md keys. Without either the digest is main's 2544419cdc4d...; with
+    # only comparison f1cbd87de65b..., with only result_version e2ea6548e43a...
+    "result.json": "fff84186328a89490a4f6aa7720807a79623f95cec0d8d477b4d7935913b6cca",
 }
 _VOLATILE_VRS = frozenset({"DA", "TM", "DT"})
 
@@ -77,7 +79,14 @@ def test_result_files_of_the_real_study_are_unchanged(head_ct_dir: Path, tmp_pat
     assert weights.sha256 == WEIGHTS_SHA256  # same weights, or the comparison means nothing
     datasets, problems = read_datasets(sorted(head_ct_dir.glob("*.dcm")))
     assert problems == []
+    # The node gives every analysis new UIDs (issue 10); the pin uses the UIDs main derived
+    # from the series and the weights alone, so the SEG and SR bytes compare with main's.
+    uids = ResultUids.derive(datasets[0].SeriesInstanceUID, model_identity(weights))
     analysis = analyse_series(
-        datasets, engine=TorchEngine(weights), weights=weights, rules=SelectionSection()
+        datasets,
+        engine=TorchEngine(weights),
+        weights=weights,
+        rules=SelectionSection(),
+        uids=uids,
     )
     assert result_digests(analysis) == EXPECTED

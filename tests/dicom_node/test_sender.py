@@ -441,7 +441,7 @@ def test_peer_down_is_retried_with_backoff_then_delivered(
         job_id = store.record_instance("1.2.3", "1.2.3.4", PEER_AE, now=clock.now)
         store.mark_queued(job_id)
         store.claim_next(now=clock.now)
-        store.mark_sending(job_id, results.job_dir)
+        store.mark_sending(job_id, results.job_dir, result_version=1)
         assert job_id == results.job_id
 
         job = store.due_for_sending(clock.now)[0]
@@ -483,7 +483,7 @@ def test_max_attempts_exhausted_fails_with_last_reason(
         job_id = store.record_instance("1.2.3", "1.2.3.4", PEER_AE, now=clock.now)
         store.mark_queued(job_id)
         store.claim_next(now=clock.now)
-        store.mark_sending(job_id, results.job_dir)
+        store.mark_sending(job_id, results.job_dir, result_version=1)
         delays = []
         for _ in range(SETTINGS.max_attempts):
             (job,) = store.due_for_sending(clock.now)
@@ -501,6 +501,41 @@ def test_max_attempts_exhausted_fails_with_last_reason(
     assert f"cannot connect to peer PACS at 127.0.0.1:{free_port}" in job.reason
     assert 2.0 <= delays[0] <= 2.2 and 4.0 <= delays[1] <= 4.4
     assert len(pending_files(results.job_dir)) == 2  # kept for inspection
+
+
+def test_by_default_a_peer_outage_of_hours_is_retried_and_only_then_failed(
+    tmp_path: Path, results: Results, free_port: int
+) -> None:
+    # The defaults: no attempt cap, give up 24 h after the job became SENDING. Nothing listens
+    # on free_port (a real refused connection); the clock jumps to each next attempt.
+    clock = FakeClock()
+    settings = SenderSection()
+    sender = ResultSender(
+        settings, OUR_AE, connection_timeout_s=2, clock=clock, rng=random.Random(1)
+    )
+    with JobStore.for_storage_dir(tmp_path / "node", clock=clock) as store:
+        job_id = store.record_instance("1.2.3", "1.2.3.4", PEER_AE, now=clock.now)
+        store.mark_queued(job_id)
+        store.claim_next(now=clock.now)
+        started = store.mark_sending(job_id, results.job_dir, result_version=1).sending_since
+        assert started == clock.now
+        attempts = 0
+        while True:
+            (job,) = store.due_for_sending(clock.now)
+            outcome = sender.deliver(store, job, _peer(free_port))
+            attempts += 1
+            if outcome.kind is not SendOutcomeKind.RETRY:
+                break
+            assert outcome.next_attempt_at is not None
+            clock.now = outcome.next_attempt_at
+        job = store.get(job_id)
+    hours = (clock.now - started) / 3600.0
+    # Before: 8 attempts over about 4 minutes. Now: retried for a day, at most 5.5 min apart.
+    assert job.state is JobState.FAILED
+    assert 23.8 <= hours <= 24.0, hours
+    assert attempts > 24 * 3600 / (settings.max_backoff_s * (1 + JITTER_FRACTION)), attempts
+    assert job.reason is not None and "sender.give_up_after_hours 24" in job.reason, job.reason
+    assert len(pending_files(results.job_dir)) == 2  # kept for 'jobs resend'
 
 
 @needs_storescp
@@ -764,7 +799,7 @@ def test_deliver_without_configured_peer_fails_the_job(
         assert running is not None
         with pytest.raises(ValueError, match=f"job {job_id} must be SENDING .* found RUNNING"):
             sender.deliver(store, running, None)
-        job = store.mark_sending(job_id, results.job_dir)
+        job = store.mark_sending(job_id, results.job_dir, result_version=1)
         outcome = sender.deliver(store, job, None)
         assert outcome.kind is SendOutcomeKind.FAILED
         assert store.get(job_id).reason == (

@@ -8,13 +8,15 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
+from dicom_node.audit import read_audit
 from dicom_node.config import parse_config
 from dicom_node.jobs import JobState
+from dicom_node.layout import StorageLayout
 from dicom_node.notifications.messages import JSON_MESSAGE_KEYS
 from dicom_node.service import NodeService
 from tests.dicom_node.http_hook import HookServer, hook_server
@@ -73,9 +75,8 @@ def test_json_and_fhir_notifications_arrive_and_a_failing_endpoint_is_retried(
             job = _wait_for_job(node, lambda j: j.state is JobState.DONE, "DONE", JOB_TIMEOUT_S)
             received = good.wait_for(2, 30.0)
             attempts = failing.wait_for(3, 30.0)
-            audited = f"audit notification_sent: url={failing.url}"
             deadline = time.monotonic() + 10.0  # the audit line follows the endpoint's answer
-            while caplog.text.count(audited) < 3 and time.monotonic() < deadline:
+            while len(_audited(tmp_path, failing.url)) < 3 and time.monotonic() < deadline:
                 time.sleep(0.05)
     finally:
         node.stop(STOP_TIMEOUT_S)
@@ -93,4 +94,28 @@ def test_json_and_fhir_notifications_arrive_and_a_failing_endpoint_is_retried(
 
     assert len(attempts) >= 3, "the failing endpoint was tried again"
     assert "HTTP 503" in caplog.text
-    assert caplog.text.count(audited) >= 3
+    audited = _audited(tmp_path, failing.url)
+    assert len(audited) >= 3 and {r["status"] for r in audited} == {"retry"}
+    assert all(r["reason"].startswith(f"job {job.id}: result version 1, ") for r in audited)
+    assert message["result_version"] == result["result_version"] == job.result_version == 1
+    # Everything the results branch adds under storage_dir is private (DESIGN.md).
+    layout = StorageLayout(tmp_path)
+    for path in (layout.priors_db, layout.result_dir(job.id) / "thumbnail.png"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    for path in (layout.notifications, layout.result_dir(job.id)):
+        assert path.stat().st_mode & 0o777 == 0o700, path
+    good_lines = _audited(tmp_path, good.url)
+    assert [r["status"] for r in good_lines] == ["sent", "sent"], "json and fhir posts audited"
+    assert all(r["series_instance_uid"] == result["series_instance_uid"] for r in good_lines)
+
+
+def _audited(storage_dir: Path, url: str) -> list[dict[str, Any]]:
+    """The node's notification_sent audit lines for one target."""
+    path = StorageLayout(storage_dir).audit_log
+    if not path.is_file():
+        return []
+    return [
+        r
+        for r in read_audit(path)
+        if r["event"] == "notification_sent" and r["peer_address"] == url
+    ]

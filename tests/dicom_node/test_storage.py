@@ -13,7 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_node.handlers import build_file_meta
 from dicom_node.status import DataSetMismatchError, OutOfResourcesError, StoreStatus
-from dicom_node.storage import InstanceStore, check_uid
+from dicom_node.storage import InstanceStore, check_uid, restrict_storage_dir
 from tests.dicom_node.instances import (
     SERIES_UID,
     STUDY_UID,
@@ -156,7 +156,7 @@ def test_storage_dir_that_cannot_hold_directories_is_out_of_resources(tmp_path: 
         _store_slice(InstanceStore(tmp_path), "1.2.3.4.5")
 
 
-def test_iter_series_reports_complete_instances_only(tmp_path: Path) -> None:
+def test_changed_series_reports_complete_instances_only(tmp_path: Path) -> None:
     store = InstanceStore(tmp_path)
     first, _ = _store_slice(store, "1.2.3.4.1")
     second, _ = _store_slice(store, "1.2.3.4.2")
@@ -166,7 +166,7 @@ def test_iter_series_reports_complete_instances_only(tmp_path: Path) -> None:
     (series_dir / ".1.2.3.4.3.dcm.0123abcd.tmp").write_bytes(b"half a file")
     (series_dir / "notes.txt").write_text("not an instance")
     (tmp_path / "incoming" / "lost+found").mkdir()
-    [series] = list(store.iter_series())
+    [series] = list(store.changed_series({}))
     assert (series.study_instance_uid, series.series_instance_uid) == (STUDY_UID, SERIES_UID)
     assert series.paths == (first, second)
     assert series.newest_mtime == 2_000_000.0
@@ -174,8 +174,48 @@ def test_iter_series_reports_complete_instances_only(tmp_path: Path) -> None:
     assert store.series_paths(STUDY_UID, "1.2.3.999") == []
 
 
-def test_iter_series_on_an_empty_spool(tmp_path: Path) -> None:
-    assert list(InstanceStore(tmp_path / "never-written").iter_series()) == []
+def test_changed_series_on_an_empty_spool(tmp_path: Path) -> None:
+    assert list(InstanceStore(tmp_path / "never-written").changed_series({})) == []
+
+
+def test_changed_series_lists_only_folders_newer_than_their_jobs(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path)
+    path, _ = _store_slice(store, "1.2.3.4.1")
+    os.utime(path.parent, (1_000.0, 1_000.0))
+    key = (STUDY_UID, SERIES_UID)
+    assert list(store.changed_series({key: 1_000.0})) == [], "the job saw the folder's last change"
+    [series] = store.changed_series({key: 999.0})
+    assert series.paths == (path,)
+    # An unreadable file in an unchanged folder is never even listed: the scan stats folders.
+    os.chmod(path.parent, 0o000)
+    try:
+        assert list(store.changed_series({key: 1_000.0})) == []
+    finally:
+        os.chmod(path.parent, 0o700)
+
+
+def test_spool_files_are_0600_and_folders_0700_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        store = InstanceStore(tmp_path / "storage")
+        path, _ = _store_slice(store, "1.2.3.4.1")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o600
+    folder = path.parent
+    while folder != tmp_path:
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+        folder = folder.parent
+
+
+def test_restrict_storage_dir_takes_group_and_other_access_away(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    storage.mkdir(mode=0o755)
+    os.chmod(storage, 0o755)
+    restrict_storage_dir(storage)
+    assert storage.stat().st_mode & 0o777 == 0o700
+    restrict_storage_dir(tmp_path / "new")
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
 
 
 def test_remove_partial_files(tmp_path: Path) -> None:

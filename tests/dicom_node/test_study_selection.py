@@ -50,7 +50,11 @@ class Node:
         while (job := self.jobs.claim_next(self.now)) is not None:
             decision = self.selector.decide(job)
             if decision.analyse:
-                self.jobs.mark_sending(job.id, self.store.storage_dir / "outbox" / str(job.id))
+                version = self.jobs.next_result_version(
+                    job.study_instance_uid, job.series_instance_uid
+                )
+                outbox = self.store.storage_dir / "outbox" / str(job.id)
+                self.jobs.mark_sending(job.id, outbox, result_version=version)
                 self.jobs.mark_done(job.id)
             else:
                 self.jobs.mark_skipped(job.id, decision.reason)

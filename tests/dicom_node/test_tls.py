@@ -23,6 +23,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
+from dicom_node.audit import read_audit
 from dicom_node.config import parse_config
 from dicom_node.outbox import Outbox
 from dicom_node.sender import ResultSender, SendOutcomeKind
@@ -86,6 +87,9 @@ def test_plain_tcp_to_a_tls_node_fails_and_is_logged(
     assert run.returncode != 0, run
     assert "the peer does not speak TLS" in caplog.text
     assert tls_node.metrics.registry.get_sample_value("ichnet_tls_handshake_failures_total") >= 1
+    [audited] = read_audit(tls_node.config.node.layout.audit_log)
+    assert (audited["event"], audited["status"]) == ("association_rejected", "tls_handshake_failed")
+    assert "does not speak TLS" in str(audited["reason"])
 
 
 def test_a_certificate_from_another_ca_is_refused(

@@ -6,10 +6,12 @@ The model weights are untrained placeholders, so these tests check structure and
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import UID
 
 from dicom_node.config import SelectionSection
 from dicom_node.results import ResultUids
@@ -101,20 +103,19 @@ def test_a_series_whose_pixels_cannot_be_decoded_is_skipped(
     assert broken.SOPInstanceUID in skipped.value.reason
 
 
-def test_results_are_derived_from_the_series_and_model(
+def test_results_get_new_uids_and_series_numbers_above_the_source(
     head_analysis: SeriesAnalysis, head_datasets: list[pydicom.Dataset], weights: ModelWeights
 ) -> None:
     source = head_datasets[0]
-    uids = ResultUids.derive(source.SeriesInstanceUID, model_identity(weights))
     seg, sr = head_analysis.seg, head_analysis.sr
-    assert (seg.SeriesInstanceUID, seg.SOPInstanceUID) == (
-        uids.seg_series_instance_uid,
-        uids.seg_sop_instance_uid,
-    )
-    assert (sr.SeriesInstanceUID, sr.SOPInstanceUID) == (
-        uids.sr_series_instance_uid,
-        uids.sr_sop_instance_uid,
-    )
+    # Not the UIDs the series, the weights and the version alone determine (main derived those,
+    # so a second analysis reused them for other content): a random part makes them new.
+    derived = ResultUids.derive(source.SeriesInstanceUID, model_identity(weights))
+    made = {seg.SeriesInstanceUID, seg.SOPInstanceUID, sr.SeriesInstanceUID, sr.SOPInstanceUID}
+    assert len(made) == 4
+    assert made.isdisjoint(dataclasses.asdict(derived).values())
+    assert all(UID(uid).is_valid for uid in made)
+    assert head_analysis.result["result_version"] == 1
     offset = int(source.SeriesNumber) % _SERIES_NUMBER_SPAN
     assert seg.SeriesNumber == SEG_SERIES_NUMBER_BASE + offset
     assert sr.SeriesNumber == SR_SERIES_NUMBER_BASE + offset

@@ -7,8 +7,9 @@ even if it dies right after. Two moments are tested with the real ``ichnet-node 
 * right after the last instance was acknowledged, before the series counted as complete;
 * while the job is RUNNING (inference under way).
 
-Results are SEG + SR whose UIDs derive from the source series and the model, so "arrived
-exactly once" is checked by SOP Instance UID: storescp keeps every received copy.
+Results are SEG + SR with new UIDs per analysis, kept by the node under ``results/<job>/`` as
+sent, so "arrived exactly once" is checked against those: storescp keeps every received copy,
+and a rerun that sent a second pair would show four objects.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from dicom_node.jobs import JobState
 from dicom_node.layout import StorageLayout
-from dicom_node.results import ResultUids
-from dicom_node.workflow import model_identity
-from ichnet_core.models.weights import load_weights
 from tests.dicom_node.dcmtk import require_tool, storescu
 from tests.integration.conftest import NODE_AE, PACS_AE, NodeFactory
 from tests.integration.node_process import (
@@ -67,21 +65,26 @@ def _send_study(node: NodeProcess, sources: list[Path]) -> None:
     assert run.returncode == 0 and acknowledged == len(sources), f"{run}\n{node.log()}"
 
 
-def _expected_result_uids(head_ct_dir: Path) -> ResultUids:
-    series_uid = pydicom.dcmread(
-        next(head_ct_dir.glob("*.dcm")), stop_before_pixels=True
-    ).SeriesInstanceUID
-    return ResultUids.derive(series_uid, model_identity(load_weights()))
+def _kept_result_uids(node: NodeProcess) -> dict[str, str]:
+    """SOP Class -> SOP Instance UID of the result objects the node kept for its one job."""
+    [job] = node.jobs()
+    kept = sorted(StorageLayout(node.storage_dir).result_dir(job["id"]).glob("*.dcm"))
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in kept]
+    return {str(ds.SOPClassUID): ds.SOPInstanceUID for ds in datasets}
 
 
-def _assert_results_arrived_once(peer: StoreScp, expected: ResultUids, sources: set[str]) -> None:
+def _assert_results_arrived_once(peer: StoreScp, node: NodeProcess, sources: set[str]) -> None:
     received = peer.received()
     by_class = sorted((str(ds.SOPClassUID), ds.SOPInstanceUID) for ds in received)
     assert len(received) == 2, f"expected one SEG and one SR, got {by_class}\n{peer.log()}"
     seg = next(ds for ds in received if ds.SOPClassUID == SegmentationStorage)
     sr = next(ds for ds in received if ds.SOPClassUID == Comprehensive3DSRStorage)
-    assert seg.SOPInstanceUID == expected.seg_sop_instance_uid
-    assert sr.SOPInstanceUID == expected.sr_sop_instance_uid
+    # What arrived is what the node kept as sent (the UIDs are new per analysis, so a rerun
+    # after the kill must not have sent the first run's objects as well: len == 2 above).
+    assert _kept_result_uids(node) == {
+        SegmentationStorage: seg.SOPInstanceUID,
+        Comprehensive3DSRStorage: sr.SOPInstanceUID,
+    }
     referenced = {
         item.ReferencedSOPInstanceUID
         for series in seg.ReferencedSeriesSequence
@@ -121,7 +124,7 @@ def test_sigkill_after_the_last_acknowledgement_loses_nothing(
 
     node.start()  # same config, same storage_dir
     node.wait_for_log(_DONE, RESULTS_TIMEOUT_S)
-    _assert_results_arrived_once(peer, _expected_result_uids(head_ct_dir), set(originals))
+    _assert_results_arrived_once(peer, node, set(originals))
     [job] = node.jobs()
     assert (job["state"], job["runs"]) == (JobState.DONE.value, 1)
 
@@ -143,8 +146,6 @@ def test_sigkill_while_running_reruns_the_job_and_sends_once(
     node.start()
     node.wait_for_log(r"recovered: 1 rerun", 10, since=restarted_at)
     node.wait_for_log(_DONE, RESULTS_TIMEOUT_S, since=restarted_at)
-    _assert_results_arrived_once(
-        peer, _expected_result_uids(head_ct_dir), set(_source_uids(sources))
-    )
+    _assert_results_arrived_once(peer, node, set(_source_uids(sources)))
     [job] = node.jobs()
     assert (job["state"], job["runs"]) == (JobState.DONE.value, 2)

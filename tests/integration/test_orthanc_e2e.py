@@ -11,6 +11,7 @@ from the synthetic generator's output): one SEG + one SR come back, on the soft-
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -23,7 +24,14 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
+from dicom_node.audit import read_audit
+from dicom_node.cli import main as cli_main
 from dicom_node.results import hemorrhage_segments
 from dicom_node.results.sc import MAX_KEY_IMAGES, layout_for
 from tests.dicom_node.head_study import head_study
@@ -324,3 +332,80 @@ def test_a_whole_head_study_gets_one_seg_and_sr_on_its_soft_tissue_series(
     assert uid["soft"] in evidence_series
     assert evidence_series.isdisjoint({uid[n] for n in ("bone", "thin", "coronal", "scout")})
     assert "Traceback" not in node.log(), node.log()
+
+
+def _instances_of(orthanc: Orthanc, study_id: str, modality: str) -> list[str]:
+    """SOP Instance UIDs Orthanc holds in the study for ``modality``."""
+    uids = []
+    for series in _series_by_modality(orthanc, study_id).get(modality, []):
+        for instance in series["Instances"]:
+            tags = orthanc.request("GET", f"/instances/{instance}/simplified-tags")
+            uids.append(tags["SOPInstanceUID"])
+    return sorted(uids)
+
+
+def test_a_late_instance_gives_result_version_2_under_new_uids_and_orthanc_keeps_both(
+    orthanc_and_node: tuple[Orthanc, NodeProcess], head_ct_dir: Path
+) -> None:
+    orthanc, node = orthanc_and_node
+    uploads = [orthanc.upload(p) for p in sorted(head_ct_dir.glob("*.dcm"))]
+    [study_id] = {u["ParentStudy"] for u in uploads}
+    *first_batch, late = [u["ID"] for u in uploads]
+
+    done = r"job (\d+) SENDING -> DONE"
+    orthanc.store_to_modality(NODE_MODALITY, first_batch)
+    first = int(node.wait_for_log(done, RESULTS_TIMEOUT_S).group(1))
+    before = node.log_size()
+    orthanc.store_to_modality(NODE_MODALITY, [late])  # the straggler, after the first result
+    second = int(node.wait_for_log(done, RESULTS_TIMEOUT_S, since=before).group(1))
+
+    jobs = node.jobs()
+    assert [(j["id"], j["state"], j["result_version"]) for j in jobs] == [
+        (first, "DONE", 1),
+        (second, "DONE", 2),
+    ]
+    results = [
+        json.loads((node.storage_dir / "results" / str(j["id"]) / "result.json").read_text())
+        for j in jobs
+    ]
+    assert [r["result_version"] for r in results] == [1, 2]
+    assert [len(r["slices"]) for r in results] == [len(uploads) - 1, len(uploads)]
+    # The kept copies, as sent: SEG, SR and the key images (this peer's outputs include sc).
+    kept: dict[int, dict[str, list[str]]] = {}
+    for j in jobs:
+        by_class = kept.setdefault(int(j["id"]), {})
+        for path in sorted((node.storage_dir / "results" / str(j["id"])).glob("*.dcm")):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            by_class.setdefault(str(ds.SOPClassUID), []).append(str(ds.SOPInstanceUID))
+    every = {
+        job: sorted(u for uids in by_class.values() for u in uids) for job, by_class in kept.items()
+    }
+    assert all(len(kept[j][SecondaryCaptureImageStorage]) >= 1 for j in kept), "key images kept"
+    # Version 2 is new content under new UIDs (SEG, SR and key images); Orthanc holds both
+    # versions side by side.
+    assert set(every[first]).isdisjoint(every[second])
+    assert _instances_of(orthanc, study_id, "SEG") == sorted(
+        kept[first][SegmentationStorage] + kept[second][SegmentationStorage]
+    )
+    assert _instances_of(orthanc, study_id, "SR") == sorted(
+        kept[first][Comprehensive3DSRStorage] + kept[second][Comprehensive3DSRStorage]
+    )
+    sent = [r for r in read_audit(node.storage_dir / "audit" / "audit.jsonl")]
+    sent = [r for r in sent if r["event"] == "results_sent"]
+    assert [sorted(r["sop_instance_uids"]) for r in sent] == [every[first], every[second]]
+    assert {(r["called_ae"], r["peer_address"]) for r in sent} == {
+        (ORTHANC_AE, f"127.0.0.1:{orthanc.dicom_port}")
+    }
+
+    # An operator resends version 1 (the node keeps running): the same objects arrive again,
+    # so Orthanc still holds exactly two SEG and two SR instances.
+    before = node.log_size()
+    assert cli_main(["jobs", "resend", str(first), "--config", str(node.config_path)]) == 0
+    node.wait_for_log(rf"job {first} SENDING -> DONE", RESULTS_TIMEOUT_S, since=before)
+    assert len(_instances_of(orthanc, study_id, "SEG")) == 2
+    assert len(_instances_of(orthanc, study_id, "SR")) == 2
+    assert "Traceback" not in node.log()
+    # Spool, kept results, result.json, outbox, job database, audit trail: all private.
+    modes = {p: p.stat().st_mode & 0o777 for p in node.storage_dir.rglob("*")}
+    assert {m for p, m in modes.items() if p.is_dir()} == {0o700}, modes
+    assert {m for p, m in modes.items() if p.is_file()} == {0o600}, modes

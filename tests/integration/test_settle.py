@@ -4,7 +4,8 @@
 did so by the settle rule (association released, one gap-free stack). A series that trickles
 in over two associations 3 s apart must never end as an analysis silently missing half of it:
 either one analysis has every slice, or a later one (a new job on the whole spooled series)
-does.
+does, as the series' next ``result_version`` with new SEG/SR UIDs (a UID once sent is never
+reused for other content).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+import pydicom
 import pytest
 
 from dicom_node.jobs import JobState
@@ -53,9 +55,21 @@ def _send(node: NodeProcess, files: list[Path]) -> None:
     assert run.output.count("Received Store Response (Success)") == len(files), str(run)
 
 
+def _result(node: NodeProcess, job_id: int) -> dict[str, object]:
+    path = node.storage_dir / "results" / str(job_id) / "result.json"
+    result: dict[str, object] = json.loads(path.read_text())
+    return result
+
+
 def _slices_in_result(node: NodeProcess, job_id: int) -> int:
-    result = json.loads((node.storage_dir / "results" / str(job_id) / "result.json").read_text())
-    return len(result["slices"])
+    return len(_result(node, job_id)["slices"])  # type: ignore[arg-type]
+
+
+def _kept_uids(node: NodeProcess, job_id: int) -> set[str]:
+    """SOP Instance UIDs of the result objects kept for the job (as sent)."""
+    kept = sorted((node.storage_dir / "results" / str(job_id)).glob("*.dcm"))
+    assert len(kept) == 2, f"job {job_id}: SEG and SR kept, found {kept}"
+    return {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in kept}
 
 
 def test_released_complete_study_settles_without_the_quiet_period(
@@ -70,6 +84,7 @@ def test_released_complete_study_settles_without_the_quiet_period(
     [job] = node.jobs()
     assert job["instance_count"] == len(files)
     assert _slices_in_result(node, job["id"]) == len(files)
+    assert job["result_version"] == _result(node, job["id"])["result_version"] == 1
 
 
 def test_series_over_two_associations_is_never_left_half_analysed(
@@ -92,3 +107,9 @@ def test_series_over_two_associations_is_never_left_half_analysed(
     assert _slices_in_result(node, int(jobs[-1]["id"])) == len(files), (
         f"the last of {len(jobs)} analyses covers every slice"
     )
+    # A re-analysis (the first half settled on its own) is the next version, never a reuse.
+    versions = [int(job["result_version"]) for job in jobs]
+    assert versions == list(range(1, len(jobs) + 1))
+    assert [_result(node, int(job["id"]))["result_version"] for job in jobs] == versions
+    uids = [_kept_uids(node, int(job["id"])) for job in jobs]
+    assert len(set().union(*uids)) == 2 * len(jobs), "every analysis has new SEG/SR UIDs"

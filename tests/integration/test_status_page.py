@@ -21,7 +21,7 @@ from dicom_node.config import parse_config
 from dicom_node.jobs import JobState
 from dicom_node.results.seg import COMPARTMENT_RGB
 from dicom_node.service import NodeService
-from dicom_node.status_page import STATUS_PATH
+from dicom_node.status_page import STATUS_PATH, THUMBNAIL_NAME
 from ichnet_core.inference.engine import create_engine
 from ichnet_core.models.weights import load_weights
 from ichnet_core.synthetic import SyntheticConfig, generate_case, to_datasets
@@ -89,11 +89,15 @@ def test_status_page_renders_jobs_and_overlay_thumbnail_without_patient_names(
     url = f"http://127.0.0.1:{node.config.node.metrics_port}{STATUS_PATH}"
     with urllib.request.urlopen(url, timeout=10) as response:
         page = response.read().decode("utf-8")
-    assert f"<td>{job.id}</td><td>DONE</td>" in page
+    row = f"<td>{job.id}</td><td>DONE</td><td>{job.series_instance_uid}</td><td>{PACS_AE}</td>"
+    assert f"{row}<td>1</td>" in page, "the job's result version, as jobs list shows it"
+    assert f"job {job.id} (version 1): ICH " in page
     assert "not for diagnostic use" in page
     assert "Doe" not in page and "Jane" not in page
     with urllib.request.urlopen(f"{url}/thumbnail/{job.id}.png", timeout=10) as response:
         assert response.headers["Content-Type"] == "image/png"
+    thumbnail = node.layout.result_dir(job.id) / THUMBNAIL_NAME
+    assert thumbnail.stat().st_mode & 0o777 == 0o600, "patient pixels: private like all results"
 
     screenshot = tmp_path / "status.png"
     run = subprocess.run(

@@ -35,6 +35,7 @@ TOP_LEVEL_KEYS = [
     "operating_points",
     "operating_points_source",
     "volumes_ml",
+    "result_version",
     "comparison",
 ]
 TIMINGS = Timings(volume=1.5, inference=0.25, results=0.125)

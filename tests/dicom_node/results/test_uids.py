@@ -43,3 +43,17 @@ def test_segment_tracking_uid_differs_per_segment() -> None:
 def test_derived_uid_needs_a_part() -> None:
     with pytest.raises(ValueError, match="at least one name part"):
         derived_uid()
+
+
+def test_new_uids_differ_on_every_call_and_per_version() -> None:
+    first = ResultUids.new("1.2.840.1", MODEL, result_version=1)
+    again = ResultUids.new("1.2.840.1", MODEL, result_version=1)
+    second = ResultUids.new("1.2.840.1", MODEL, result_version=2)
+    values = [v for u in (first, again, second) for v in dataclasses.asdict(u).values()]
+    assert len(set(values)) == len(values) == 12
+    assert all(UID(v).is_valid and len(v) <= MAX_UID_LENGTH for v in values)
+    assert ResultUids.derive("1.2.840.1", MODEL, "version-2") != ResultUids.derive(
+        "1.2.840.1", MODEL, "version-1"
+    )
+    with pytest.raises(ValueError, match="start at 1"):
+        ResultUids.new("1.2.840.1", MODEL, result_version=0)
