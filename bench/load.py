@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sqlite3
 import statistics
 import subprocess
@@ -56,6 +57,8 @@ RESULT_TIMEOUT_S: Final[float] = 1800.0
 RETRY_PAUSE_S: Final[float] = 2.0
 RESULTS_PER_STUDY: Final[int] = 2  # SEG + SR
 _SAMPLE_S: Final[float] = 0.2
+#: The node's "listening" log line names the engine ``auto`` chose.
+_ENGINE: Final = re.compile(r"listening on \S+ \(engine (\w+)")
 
 
 @dataclass
@@ -217,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             wall = time.time() - began
             peak = peak_rss_mib(pid)
             jobs = read_jobs(node.storage_dir)
+            engine = _ENGINE.search(node.log_path.read_text(errors="replace"))
         delivered = received_studies(work / "received")
     done = {uid: at for uid, state, at in jobs if state == "DONE"}
     not_done = sorted({state for _, state, _ in jobs} - {"DONE"})
@@ -228,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if s.sent_at and s.study_instance_uid in done
     )
     headers = [
+        "engine",
         "senders x studies",
         "slices",
         "results delivered",
@@ -240,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "other refusals",
     ]
     row = [
+        engine.group(1) if engine else args.engine,
         f"{args.senders} x {args.studies}",
         f"{slices:.0f} ({args.rows}x{args.rows})",
         f"{complete}/{len(studies)}",
