@@ -163,7 +163,7 @@ def _check_results(
         mine = {k: v for k, v in copies.items() if k[0] == study.study_instance_uid}
         for (_, uid), objs in mine.items():
             contents = {dataset_bytes(o.path) for o in objs}
-            counts["identical re-deliveries"] += len(objs) - 1
+            counts["identical re-deliveries"] += len(objs) - len(contents)
             if len(contents) > 1:
                 problems.append(
                     f"study {study.number}: {len(contents)} different contents delivered under "
