@@ -45,10 +45,11 @@ from tests.integration.node_process import NodeProcess, wait_until
 
 #: The four moments the issue names, in the order a study passes them.
 PHASES: Final[tuple[str, ...]] = ("receive", "acked", "inference", "sending")
-#: Small studies keep 50 restarts affordable on 2 cores: 64x64, 8 mm apart (18 slices); the
-#: node's selection and volume rules still accept them (axial head CT, <= 10 mm spacing).
+#: Small studies keep 50 restarts affordable on 2 cores: 64x64, 8 mm apart (16-20 slices); the
+#: node's selection and volume rules still accept them (axial head CT, slices <= 10 mm thick:
+#: no overlapping/gapped reconstruction, whose thickness could pass 10 mm).
 STUDY_CONFIG: Final[SyntheticConfig] = SyntheticConfig(
-    rows=64, columns=64, slice_spacing_mm=(8.0, 8.0)
+    rows=64, columns=64, slice_spacing_mm=(8.0, 8.0), slice_overlap_probability=0.0
 )
 #: Longest wait for a job to reach the targeted state (a quiet period plus a queue of
 #: inferences on a busy 2-core machine).
