@@ -129,14 +129,17 @@ def write_node_config(
     peer_ae: str = SENDER_AE,
     outputs: Sequence[str] | None = None,
     notifications: Sequence[dict[str, Any]] = (),
+    more_peer_aes: Sequence[str] = (),
 ) -> None:
-    peer: dict[str, Any] = {
-        "ae_title": peer_ae,
-        "host": LOCALHOST,
-        "port": result_port or free_port(),
-    }
-    if outputs is not None:
-        peer["outputs"] = list(outputs)
+    """A loopback node config: ``peer_ae`` and every AE title in ``more_peer_aes`` may send and
+    get their results at ``result_port`` (``outputs`` for all of them)."""
+    peers: list[dict[str, Any]] = []
+    port_for_results = result_port or free_port()
+    for title in (peer_ae, *more_peer_aes):
+        peer: dict[str, Any] = {"ae_title": title, "host": LOCALHOST, "port": port_for_results}
+        if outputs is not None:
+            peer["outputs"] = list(outputs)
+        peers.append(peer)
     config = {
         "node": {
             "ae_title": NODE_AE,
@@ -144,7 +147,7 @@ def write_node_config(
             "port": port,
             "storage_dir": str(storage_dir),
         },
-        "peers": [peer],
+        "peers": peers,
         "series": {"complete_after_s": complete_after_s, "poll_interval_s": 0.1},
         "engine": engine,
         "model": {"cache_dir": str(cache_dir)} if cache_dir else {},
@@ -166,6 +169,7 @@ def node_serve(
     peer_ae: str = SENDER_AE,
     outputs: Sequence[str] | None = None,
     notifications: Sequence[dict[str, Any]] = (),
+    more_peer_aes: Sequence[str] = (),
 ) -> Iterator[RunningNode]:
     """``ichnet-node serve`` as a subprocess; stopped with SIGTERM (graceful) at the end."""
     port = free_port()
@@ -182,6 +186,7 @@ def node_serve(
         peer_ae=peer_ae,
         outputs=outputs,
         notifications=notifications,
+        more_peer_aes=more_peer_aes,
     )
     log_path = work_dir / "node.log"
     with log_path.open("wb") as log:

@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["settle_orthanc.py"],
         ["memory.py", *memory],
         ["selection.py"],
+        ["load.py"],
     ]
     failed = []
     for script, *script_args in runs:

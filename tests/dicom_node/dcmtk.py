@@ -93,16 +93,16 @@ def write_exact_profile(config_path: Path, contexts: list[tuple[str, str]]) -> N
     config_path.write_text("\n".join(lines) + "\n")
 
 
-def storescu(
+def storescu_args(
     port: int,
     files: list[Path],
     calling_ae: str,
     called_ae: str,
     *options: str,
-) -> ToolRun:
-    """C-STORE ``files`` with storescu; ``options`` go before the files (e.g. ``-xf cfg Exact``)."""
-    return run_tool(
-        "storescu",
+) -> tuple[str, ...]:
+    """storescu's arguments (without the program) to C-STORE ``files`` to 127.0.0.1:``port``;
+    for callers that run it in the background (:func:`storescu` waits for it)."""
+    return (
         "-nh",  # do not stop at the first refused file: each file gets its own response
         "-ta",
         str(ACSE_TIMEOUT_S),
@@ -117,3 +117,14 @@ def storescu(
         str(port),
         *(str(f) for f in files),
     )
+
+
+def storescu(
+    port: int,
+    files: list[Path],
+    calling_ae: str,
+    called_ae: str,
+    *options: str,
+) -> ToolRun:
+    """C-STORE ``files`` with storescu; ``options`` go before the files (e.g. ``-xf cfg Exact``)."""
+    return run_tool("storescu", *storescu_args(port, files, calling_ae, called_ae, *options))

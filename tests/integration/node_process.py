@@ -246,9 +246,12 @@ class StoreScp:
 
 @contextmanager
 def running_storescp(
-    work_dir: Path, ae_title: str, port: int, caller_ae: str
+    work_dir: Path, ae_title: str, port: int, caller_ae: str, *options: str
 ) -> Iterator[StoreScp]:
-    """Run storescp on 127.0.0.1:``port`` until the block ends; ready when it answers C-ECHO."""
+    """Run storescp on 127.0.0.1:``port`` until the block ends; ready when it answers C-ECHO.
+
+    ``options`` are further storescp options (e.g. ``--sleep-during 1``, a slow PACS).
+    """
     output_dir = work_dir / "storescp-received"
     output_dir.mkdir(parents=True)
     log_path = work_dir / "storescp.log"
@@ -258,6 +261,7 @@ def running_storescp(
                 require_tool("storescp"),
                 "-v",
                 "+uf",  # unique file names: a duplicate C-STORE shows as a second file
+                *options,
                 "-aet",
                 ae_title,
                 "-od",
