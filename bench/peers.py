@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import yaml
+
+from tests.dicom_node.dcmtk import dcmtk_tool
 
 LOCALHOST: Final[str] = "127.0.0.1"
 SENDER_AE: Final[str] = "BENCHPACS"
@@ -41,15 +42,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _dcmtk(name: str) -> str:
+    """dcmtk's ``name`` (not pynetdicom's console script of that name in an activated venv)."""
+    path = dcmtk_tool(name)
+    if path is None:
+        raise SystemExit(f"dcmtk tool {name!r} missing (apt-get install dcmtk)")
+    return path
+
+
 def require_dcmtk() -> None:
-    missing = [tool for tool in ("storescu", "storescp", "echoscu") if shutil.which(tool) is None]
+    missing = [tool for tool in ("storescu", "storescp", "echoscu") if dcmtk_tool(tool) is None]
     if missing:
         raise SystemExit(f"dcmtk tools missing: {missing} (apt-get install dcmtk)")
 
 
 def echo(port: int, called_ae: str, calling_ae: str = SENDER_AE) -> bool:
     result = subprocess.run(
-        ["echoscu", "-aet", calling_ae, "-aec", called_ae, LOCALHOST, str(port)],
+        [_dcmtk("echoscu"), "-aet", calling_ae, "-aec", called_ae, LOCALHOST, str(port)],
         env=DCMTK_ENV,
         capture_output=True,
         check=False,
@@ -78,7 +87,16 @@ def storescu(port: int, called_ae: str, files: Sequence[Path]) -> float:
     """Send ``files`` over one association; returns the wall time of the storescu process."""
     started = time.perf_counter()
     result = subprocess.run(
-        ["storescu", "-aet", SENDER_AE, "-aec", called_ae, LOCALHOST, str(port), *map(str, files)],
+        [
+            _dcmtk("storescu"),
+            "-aet",
+            SENDER_AE,
+            "-aec",
+            called_ae,
+            LOCALHOST,
+            str(port),
+            *map(str, files),
+        ],
         env=DCMTK_ENV,
         capture_output=True,
         text=True,
@@ -96,7 +114,7 @@ def storescp(out_dir: Path) -> Iterator[int]:
     port = free_port()
     out_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        ["storescp", "+xa", "-aet", STORESCP_AE, "-od", str(out_dir), str(port)],
+        [_dcmtk("storescp"), "+xa", "-aet", STORESCP_AE, "-od", str(out_dir), str(port)],
         env=DCMTK_ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -8,6 +8,7 @@ so a hung association fails the test instead of blocking the suite.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -36,9 +37,30 @@ class ToolRun:
         return f"$ {' '.join(self.args)}\n(exit {self.returncode})\n{self.output}"
 
 
+@functools.cache
+def dcmtk_tool(name: str) -> str | None:
+    """Path of dcmtk's ``name`` on PATH, or ``None``.
+
+    Not plain ``shutil.which``: pynetdicom installs console scripts under dcmtk's names
+    (echoscu, storescu, storescp, ...) into the virtualenv's ``bin``, which comes first on PATH
+    once the virtualenv is activated; they take other options and print other messages. The
+    first candidate whose ``--version`` names dcmtk is taken.
+    """
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = shutil.which(name, path=folder) if folder else None
+        if candidate is None:
+            continue
+        version = subprocess.run(
+            [candidate, "--version"], capture_output=True, timeout=TOOL_TIMEOUT_S, check=False
+        )
+        if b"dcmtk" in version.stdout + version.stderr:
+            return candidate
+    return None
+
+
 def require_tool(name: str) -> str:
     """Path of a dcmtk tool; skips the test (naming the Debian package) when it is missing."""
-    path = shutil.which(name)
+    path = dcmtk_tool(name)
     if path is None:
         pytest.skip(f"dcmtk tool {name!r} not installed (Debian package 'dcmtk')")
     return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -59,8 +58,9 @@ from dicom_node.sender import (
     build_presentation_contexts,
     classify_store_status,
 )
+from tests.dicom_node.dcmtk import dcmtk_tool
 
-STORESCP = shutil.which("storescp")
+STORESCP = dcmtk_tool("storescp")
 needs_storescp = pytest.mark.skipif(STORESCP is None, reason="dcmtk storescp is not installed")
 
 OUR_AE = "ICHNET"
