@@ -111,3 +111,26 @@ def trained_weights(payload: dict[str, Any]) -> dict[str, Any]:
         for key, value in ema.items()
         if key.startswith(_AVERAGED_PREFIX)
     }
+
+
+def warm_start(model: torch.nn.Module, path: Path) -> tuple[int, list[str]]:
+    """Load the trained weights of checkpoint ``path`` into ``model`` where names and shapes match.
+
+    Why: a change of architecture or of a hashed setting starts a new run, and on this
+    project's CPUs a run costs many hours; the layers that did not change keep what they
+    learned. Returns the checkpoint's step and the names of ``model``'s tensors left as they
+    were (new or reshaped).
+    """
+    if not path.is_file():
+        raise CheckpointError(f"--warm-start {path}: no such checkpoint")
+    payload = load_checkpoint(path)
+    own = model.state_dict()
+    taken = {
+        key: value
+        for key, value in trained_weights(payload).items()
+        if key in own and own[key].shape == value.shape
+    }
+    if not taken:
+        raise CheckpointError(f"--warm-start {path}: no weight matches this network")
+    model.load_state_dict(taken, strict=False)
+    return int(payload["step"]), sorted(set(own) - set(taken))

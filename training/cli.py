@@ -137,6 +137,13 @@ def _fit(argv: Sequence[str]) -> int:
         help="resume from this checkpoint file (e.g. the committed one) unless the run folder "
         "already holds a newer one",
     )
+    parser.add_argument(
+        "--warm-start",
+        type=Path,
+        help="a new run starts from this checkpoint's network weights where names and shapes "
+        "match (a changed architecture keeps the hours already trained); optimiser and step "
+        "count start afresh; ignored when the run folder holds a run to resume",
+    )
     args = parser.parse_args(argv)
     config = _load(args.config, args.output_dir, args.device, args.threads)
     distributed = from_environment(config.device)
@@ -160,6 +167,7 @@ def _train(config: TrainConfig, args: argparse.Namespace, distributed: Distribut
         max_steps=args.max_steps,
         max_minutes=args.max_minutes,
         init_from=args.init_from,
+        warm_start=args.warm_start,
         distributed=distributed,
     ).fit()
     if not distributed.is_main:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,8 @@ OVERLAY_WINDOW_HU: Final[tuple[float, float]] = (0.0, 80.0)
 OVERLAY_SLICES: Final[int] = 6
 BRAIN_RGB: Final[np.ndarray] = np.array([80, 150, 255], dtype=np.float32)
 HEMORRHAGE_RGB: Final[np.ndarray] = np.array([255, 30, 30], dtype=np.float32)
+
+logger = logging.getLogger(__name__)
 
 
 def read_series(folder: Path) -> Volume:
@@ -96,6 +99,40 @@ def normal_ct_figures(model: torch.nn.Module, grid: ModelGrid, volume: Volume) -
     return {
         "any": float(prediction.subject_probabilities[CLASS_NAMES.index("any")]),
         "false_hemorrhage_ml": hemorrhage_volume_ml(prediction.labels, volume),
+    }
+
+
+def read_normal_series(folders: Sequence[Path]) -> list[Volume]:
+    """The volumes of ``validation.real_normal_series``; missing folders skipped with a warning
+    (the GPU machine has no ../shared)."""
+    volumes = []
+    for folder in folders:
+        if not folder.is_dir():
+            logger.warning("validation.real_normal_series: %s not found; not checked", folder)
+            continue
+        volumes.append(read_series(folder))
+    return volumes
+
+
+def worst_normal_figures(
+    model: torch.nn.Module, grid: ModelGrid, volumes: Sequence[Volume]
+) -> dict[str, float]:
+    """The highest subject ``any`` and false hemorrhage (mL) over ``volumes`` (metrics.csv
+    columns ``val_real_normal_any`` / ``val_real_normal_false_ml``); ``{}`` without volumes.
+
+    Restores ``model``'s training mode afterwards.
+    """
+    if not volumes:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        figures = [normal_ct_figures(model, grid, volume) for volume in volumes]
+    finally:
+        model.train(was_training)
+    return {
+        "val_real_normal_any": max(f["any"] for f in figures),
+        "val_real_normal_false_ml": max(f["false_hemorrhage_ml"] for f in figures),
     }
 
 

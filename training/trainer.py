@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ichnet_core.imaging.model_grid import ModelGrid
-from ichnet_core.imaging.volume import Volume
 from training.checkpoint import (
     CheckpointError,
     capture_rng,
@@ -43,6 +42,7 @@ from training.checkpoint import (
     restore_rng,
     save_checkpoint,
     trained_weights,
+    warm_start,
 )
 from training.config import TrainConfig, config_hash
 from training.data.build import build_split
@@ -54,7 +54,7 @@ from training.evaluate import EvalResult, evaluate_model, total_loss
 from training.losses import Term, UncertaintyWeighting
 from training.networks import build_network, grid_of
 from training.plots import plot_curves
-from training.real_ct import normal_ct_figures, read_series
+from training.real_ct import read_normal_series, worst_normal_figures
 from training.runlog import RunLog
 from training.sampling import EpochDataset, EpochSampler
 from training.transforms import AugmentSettings
@@ -107,6 +107,12 @@ class Trainer:
     init_from:
         A committed checkpoint to resume from when ``output_dir`` holds none, or an older one
         (fewer steps); it is copied to ``output_dir/checkpoints/last.pt`` first.
+    warm_start:
+        For a new run only (ignored when ``output_dir`` holds a run to resume): start from the
+        network weights of this checkpoint (its moving average when it kept one) wherever
+        names and shapes match, so a changed architecture or setting does not throw away the
+        CPU-hours already spent; everything else (optimiser, step count, loss weights) starts
+        afresh. The checkpoint and its step are recorded in every checkpoint of the run.
     distributed:
         This process's rank under torchrun (:mod:`training.distributed`); rank 0 alone logs,
         validates and writes checkpoints, every rank trains on its share of each global batch.
@@ -120,6 +126,7 @@ class Trainer:
         max_steps: int | None = None,
         max_minutes: float | None = None,
         init_from: Path | None = None,
+        warm_start: Path | None = None,
         distributed: Distributed | None = None,
     ) -> None:
         self.config = config
@@ -162,20 +169,24 @@ class Trainer:
         self.batches_in_epoch = 0
         self.step_times: list[float] = []
         self.data_times: list[float] = []
+        self.warm_started_from: dict[str, Any] | None = None
         if resume and init_from is not None and self.dist.is_main:
             self._adopt(Path(init_from))
         self._ema_state: dict[str, Any] | None = None
         self.dist.barrier()  # the other ranks read last.pt only once rank 0 has adopted it
         if resume and (self.checkpoint_dir / LAST_CHECKPOINT).is_file():
             self.load(self.checkpoint_dir / LAST_CHECKPOINT)
-        elif self.dist.is_main:
-            self._set_aside_previous_run()
+        else:
+            if self.dist.is_main:
+                self._set_aside_previous_run()
+            if warm_start is not None:
+                self._warm_start(Path(warm_start))
         self.ema = self._moving_average(optim.ema_decay)
         objective = StepObjective(self.model, self.weighting, config.loss, self.amp_dtype)
         self.objective = self.dist.wrap(objective, touch_all=True)
         self.train_source = build_split(config, Split.TRAIN)
         self.val_source = build_split(config, Split.VAL)
-        self.real_normal = _read_real_normal(config.validation.real_normal_series)
+        self.real_normal = read_normal_series(config.validation.real_normal_series)
         if len(self.train_source) == 0:
             raise ValueError("no training cases: check data.synthetic and data.datasets")
         augment = None
@@ -261,6 +272,12 @@ class Trainer:
         save_checkpoint(last, {k: v for k, v in load_checkpoint(path).items() if k != "format"})
         logger.info("resuming from the committed checkpoint %s", path)
 
+    def _warm_start(self, path: Path) -> None:
+        """Take the matching network weights of checkpoint ``path`` (see the class docstring)."""
+        step, new = warm_start(self.model, path)
+        self.warm_started_from = {"checkpoint": str(path), "step": step}
+        logger.info("warm start from %s (step %d); new: %s", path, step, ", ".join(new) or "none")
+
     def _moving_average(self, decay: float | None) -> AveragedModel | None:
         """The weights' moving average, restored from the checkpoint when it kept one.
 
@@ -317,6 +334,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng(),
             "torch_version": str(torch.__version__),
+            "warm_start": self.warm_started_from,
         }
 
     def save_checkpoint(self, name: str) -> Path:
@@ -347,6 +365,7 @@ class Trainer:
         self.step = int(payload["step"])
         self.batches_in_epoch = int(payload.get("batches_in_epoch", 0))
         self.best_val_loss = payload["best_val_loss"]
+        self.warm_started_from = payload.get("warm_start")
         logger.info(
             "resumed %s at epoch %d (+%d batches), step %d",
             path,
@@ -461,21 +480,10 @@ class Trainer:
         )
 
     def check_real_normal(self) -> dict[str, float]:
-        """The worst subject ``any`` and false hemorrhage (mL) over the real normal series
-        (rank 0 only, like validation)."""
-        if not self.real_normal or not self.dist.is_main:
+        """:func:`training.real_ct.worst_normal_figures` (rank 0 only, like validation)."""
+        if not self.dist.is_main:
             return {}
-        model = self.judged_model
-        was_training = model.training
-        model.eval()
-        try:
-            figures = [normal_ct_figures(model, self.grid, v) for v in self.real_normal]
-        finally:
-            model.train(was_training)
-        return {
-            "val_real_normal_any": max(f["any"] for f in figures),
-            "val_real_normal_false_ml": max(f["false_hemorrhage_ml"] for f in figures),
-        }
+        return worst_normal_figures(self.judged_model, self.grid, self.real_normal)
 
     def _epoch_row(
         self, train: dict[str, float], result: EvalResult | None, seconds: float, steps: int
@@ -571,17 +579,6 @@ class Trainer:
             mean_step_time_s=float(np.mean(self.step_times)) if self.step_times else None,
             mean_data_time_s=float(np.mean(self.data_times)) if self.data_times else None,
         )
-
-
-def _read_real_normal(folders: list[Path]) -> list[Volume]:
-    """The volumes of ``validation.real_normal_series``; missing folders skipped with a warning."""
-    volumes = []
-    for folder in folders:
-        if not folder.is_dir():
-            logger.warning("validation.real_normal_series: %s not found; not checked", folder)
-            continue
-        volumes.append(read_series(folder))
-    return volumes
 
 
 def load_trained_model(

@@ -247,3 +247,36 @@ def test_moving_average_is_resumed_exactly_and_is_what_is_evaluated(
     )
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, average[key], msg=key)
+
+
+def test_warm_start_takes_the_matching_weights_and_starts_a_new_run(
+    tmp_path: Path, tiny_overrides: dict[str, Any]
+) -> None:
+    """``--warm-start``: a changed architecture (here the classification embedding) keeps the
+    trained layers; new layers keep their initialisation; step and optimiser start afresh; a
+    resume of the new run ignores the warm start."""
+    from training.checkpoint import trained_weights
+
+    Trainer(tiny_config(tmp_path, tiny_overrides), max_steps=2).fit()
+    first = tmp_path / "first.pt"
+    (tmp_path / "run" / "checkpoints" / "last.pt").rename(first)
+    changed = tiny_config(
+        tmp_path,
+        {**tiny_overrides, "cls_embedding": True},
+        output_dir=str(tmp_path / "second"),
+    )
+    assert config_hash(changed) != load_checkpoint(first)["config_hash"]
+    trainer = Trainer(changed, warm_start=first, max_steps=1)
+    assert trainer.step == 0
+    assert trainer.warm_started_from == {"checkpoint": str(first), "step": 2}
+    own, old = trainer.model.state_dict(), trained_weights(load_checkpoint(first))
+    for key, value in old.items():
+        torch.testing.assert_close(own[key], value, msg=key)
+    new = {key for key in own if key not in old}
+    assert new and all(key.startswith("classifier.embedding.") for key in new)
+    trainer.fit()
+    resumed = Trainer(changed, warm_start=tmp_path / "missing.pt")  # resumes; no warm start
+    assert resumed.step == 1
+    assert resumed.warm_started_from == {"checkpoint": str(first), "step": 2}
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        Trainer(changed, resume=False, warm_start=tmp_path / "missing.pt")

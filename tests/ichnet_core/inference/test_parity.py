@@ -169,12 +169,14 @@ def test_compartment_model_on_a_millimetre_grid_agrees_across_engines(
     engine_cache: Path,
     make_volume: Callable[..., Volume],
 ) -> None:
-    """Weights with compartments and a fixed pixel size: ONNX Runtime equals torch float32."""
+    """Weights as the diagnostic-resolution run trains them (compartments, a fixed pixel size,
+    the classification embedding): ONNX Runtime equals torch float32."""
     weights = make_tiny_weights(
         tmp_path_factory.mktemp("weights_compartments"),
         decisive=True,
         compartments=True,
         input_spacing_mm=1.5,
+        cls_embedding=True,
     )
     volume = make_volume(slices=5)
     expected = TorchEngine(weights, chunk_slices=64, device="cpu").predict(
@@ -193,6 +195,9 @@ def test_compartment_model_on_a_millimetre_grid_agrees_across_engines(
         actual.segmentation_probabilities,
         expected.segmentation_probabilities,
         FP32_ATOL,
+    )
+    _assert_close(
+        "subject", actual.subject_probabilities, expected.subject_probabilities, FP32_ATOL
     )
     assert expected.compartments is not None and actual.compartments is not None
     assert float(np.mean(actual.compartments == expected.compartments)) >= MIN_LABEL_AGREEMENT
