@@ -258,25 +258,14 @@ class PeerHostCheck:
             problem = "the host check failed (see the traceback above)"
         if problem is None:
             return
-        logger.warning("rejected association: %s", problem)
-        if self._metrics is not None:
-            self._metrics.associations_rejected.labels(reason=HOST_MISMATCH_REASON).inc()
-        if self._audit is not None:
-            request = cast("A_ASSOCIATE", assoc.requestor.primitive)
-            self._audit.record(
-                AuditEvent.ASSOCIATION_REJECTED,
-                calling_ae=str(request.calling_ae_title).strip(),
-                called_ae=str(request.called_ae_title).strip(),
-                peer_address=f"{assoc.requestor.address}:{assoc.requestor.port}",
-                status=HOST_MISMATCH_REASON,
-                reason=problem,
-            )
-        assoc.acse.send_reject(
-            RejectResult.REJECTED_PERMANENT,
-            RejectSource.SERVICE_USER,
-            ServiceUserRejectReason.CALLING_AE_TITLE_NOT_RECOGNIZED,
+        reject_association(
+            assoc,
+            reason=HOST_MISMATCH_REASON,
+            problem=problem,
+            metrics=self._metrics,
+            audit=self._audit,
+            permanent=True,
         )
-        assoc.kill()  # as pynetdicom does after its own rejections
 
     def _problem(self, assoc: Association) -> str | None:
         """Why this association must be refused, or ``None`` if the host check passes."""
@@ -359,21 +348,62 @@ class PeerAssociationLimit:
             f"calling AE {calling!r} at {where} already holds {held} association(s), its "
             f"peers[].max_associations {limit}"
         )
-        logger.warning("rejected association (transient, local limit exceeded): %s", problem)
-        if self._metrics is not None:
-            self._metrics.associations_rejected.labels(reason=PEER_LIMIT_REASON).inc()
-        if self._audit is not None:
-            self._audit.record(
-                AuditEvent.ASSOCIATION_REJECTED,
-                calling_ae=calling,
-                called_ae=str(request.called_ae_title).strip(),
-                peer_address=where,
-                status=PEER_LIMIT_REASON,
-                reason=problem,
-            )
+        reject_association(
+            assoc,
+            reason=PEER_LIMIT_REASON,
+            problem=problem,
+            metrics=self._metrics,
+            audit=self._audit,
+        )
+
+
+def reject_association(
+    assoc: Association,
+    *,
+    reason: str,
+    problem: str,
+    metrics: NodeMetrics | None,
+    audit: AuditLog | None,
+    permanent: bool = False,
+) -> None:
+    """Refuse an association from an ``evt.EVT_REQUESTED`` check: log, count under ``reason``,
+    audit, answer A-ASSOCIATE-RJ and close.
+
+    One path for every such check, so that each refusal is logged, counted and audited alike.
+    ``permanent``: the calling AE title is not recognised from there (the host check; the peer
+    must not retry); otherwise transient, local limit exceeded (a per-peer limit, low disk space):
+    the peer retries later.
+    """
+    request = cast("A_ASSOCIATE", assoc.requestor.primitive)
+    calling = str(request.calling_ae_title).strip()
+    where = f"{assoc.requestor.address}:{assoc.requestor.port}"
+    kind = (
+        "permanent, calling AE not recognised" if permanent else "transient, local limit exceeded"
+    )
+    logger.warning(
+        "rejected association from calling AE %r at %s (%s): %s", calling, where, kind, problem
+    )
+    if metrics is not None:
+        metrics.associations_rejected.labels(reason=reason).inc()
+    if audit is not None:
+        audit.record(
+            AuditEvent.ASSOCIATION_REJECTED,
+            calling_ae=calling,
+            called_ae=str(request.called_ae_title).strip(),
+            peer_address=where,
+            status=reason,
+            reason=problem,
+        )
+    if permanent:
+        assoc.acse.send_reject(
+            RejectResult.REJECTED_PERMANENT,
+            RejectSource.SERVICE_USER,
+            ServiceUserRejectReason.CALLING_AE_TITLE_NOT_RECOGNIZED,
+        )
+    else:
         assoc.acse.send_reject(
             RejectResult.REJECTED_TRANSIENT,
             RejectSource.SERVICE_PROVIDER_PRESENTATION,
             PresentationProviderRejectReason.LOCAL_LIMIT_EXCEEDED,
         )
-        assoc.kill()
+    assoc.kill()  # as pynetdicom does after its own rejections

@@ -20,19 +20,16 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final
 
-from dicom_node.audit import AuditEvent, AuditLog
+from dicom_node.associations import reject_association
+from dicom_node.audit import AuditLog
 from dicom_node.status import (
     OutOfResourcesError,
-    PresentationProviderRejectReason,
-    RejectResult,
-    RejectSource,
 )
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
-    from pynetdicom.pdu_primitives import A_ASSOCIATE
 
     from dicom_node.metrics import NodeMetrics
 
@@ -120,29 +117,10 @@ class FreeSpaceGuard:
         problem = self._shortfall(0)
         if problem is None:
             return
-        request = cast("A_ASSOCIATE", assoc.requestor.primitive)
-        calling = str(request.calling_ae_title).strip()
-        where = f"{assoc.requestor.address}:{assoc.requestor.port}"
-        logger.warning(
-            "rejected association from calling AE %r at %s (transient, local limit exceeded): %s",
-            calling,
-            where,
-            problem,
+        reject_association(
+            assoc,
+            reason=LOW_DISK_REASON,
+            problem=problem,
+            metrics=self._metrics,
+            audit=self._audit,
         )
-        if self._metrics is not None:
-            self._metrics.associations_rejected.labels(reason=LOW_DISK_REASON).inc()
-        if self._audit is not None:
-            self._audit.record(
-                AuditEvent.ASSOCIATION_REJECTED,
-                calling_ae=calling,
-                called_ae=str(request.called_ae_title).strip(),
-                peer_address=where,
-                status=LOW_DISK_REASON,
-                reason=problem,
-            )
-        assoc.acse.send_reject(
-            RejectResult.REJECTED_TRANSIENT,
-            RejectSource.SERVICE_PROVIDER_PRESENTATION,
-            PresentationProviderRejectReason.LOCAL_LIMIT_EXCEEDED,
-        )
-        assoc.kill()
