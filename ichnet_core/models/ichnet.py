@@ -94,7 +94,7 @@ class ICHNetConfig:
         Without it the pooled ConvLSTM outputs (tanh-bounded, shaped by the segmentation loss)
         varied by ~0.05 around ~0.5 between slices, so the linear heads' logits barely moved
         and their gradient hardly reached the ConvLSTM: after 5043 steps at 1.0 mm the heads
-        gave 0.12-0.17 for every case while the hemorrhage maps separated them (subject AUC
+        gave 0.12-0.15 for every case while the hemorrhage maps separated them (subject AUC
         0.50 vs 0.88-0.92, slice 0.70 vs 0.89; ``bench/heads_vs_maps.py``). BatchNorm makes
         each channel's variation unit-sized. Weights up to
         0.3.0 and the first diagnostic-resolution run have none (``False``).
