@@ -156,10 +156,15 @@ class ICHNetConfig:
         return NUM_SEGMENTATION_CLASSES + (NUM_COMPARTMENTS if self.compartments else 0)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-friendly dict (tuples as lists)."""
+        """Plain JSON-friendly dict (tuples as lists).
+
+        ``cls_embedding`` is written only when set: weights without it stay byte for byte what
+        earlier versions wrote, and readable by nodes that do not know the key.
+        """
         return {
             key: list(value) if isinstance(value, tuple) else value
             for key, value in asdict(self).items()
+            if not (key == "cls_embedding" and not value)
         }
 
     @classmethod
