@@ -11,7 +11,9 @@ model learns is the appearance and location of blood, not the look of one simula
 
 Modules: ``config`` (ranges), ``geometry`` (slices, tilt, pose), ``points``/``shapes``
 (evaluation and partial volume), ``anatomy``/``head``/``brain`` (the head), ``hemorrhage``
-(lesions), ``incidental`` (confounders), ``scanner`` (blur, noise, artefacts, storage),
+(lesions), ``incidental`` (confounders), ``realism`` (bright non-blood structures at the
+skull: inner-table band, tangential partial volume, strong petrous streaks, falx and parasellar
+calcifications, measured on a real study), ``scanner`` (blur, noise, artefacts, storage),
 ``render`` (chunked rendering), ``case`` (the API), ``dicom`` (CT Image Storage),
 ``contact_sheet`` (a PNG to look at).
 """

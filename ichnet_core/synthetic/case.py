@@ -7,6 +7,7 @@ negative and for an EDH gives the same head with and without the bleed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,13 +27,15 @@ from ichnet_core.synthetic.geometry import (
 from ichnet_core.synthetic.hemorrhage import SlicePlanes, plan_hemorrhages
 from ichnet_core.synthetic.incidental import Incidentals, sample_incidentals
 from ichnet_core.synthetic.lesions import HemorrhagePlan
+from ichnet_core.synthetic.realism import Realism, sample_realism
 from ichnet_core.synthetic.render import RenderedSeries, apply_scanner, render_series
 from ichnet_core.synthetic.scanner import Cupping, StorageConvention, sample_scanner
 
 logger = logging.getLogger(__name__)
 
-#: Independent random streams derived from a seed.
-_STREAMS = ("anatomy", "geometry", "hemorrhage", "incidental", "scanner", "noise")
+#: Independent random streams derived from a seed. New streams go at the end: a stream's seed
+#: depends only on its position, so the earlier ones (and the cases they make) stay the same.
+_STREAMS = ("anatomy", "geometry", "hemorrhage", "incidental", "scanner", "noise", "realism")
 #: Attempts at placing lesions before giving up; each retry enlarges the lesions.
 MAX_ATTEMPTS = 6
 RETRY_VOLUME_GROWTH = 1.6
@@ -216,6 +219,7 @@ def _render_visible(
     config: SyntheticConfig,
     incidentals: Incidentals,
     cupping: Cupping,
+    realism: Realism,
     rng: np.random.Generator,
 ) -> RenderedSeries:
     """Plan and render until exactly the wanted subtypes are visible (a lesion between slices or
@@ -227,7 +231,7 @@ def _render_visible(
             plan = plan_hemorrhages(
                 rng, anatomy, planes, wanted, config.hemorrhage_volume_ml, growth
             )
-        rendered = render_series(geometry, anatomy, plan, incidentals, cupping)
+        rendered = render_series(geometry, anatomy, plan, incidentals, cupping, realism)
         present = {s for s, m in zip(SUBTYPES, rendered.subtype_masks, strict=True) if m.any()}
         if present == set(wanted):
             return rendered
@@ -297,6 +301,17 @@ def generate_case(
         rng("incidental"), anatomy, config.incidental_probability, reach
     )
     scanner = sample_scanner(rng("scanner"), config, geometry.slice_thickness_mm)
+    realism = sample_realism(rng("realism"), config, anatomy)
+    if realism.calcifications:
+        incidentals = dataclasses.replace(
+            incidentals, calcifications=incidentals.calcifications + realism.calcifications
+        )
+    if realism.streak_gain != 1.0:
+        scanner = dataclasses.replace(
+            scanner,
+            streak_hu=scanner.streak_hu * realism.streak_gain,
+            bar_hu=scanner.bar_hu * realism.streak_gain,
+        )
     planes = _planes(geometry)
 
     rendered = _render_visible(
@@ -308,6 +323,7 @@ def generate_case(
         config,
         incidentals,
         scanner.cupping,
+        realism,
         lesion_rng,
     )
     hu = apply_scanner(rendered.hu, geometry, scanner, rng("noise"))

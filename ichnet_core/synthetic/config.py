@@ -8,6 +8,7 @@ Narrow a range only for a test or a figure, never to make training easier.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 #: Matrix size at which the pixel spacing range is quoted; other matrices scale it by 512/columns
@@ -74,6 +75,22 @@ class SyntheticConfig:
     incidental_probability:
         Chance of each incidental finding (calcifications, old infarct, lacunes, white matter
         disease, scalp swelling, head holder): the confounders a model must learn to ignore.
+    inner_table_band_probability, inner_table_band_hu, inner_table_band_mm:
+        Chance, HU at the table and fade length of the bright partial-volume band just inside
+        the inner table. The real GE study is 148 HU median 0-2 mm from bone and 50 HU at
+        2-4 mm against 34 and 35 in the generator without it (:mod:`.realism` has the table).
+    tangential_probability, tangential_hu, tangential_reach_mm:
+        Chance, HU at the table and through-plane reach of the partial volume where the skull
+        is cut tangentially (vertex, skull-base floor): the real vertex is 138 HU median 2-4 mm
+        from bone and 59 HU at 4-8 mm against 35 and 37 without it.
+    strong_streak_probability, strong_streak_gain:
+        Chance and factor by which the posterior-fossa streaks and Hounsfield bar are
+        strengthened (real base slices: 90th percentile 78 HU 8-20 mm from bone, against 52).
+    falx_plaque_probability, falx_plaque_hu:
+        Chance and density of 1-4 small calcified falx plaques.
+    parasellar_probability, parasellar_hu:
+        Chance and density of 2-6 small calcifications around the sella (carotid siphons,
+        clinoid tips), where the real study's bright base pixels away from bone are.
     """
 
     rows: int = 256
@@ -97,6 +114,18 @@ class SyntheticConfig:
     cupping_mm: FloatRange = (4.0, 15.0)
     streak_probability: float = 0.7
     incidental_probability: float = 0.3
+    inner_table_band_probability: float = 0.85
+    inner_table_band_hu: FloatRange = (60.0, 600.0)
+    inner_table_band_mm: FloatRange = (0.4, 1.3)
+    tangential_probability: float = 0.85
+    tangential_hu: FloatRange = (30.0, 300.0)
+    tangential_reach_mm: FloatRange = (1.0, 6.0)
+    strong_streak_probability: float = 0.6
+    strong_streak_gain: FloatRange = (1.0, 8.0)
+    falx_plaque_probability: float = 0.3
+    falx_plaque_hu: FloatRange = (100.0, 400.0)
+    parasellar_probability: float = 0.5
+    parasellar_hu: FloatRange = (150.0, 500.0)
 
     def __post_init__(self) -> None:
         for name in ("rows", "columns"):
@@ -116,12 +145,24 @@ class SyntheticConfig:
         _check_range("psf_sigma_px", self.psf_sigma_px, 0.0, 3.0)
         _check_range("cupping_hu", self.cupping_hu, 0.0, 60.0)
         _check_range("cupping_mm", self.cupping_mm, 0.5, 40.0)
+        _check_range("inner_table_band_hu", self.inner_table_band_hu, 0.0, 1000.0)
+        _check_range("inner_table_band_mm", self.inner_table_band_mm, 0.1, 10.0)
+        _check_range("tangential_hu", self.tangential_hu, 0.0, 1000.0)
+        _check_range("tangential_reach_mm", self.tangential_reach_mm, 0.1, 20.0)
+        _check_range("strong_streak_gain", self.strong_streak_gain, 1.0, 20.0)
+        _check_range("falx_plaque_hu", self.falx_plaque_hu, 0.0, 2000.0)
+        _check_range("parasellar_hu", self.parasellar_hu, 0.0, 2000.0)
         for name in (
             "slice_overlap_probability",
             "gantry_tilt_probability",
             "negative_fraction",
             "streak_probability",
             "incidental_probability",
+            "inner_table_band_probability",
+            "tangential_probability",
+            "strong_streak_probability",
+            "falx_plaque_probability",
+            "parasellar_probability",
         ):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
@@ -133,6 +174,18 @@ class SyntheticConfig:
                 raise ValueError(
                     f"SyntheticConfig.{name} is a magnitude and must be >= 0; found {getattr(self, name)!r}"
                 )
+
+    def without_realism(self) -> SyntheticConfig:
+        """This config with every :mod:`.realism` effect off: bit for bit the generator before
+        them (for before/after comparisons and the pinned cases)."""
+        return dataclasses.replace(
+            self,
+            inner_table_band_probability=0.0,
+            tangential_probability=0.0,
+            strong_streak_probability=0.0,
+            falx_plaque_probability=0.0,
+            parasellar_probability=0.0,
+        )
 
     @property
     def pixel_spacing_mm(self) -> FloatRange:

@@ -23,6 +23,7 @@ from ichnet_core.synthetic.incidental import (
 )
 from ichnet_core.synthetic.lesions import HemorrhagePlan, paint_hemorrhages
 from ichnet_core.synthetic.points import GridPoints, Points
+from ichnet_core.synthetic.realism import Realism
 from ichnet_core.synthetic.scanner import (
     PETROUS_APICES,
     Cupping,
@@ -79,6 +80,7 @@ def _render_chunk(
     plan: HemorrhagePlan,
     incidentals: Incidentals,
     cupping: Cupping,
+    realism: Realism,
     k0: int,
     k1: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,6 +109,8 @@ def _render_chunk(
     fractions = paint_hemorrhages(box, cb, fields, plan, anatomy)
     paint_spots(brain_pts, fields, incidentals)
     fields.hu += cupping.hu(cb.depth)
+    if realism.band_hu > 0 or realism.tangential_hu > 0:
+        fields.hu += realism.boundary_hu(cb.depth, cb.nz)
     a_box = a_cav[idx]
     paint(hu[idx], a_box, fields.hu)
     fractions *= a_box
@@ -125,8 +129,11 @@ def render_series(
     plan: HemorrhagePlan,
     incidentals: Incidentals,
     cupping: Cupping,
+    realism: Realism | None = None,
 ) -> RenderedSeries:
-    """Ideal densities and ground truth of every slice (no blur, noise or streaks yet)."""
+    """Ideal densities and ground truth of every slice (no blur, noise or streaks yet);
+    ``realism`` adds the inner-table band and tangential partial volume (densities only)."""
+    realism = realism or Realism()
     s, rows, cols = geometry.num_slices, geometry.rows, geometry.columns
     hu = np.empty((s, rows, cols), dtype=np.float32)
     labels = np.empty((s, rows, cols), dtype=np.uint8)
@@ -135,7 +142,15 @@ def render_series(
     for k0 in range(0, s, step):
         k1 = min(s, k0 + step)
         h, lab, m = _render_chunk(
-            geometry.grid(k0, k1), geometry, anatomy, plan, incidentals, cupping, k0, k1
+            geometry.grid(k0, k1),
+            geometry,
+            anatomy,
+            plan,
+            incidentals,
+            cupping,
+            realism,
+            k0,
+            k1,
         )
         hu[k0:k1], labels[k0:k1], masks[:, k0:k1] = h, lab, m
     fov = geometry.fov_mask()

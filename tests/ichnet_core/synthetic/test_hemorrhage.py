@@ -22,7 +22,8 @@ from ichnet_core.synthetic.anatomy import sample_anatomy
 from ichnet_core.synthetic.hemorrhage import BLOOD_HU, SlicePlanes, plan_hemorrhages
 from ichnet_core.synthetic.lesions import BLOOD_HU_LIMITS, HemorrhagePlan
 
-#: Noise-free images (no blur, noise or streaks) so densities can be checked directly.
+#: Noise-free images (no blur, noise, streaks or partial-volume bands at the skull) so densities
+#: can be checked directly.
 CLEAN = SyntheticConfig(
     rows=192,
     columns=192,
@@ -30,7 +31,7 @@ CLEAN = SyntheticConfig(
     psf_sigma_px=(0.0, 0.0),
     cupping_hu=(0.0, 0.0),
     streak_probability=0.0,
-)
+).without_realism()
 #: Small lesions cause no midline shift, so the negative twin is the same head.
 SMALL_LESIONS = SyntheticConfig(**{**CLEAN.__dict__, "hemorrhage_volume_ml": (2.0, 8.0)})
 LARGE_LESIONS = SyntheticConfig(
