@@ -78,14 +78,16 @@ class SyntheticConfig:
     inner_table_band_probability, inner_table_band_hu, inner_table_band_mm:
         Chance, HU at the table and fade length of the bright partial-volume band just inside
         the inner table. The real GE study is 148 HU median 0-2 mm from bone and 50 HU at
-        2-4 mm against 34 and 35 in the generator without it (:mod:`.realism` has the table).
+        2-4 mm against 36 and 32 in the generator without it, 102 and 49 with the defaults
+        (:mod:`.realism` has the table).
     tangential_probability, tangential_hu, tangential_reach_mm:
         Chance, HU at the table and through-plane reach of the partial volume where the skull
         is cut tangentially (vertex, skull-base floor): the real vertex is 138 HU median 2-4 mm
-        from bone and 59 HU at 4-8 mm against 35 and 37 without it.
+        from bone and 59 HU at 4-8 mm against 30 and 36 without it, 80 and 60 with the
+        defaults (55-132 per case at 2-4 mm).
     strong_streak_probability, strong_streak_gain:
         Chance and factor by which the posterior-fossa streaks and Hounsfield bar are
-        strengthened (real base slices: 90th percentile 78 HU 8-20 mm from bone, against 52).
+        strengthened (up to about 200 HU; scanners differ far more than the one real study).
     falx_plaque_probability, falx_plaque_hu:
         Chance and density of 1-4 small calcified falx plaques.
     parasellar_probability, parasellar_hu:
