@@ -78,13 +78,16 @@ class SyntheticConfig:
     inner_table_band_probability, inner_table_band_hu, inner_table_band_mm:
         Chance, HU at the table and fade length of the bright partial-volume band just inside
         the inner table. The real GE study is 148 HU median 0-2 mm from bone and 50 HU at
-        2-4 mm against 36 and 32 in the generator without it, 102 and 49 with the defaults
+        2-4 mm against 36 and 32 in the generator without it, 103 and 49 with the defaults
         (:mod:`.realism` has the table).
     tangential_probability, tangential_hu, tangential_reach_mm:
         Chance, HU at the table and through-plane reach of the partial volume where the skull
         is cut tangentially (vertex, skull-base floor): the real vertex is 138 HU median 2-4 mm
-        from bone and 59 HU at 4-8 mm against 30 and 36 without it, 80 and 60 with the
-        defaults (55-132 per case at 2-4 mm).
+        from bone and 59 HU at 4-8 mm against 30 and 36 without it, 79 and 57 with the
+        defaults (55-133 per case at 2-4 mm).
+    tangential_patchiness:
+        Relative strength (0 uniform, 1 islands) of the smooth random field that modulates it
+        (ridged orbital roofs, an uneven vertex).
     strong_streak_probability, strong_streak_gain:
         Chance and factor by which the posterior-fossa streaks and Hounsfield bar are
         strengthened (up to about 200 HU; scanners differ far more than the one real study).
@@ -122,6 +125,7 @@ class SyntheticConfig:
     tangential_probability: float = 0.85
     tangential_hu: FloatRange = (30.0, 300.0)
     tangential_reach_mm: FloatRange = (1.0, 6.0)
+    tangential_patchiness: FloatRange = (0.0, 1.0)
     strong_streak_probability: float = 0.6
     strong_streak_gain: FloatRange = (1.0, 8.0)
     falx_plaque_probability: float = 0.3
@@ -151,6 +155,7 @@ class SyntheticConfig:
         _check_range("inner_table_band_mm", self.inner_table_band_mm, 0.1, 10.0)
         _check_range("tangential_hu", self.tangential_hu, 0.0, 1000.0)
         _check_range("tangential_reach_mm", self.tangential_reach_mm, 0.1, 20.0)
+        _check_range("tangential_patchiness", self.tangential_patchiness, 0.0, 1.0)
         _check_range("strong_streak_gain", self.strong_streak_gain, 1.0, 20.0)
         _check_range("falx_plaque_hu", self.falx_plaque_hu, 0.0, 2000.0)
         _check_range("parasellar_hu", self.parasellar_hu, 0.0, 2000.0)

@@ -13,13 +13,13 @@ percentile HU, share of pixels at 90-500 HU; "after" = these effects at their de
 =========  =======  ================  ================  ================  ====================
 region     band     real GE study     generator before  generator after   after, per case
 =========  =======  ================  ================  ================  ====================
-mid-head   0-2 mm   148 / 412, 73 %   36 / 326, 27 %    102 / 345, 57 %
-mid-head   2-4 mm   50 / 73, 4.5 %    32 / 55, 1.0 %    49 / 79, 6.0 %    median 38-71
-mid-head   4-8 mm   39 / 51, 1.4 %    36 / 52, 0.1 %    40 / 58, 1.0 %
-vertex     2-4 mm   138 / 343, 72 %   30 / 62, 6.0 %    80 / 137, 38 %    median 55-132, 11-100 %
-vertex     4-8 mm   59 / 143, 19 %    36 / 55, 0.5 %    60 / 94, 13 %
-base       4-8 mm   45 / 196, 21 %    36 / 54, 0.2 %    44 / 72, 3.9 %
-base       8-20 mm  37 / 78, 9.1 %    35 / 50, 0.0 %    37 / 55, 0.9 %
+mid-head   0-2 mm   148 / 412, 73 %   36 / 326, 27 %    103 / 346, 57 %
+mid-head   2-4 mm   50 / 73, 4.5 %    32 / 55, 1.0 %    49 / 80, 6.8 %    median 34-70
+mid-head   4-8 mm   39 / 51, 1.4 %    36 / 52, 0.1 %    39 / 58, 1.4 %
+vertex     2-4 mm   138 / 343, 72 %   30 / 62, 6.0 %    79 / 143, 40 %    median 55-133, 11-98 %
+vertex     4-8 mm   59 / 143, 19 %    36 / 55, 0.5 %    57 / 103, 17 %
+base       4-8 mm   45 / 196, 21 %    36 / 54, 0.2 %    43 / 73, 4.6 %
+base       8-20 mm  37 / 78, 9.1 %    35 / 50, 0.0 %    37 / 55, 1.0 %
 =========  =======  ================  ================  ================  ====================
 
 The base slices still fall short: there the real study's bright pixels away from bone are the
@@ -40,7 +40,9 @@ cases have none of it (the generator before) and some more than the real study:
   ``amount * exp(-depth / (reach * nz + 0.3 mm))`` with ``nz`` the through-plane part of the
   inner-table normal, amount 30-300 HU, reach 1-6 mm. Through-plane it is a few mm; in-plane,
   where the table is tangential, it is the 2-8 mm bright rim of the real vertex (138 HU at
-  2-4 mm, 59 at 4-8 mm) and of the middle and posterior fossa floors.
+  2-4 mm, 59 at 4-8 mm) and of the middle and posterior fossa floors. A smooth random field
+  (wavelengths 5-14 mm, relative strength 0-1) makes it patchy, as ridged orbital roofs and an
+  uneven vertex make it in real scans, instead of a uniform sheet over the anterior fossa.
 * **Stronger posterior-fossa streaks**: the scanner's petrous streaks and Hounsfield bar (5-25
   and 5-20 HU) scaled by 1-8, so bright and dark bands of up to about 200 HU can cross the
   cerebellum. The GE study itself shows only a faint bar (its bright base pixels are bone, see
@@ -69,9 +71,15 @@ import numpy as np
 from ichnet_core.synthetic.anatomy import Anatomy, falx_x
 from ichnet_core.synthetic.config import SyntheticConfig
 from ichnet_core.synthetic.incidental import Spot
+from ichnet_core.synthetic.points import Points
+from ichnet_core.synthetic.shapes import random_waves, wave_field
 
 #: Through-plane floor (mm) of the tangential partial-volume length, so nz = 0 stays finite.
 TANGENTIAL_FLOOR_MM = 0.3
+#: Plane waves and their wavelengths (mm) of the patchiness of the tangential partial volume:
+#: ridged orbital roofs (juga), sphenoid wings and an uneven vertex make it islands, not a sheet.
+PATCH_WAVES = 6
+PATCH_WAVELENGTH_MM = (5.0, 14.0)
 #: Where falx plaques sit (canonical mm): along the falx, above the corpus callosum.
 PLAQUE_Y_MM = (-60.0, 55.0)
 PLAQUE_Z_MM = (18.0, 60.0)
@@ -96,6 +104,9 @@ class Realism:
         Inner-table band: HU at the table and exponential fade length (3-D depth).
     tangential_hu, tangential_mm:
         Tangential partial volume: HU at the table and reach per unit of ``nz``.
+    patchiness, patch_waves:
+        Relative modulation (0: uniform) of the tangential term by a smooth random field, and
+        that field's plane waves (``random_waves``).
     streak_gain:
         Factor on the scanner's posterior-fossa streaks and Hounsfield bar (1: unchanged).
     calcifications:
@@ -106,19 +117,28 @@ class Realism:
     band_mm: float = 1.0
     tangential_hu: float = 0.0
     tangential_mm: float = 1.0
+    patchiness: float = 0.0
+    patch_waves: tuple[np.ndarray, np.ndarray] | None = None
     streak_gain: float = 1.0
     calcifications: tuple[Spot, ...] = ()
 
-    def boundary_hu(self, depth_mm: np.ndarray, nz: np.ndarray) -> np.ndarray:
+    def boundary_hu(
+        self, depth_mm: np.ndarray, nz: np.ndarray, pts: Points | None = None
+    ) -> np.ndarray:
         """HU to add to the intracranial contents at ``depth_mm`` inside the inner table whose
-        normal has through-plane part ``nz`` (both from :class:`~.anatomy.Cavity`)."""
+        normal has through-plane part ``nz`` (both from :class:`~.anatomy.Cavity`); ``pts``
+        (the same voxels, skull coordinates) for the patchiness."""
         d = np.maximum(depth_mm, 0.0)
         out = np.zeros(np.shape(d), dtype=np.float32)
         if self.band_hu > 0:
             out += np.float32(self.band_hu) * np.exp(-d / np.float32(self.band_mm))
         if self.tangential_hu > 0:
             reach = np.float32(self.tangential_mm) * np.abs(nz) + np.float32(TANGENTIAL_FLOOR_MM)
-            out += np.float32(self.tangential_hu) * np.exp(-d / reach)
+            tangential = np.float32(self.tangential_hu) * np.exp(-d / reach)
+            if self.patchiness > 0 and self.patch_waves is not None and pts is not None:
+                field = wave_field(pts.X, pts.Y, pts.Z, *self.patch_waves)
+                tangential *= np.clip(1.0 + np.float32(self.patchiness) * field, 0.0, 2.0)
+            out += tangential
         return out
 
 
@@ -156,11 +176,15 @@ def sample_realism(rng: np.random.Generator, config: SyntheticConfig, anatomy: A
             x *= float(rng.choice([-1.0, 1.0]))
         a, b, c = (float(rng.uniform(*PARASELLAR_SEMI_MM)) for _ in range(3))
         parasellar.append(Spot((x, y, z), (a, b, c), float(rng.uniform(*config.parasellar_hu))))
+    patchiness = float(rng.uniform(*config.tangential_patchiness))
+    patch_waves = random_waves(rng, PATCH_WAVES, PATCH_WAVELENGTH_MM)
     return Realism(
         band_hu=band_hu if band_on else 0.0,
         band_mm=band_mm,
         tangential_hu=tangential_hu if tangential_on else 0.0,
         tangential_mm=tangential_mm,
+        patchiness=patchiness,
+        patch_waves=patch_waves,
         streak_gain=gain if streaks_on else 1.0,
         calcifications=(tuple(plaques) if plaques_on else ())
         + (tuple(parasellar) if parasellar_on else ()),

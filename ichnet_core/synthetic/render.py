@@ -110,7 +110,7 @@ def _render_chunk(
     paint_spots(brain_pts, fields, incidentals)
     fields.hu += cupping.hu(cb.depth)
     if realism.band_hu > 0 or realism.tangential_hu > 0:
-        fields.hu += realism.boundary_hu(cb.depth, cb.nz)
+        fields.hu += realism.boundary_hu(cb.depth, cb.nz, box)
     a_box = a_cav[idx]
     paint(hu[idx], a_box, fields.hu)
     fractions *= a_box

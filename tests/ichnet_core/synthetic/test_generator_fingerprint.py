@@ -73,14 +73,14 @@ EXPECTED: dict[tuple[int, tuple[str, ...] | None], tuple[str, float]] = {
 DEFAULT = SyntheticConfig(rows=96, columns=96)
 EXPECTED_DEFAULT: dict[tuple[int, tuple[str, ...] | None], tuple[str, float]] = {
     (0, ALL): (
-        "5d91e5ddeb9081b5018f8045d90e8d64078a838f6dcdccdb4e6e384145865c2e",
+        "44d7de7744a3988d60befd1d4ea9709027d68320439a0a13827b7a675d0c22b5",
         17.166454339418653,
     ),
     (7, None): (
         "a96e9adebd2abcfe9c3786cf1d806731559a41b4c94c9dc42aaaaa15586fe0fe",
         9.600207795875871,
     ),
-    (8, ()): ("c620763991261b6c0c9a29ff3cfe1adeb83461326b359af754157497741fcc48", 0.0),
+    (8, ()): ("fbde352ee46841af81eb7aa95365f1bd6affef23706175f954f7734d46b1b8a7", 0.0),
 }
 
 

@@ -18,7 +18,9 @@ from scipy import ndimage
 
 from ichnet_core.labels import BRAIN, HEMORRHAGE
 from ichnet_core.synthetic import SyntheticCase, SyntheticConfig, generate_case
-from ichnet_core.synthetic.realism import Realism
+from ichnet_core.synthetic.points import FlatPoints
+from ichnet_core.synthetic.realism import PATCH_WAVELENGTH_MM, PATCH_WAVES, Realism
+from ichnet_core.synthetic.shapes import random_waves
 
 OFF = SyntheticConfig(rows=256, columns=256).without_realism()
 #: Only the inner-table band, at mid-range strength (300 HU, 1 mm).
@@ -28,12 +30,13 @@ BAND = dataclasses.replace(
     inner_table_band_hu=(300.0, 300.0),
     inner_table_band_mm=(1.0, 1.0),
 )
-#: Only the tangential partial volume, at mid-range strength (150 HU, 3 mm).
+#: Only the tangential partial volume, at mid-range strength (150 HU, 3 mm), uniform.
 TANGENTIAL = dataclasses.replace(
     OFF,
     tangential_probability=1.0,
     tangential_hu=(150.0, 150.0),
     tangential_reach_mm=(3.0, 3.0),
+    tangential_patchiness=(0.0, 0.0),
 )
 #: Every effect on, at its default ranges.
 ALL_ON = dataclasses.replace(
@@ -196,12 +199,30 @@ def test_boundary_hu_follows_depth_and_obliquity() -> None:
     assert np.all(Realism().boundary_hu(depth, depth) == 0.0)
 
 
+def test_patchiness_makes_islands_around_the_uniform_value() -> None:
+    rng = np.random.default_rng(0)
+    coords = rng.uniform(-60.0, 60.0, size=(4000, 3)).astype(np.float32)
+    depth = np.full(4000, 2.0, dtype=np.float32)
+    nz = np.ones(4000, dtype=np.float32)
+    waves = random_waves(rng, PATCH_WAVES, PATCH_WAVELENGTH_MM)
+    uniform = Realism(tangential_hu=150.0, tangential_mm=3.0)
+    patchy = dataclasses.replace(uniform, patchiness=1.0, patch_waves=waves)
+    flat = uniform.boundary_hu(depth, nz, FlatPoints(coords))
+    varied = patchy.boundary_hu(depth, nz, FlatPoints(coords))
+    assert np.ptp(flat) < 1e-3
+    # Between none and twice the uniform value, about the uniform value on average.
+    assert varied.min() >= 0.0 and varied.max() <= 2.0 * flat[0] + 1e-3
+    assert varied.std() > 0.3 * flat[0]
+    assert abs(float(varied.mean()) - float(flat[0])) < 0.15 * flat[0]
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
         ("inner_table_band_probability", 1.5),
         ("inner_table_band_hu", (400.0, 100.0)),
         ("tangential_reach_mm", (0.0, 3.0)),
+        ("tangential_patchiness", (0.0, 1.5)),
         ("strong_streak_gain", (0.5, 2.0)),
         ("falx_plaque_hu", (-10.0, 100.0)),
     ],
