@@ -57,9 +57,13 @@ cases have none of it (the generator before) and some more than the real study:
   and over the orbital roofs (the latter is the tangential partial volume above).
 
 All of it changes densities only: labels and subtype masks stay as the anatomy and lesions
-define them (the band and the plaques are brain, label 1, or skull, label 0; never hemorrhage).
-It has its own random stream, so with every probability 0 a seed gives bit for bit the case it
-gave before this module existed.
+define them, so in a negative case every voxel it brightens is brain (label 1) or skull (0),
+never hemorrhage. Like partial volume in a real scan, the band and the tangential term also
+brighten blood that lies at the table (a thin subdural rim gains what brain there would gain;
+blood more than 4 mm from bone keeps its 50-90 HU), and a calcification inside a bleed keeps
+the bleed's label, as the other calcifications do. The effects have their own random stream,
+so with every probability 0 (``SyntheticConfig.without_realism()``) a seed gives bit for bit
+the case it gave before this module existed.
 """
 
 from __future__ import annotations
