@@ -11,7 +11,9 @@ The same image-only measurement is applied to both (no labels, the real study ha
 bone is HU >= 500; a pixel is intracranial when it is soft tissue (-50 to 500 HU) with bone on
 all four sides along its row and column; distance to bone is the in-plane Euclidean distance in
 mm. Regions follow the intracranial area per slice: below/above the largest slice and under 60 %
-of its area is base/vertex, the rest mid-head.
+of its area is base/vertex, the rest mid-head. A last figure per study is the volume (mL) of
+intracranial soft tissue at 90-160 HU 1-6 mm from bone: what the model's false positives on the
+real study were (mean HU 95-160, a median 1-6 mm from bone).
 
     PYTHONPATH=. python bench/generator_realism.py --seeds 1 2 3 4 5 6 [--write-docs]
 """
@@ -30,6 +32,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, section_text, update_docs  # also puts the repo on sys.path
 
+from ichnet_core.imaging.measure import voxel_volumes_ml
 from ichnet_core.synthetic import SyntheticConfig, generate_case
 from training.real_ct import read_series
 
@@ -37,6 +40,9 @@ REAL_DEFAULT: Final[Path] = REPO_ROOT.parent / "shared" / "data" / "real" / "hea
 BONE_HU: Final[float] = 500.0
 SOFT_MIN_HU: Final[float] = -50.0
 BRIGHT_HU: Final[float] = 90.0
+#: What the model's false positives on the real study were: mean HU 95-160, 1-6 mm from bone.
+BLOOD_LIKE_HU: Final[tuple[float, float]] = (90.0, 160.0)
+BLOOD_LIKE_MM: Final[tuple[float, float]] = (1.0, 6.0)
 BANDS_MM: Final[tuple[tuple[float, float], ...]] = ((0, 2), (2, 4), (4, 8), (8, 20), (20, 500))
 REGIONS: Final[tuple[str, ...]] = ("base", "middle", "vertex")
 #: A slice is base or vertex when its intracranial area is under this share of the largest.
@@ -54,11 +60,15 @@ def _enclosed(bone: np.ndarray) -> np.ndarray:
     return out
 
 
+Samples = dict[str, list[tuple[np.ndarray, np.ndarray, float]]]
+
+
 def band_samples(
-    hu: np.ndarray, pixel_spacing: tuple[float, float]
-) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """Per region, (HU, distance to bone mm) of the intracranial soft tissue of each slice."""
-    per_slice: list[tuple[np.ndarray, np.ndarray] | None] = []
+    hu: np.ndarray, pixel_spacing: tuple[float, float], voxel_ml: np.ndarray
+) -> Samples:
+    """Per region, (HU, distance to bone mm, voxel mL) of the intracranial soft tissue of each
+    slice."""
+    per_slice: list[tuple[np.ndarray, np.ndarray, float] | None] = []
     areas = np.zeros(hu.shape[0])
     for k, image in enumerate(hu):
         bone = image >= BONE_HU
@@ -70,10 +80,10 @@ def band_samples(
         sizes = ndimage.sum(inside, labelled, range(1, count + 1))
         inside = labelled == int(np.argmax(sizes)) + 1
         distance = ndimage.distance_transform_edt(~bone, sampling=pixel_spacing)
-        per_slice.append((image[inside], distance[inside]))
+        per_slice.append((image[inside], distance[inside], float(voxel_ml[k])))
         areas[k] = inside.sum()
     largest = int(np.argmax(areas))
-    out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {r: [] for r in REGIONS}
+    out: Samples = {r: [] for r in REGIONS}
     for k, item in enumerate(per_slice):
         if item is None or areas[k] < MIN_AREA_SHARE * areas[largest]:
             continue
@@ -83,7 +93,26 @@ def band_samples(
     return out
 
 
-def band_table(samples: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, list[str]]:
+def blood_like_ml(samples: Samples) -> dict[str, float]:
+    """Per region, mL of intracranial soft tissue that looks like the model's false positives
+    (90-160 HU, 1-6 mm from bone)."""
+    out = {}
+    for region in REGIONS:
+        total = 0.0
+        for values, dist, ml in samples[region]:
+            hit = (values >= BLOOD_LIKE_HU[0]) & (values <= BLOOD_LIKE_HU[1])
+            hit &= (dist >= BLOOD_LIKE_MM[0]) & (dist <= BLOOD_LIKE_MM[1])
+            total += float(hit.sum()) * ml
+        out[region] = total
+    return out
+
+
+def blood_like_text(ml: dict[str, float]) -> str:
+    cells = ", ".join(f"{r} {v:5.1f}" for r, v in ml.items())
+    return f"{cells}, total {sum(ml.values()):5.1f} mL"
+
+
+def band_table(samples: Samples) -> dict[str, list[str]]:
     """Per region, one cell per band: ``median/p90/p99 bright%``."""
     table: dict[str, list[str]] = {}
     for region in REGIONS:
@@ -106,9 +135,7 @@ def band_table(samples: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> dict[
     return table
 
 
-def merge(
-    many: Sequence[dict[str, list[tuple[np.ndarray, np.ndarray]]]],
-) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+def merge(many: Sequence[Samples]) -> Samples:
     return {r: [item for s in many for item in s[r]] for r in REGIONS}
 
 
@@ -134,8 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.append(text)
 
     real = read_series(args.real)
+    real_samples = band_samples(real.hu, real.pixel_spacing, real.voxel_volumes_ml())
+    emit(table_text(f"real {args.real.name}", band_table(real_samples)))
     emit(
-        table_text(f"real {args.real.name}", band_table(band_samples(real.hu, real.pixel_spacing)))
+        f"  blood-like (90-160 HU, 1-6 mm from bone): {blood_like_text(blood_like_ml(real_samples))}"
     )
     after = SyntheticConfig(rows=args.matrix, columns=args.matrix)
     before = after.without_realism()
@@ -143,14 +172,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = []
         for seed in args.seeds:
             case = generate_case(seed, config, hemorrhage=False)
-            runs.append(band_samples(case.hu, case.pixel_spacing))
+            voxel_ml = voxel_volumes_ml(case.pixel_spacing, case.slice_extents_mm())
+            runs.append(band_samples(case.hu, case.pixel_spacing, voxel_ml))
         title = f"\nsynthetic {name}, {args.matrix} matrix, negatives, seeds {args.seeds}"
         emit(table_text(title, band_table(merge(runs))))
         # Domain randomisation: the real study should lie inside the spread of the cases.
-        emit("  per case, 2-4 mm cell of middle | vertex:")
+        emit("  per case, 2-4 mm cell of middle | vertex | blood-like mL (90-160 HU, 1-6 mm):")
         for seed, run in zip(args.seeds, runs, strict=True):
             table = band_table(run)
-            emit(f"  seed {seed:3d}: {table['middle'][1]:>21s} | {table['vertex'][1]:>21s}")
+            emit(
+                f"  seed {seed:3d}: {table['middle'][1]:>21s} | {table['vertex'][1]:>21s} | "
+                + blood_like_text(blood_like_ml(run))
+            )
     if args.write_docs:
         notes = (
             "Cells: median/p90/p99 HU of intracranial soft tissue and % of it at 90-500 HU "
