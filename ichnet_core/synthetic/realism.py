@@ -24,7 +24,7 @@ base       8-20 mm  37 / 78, 9.1 %    35 / 50, 0.0 %    37 / 55, 1.0 %
 
 The figure closest to the false positives themselves, intracranial soft tissue at 90-160 HU
 1-6 mm from bone: 27.0 mL in the real study; 1.4-11.3 mL (median 2.3) per synthetic negative
-before, 4.1-76.8 mL (median 28) after, so the real study now lies inside the generator's range.
+before, 4.1-76.8 mL (median 29) after, so the real study now lies inside the generator's range.
 
 The base slices still fall short: there the real study's bright pixels away from bone are the
 irregular bone of the sella (clinoids, dorsum) and the ridged orbital roofs cut through, which
