@@ -121,7 +121,7 @@ class NodeService:
         self.layout = config.node.layout
         storage_dir = self.layout.root
         restrict_storage_dir(storage_dir)
-        self.audit = AuditLog.for_storage_dir(storage_dir)
+        self.audit = AuditLog.for_storage_dir(storage_dir, config.logging.audit_syslog)
         self.weights = weights or load_weights(config.model.weights, config.model.weights_sha256)
         self.engine = engine or node_engine(config, self.weights)
         self.store = InstanceStore(storage_dir)
