@@ -34,7 +34,12 @@ from dicom_node.results import RESULT_JSON_NAME, write_result
 from dicom_node.selection import select_series
 from dicom_node.service import NodeService
 from dicom_node.triton_engine import node_engine
-from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
+from dicom_node.workflow import (
+    SeriesSkipped,
+    analyse_series,
+    read_datasets,
+    series_size_problem,
+)
 from ichnet_core.durable import write_atomic
 from ichnet_core.inference.base import EngineName, EngineTransientError, EngineUnavailableError
 from ichnet_core.models.weights import WeightsError, load_weights
@@ -202,7 +207,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if not input_dir.is_dir():
         return _fail(f"input folder {input_dir} does not exist")
     files = [p for p in input_dir.rglob("*") if p.is_file()]
-    datasets, unreadable = read_datasets(files)
+    # Headers first: the series is chosen, checked and sized before any pixel data is read.
+    datasets, unreadable = read_datasets(files, headers_only=True)
     for line in unreadable:
         logger.info("ignoring %s", line)
     if not datasets:
@@ -221,6 +227,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     selection = select_series(datasets, config.selection)
     if not selection.accepted:
         return _fail(f"series not analysed: {selection.reason}")
+    too_large = series_size_problem(datasets, config.limits.max_series_voxels)
+    if too_large is not None:
+        return _fail(f"series not analysed: {too_large}")
+    datasets, unreadable = read_datasets(Path(ds.filename) for ds in datasets)
+    if unreadable:
+        return _fail(f"series not analysed: {'; '.join(unreadable)}")
     try:
         weights = load_weights(config.model.weights, config.model.weights_sha256)
         engine = node_engine(config, weights, args.engine)

@@ -227,6 +227,11 @@ class LimitsSection(_Section):
     max_instance_bytes: PositiveInt = 256 * 1024 * 1024
     #: Largest Rows x Columns of one frame, checked from the header.
     max_frame_pixels: PositiveInt = 2048 * 2048
+    #: Largest series analysed, in voxels (Rows x Columns x frames summed over its instances),
+    #: checked from the headers before any pixel data is read. One job's memory grows with it
+    #: (about 10 bytes a voxel: stored pixels, HU volume, labels, SEG); 400 x 512 x 512 keeps a
+    #: job within 2 GB (bench/memory_budget.py). A larger series is skipped with the reason.
+    max_series_voxels: PositiveInt = 400 * 512 * 512
 
 
 class SeriesSection(_Section):

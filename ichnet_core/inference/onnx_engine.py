@@ -32,6 +32,7 @@ from ichnet_core.inference.base import DEFAULT_CHUNK_SLICES, EngineName, EngineU
 from ichnet_core.inference.pipeline import PipelineEngine
 from ichnet_core.inference.staged import (
     DEFAULT_SKIP_CACHE_BYTES,
+    ChunkSink,
     NetworkOutput,
     check_input,
     run_staged,
@@ -208,8 +209,9 @@ class OnnxRuntimeEngine(PipelineEngine):
         device = "cuda" if CUDA_PROVIDER in self.active_providers else "cpu"
         return f"onnxruntime {device} fp32"
 
-    def run_network(self, x: np.ndarray) -> NetworkOutput:
-        """Run the three graphs on a prepared input ``[S, 3, H, W]``.
+    def run_network(self, x: np.ndarray, sink: ChunkSink | None = None) -> NetworkOutput:
+        """Run the three graphs on a prepared input ``[S, 3, H, W]``; ``sink`` as in
+        :func:`~ichnet_core.inference.staged.run_staged`.
 
         Raises
         ------
@@ -218,5 +220,9 @@ class OnnxRuntimeEngine(PipelineEngine):
         """
         check_input(x)
         return run_staged(
-            self._runner, x, chunk_slices=self.chunk_slices, skip_cache_bytes=self.skip_cache_bytes
+            self._runner,
+            x,
+            chunk_slices=self.chunk_slices,
+            skip_cache_bytes=self.skip_cache_bytes,
+            sink=sink,
         )
