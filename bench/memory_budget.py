@@ -6,10 +6,10 @@
 
 The series is a synthetic 512x512 head CT (``bench/memory.py``'s :func:`make_series`), written
 once to a temporary folder. Each engine runs in a fresh subprocess that follows the node's job
-path (``dicom_node.service``: ``read_datasets`` then the steps of ``analyse_series``) one stage at
-a time. Before each stage the kernel's high-water mark is reset (``5`` written to
-/proc/self/clear_refs), so the stage's ``VmHWM`` is its own peak; the job's peak is the largest
-of them. ``--train-config`` uses random weights of that config's architecture (e.g. the
+path (``dicom_node.service``: ``read_datasets`` then the steps of ``analyse_series`` and of
+``run_pipeline``) one stage at a time. Before each stage the kernel's high-water mark is reset
+(``5`` written to /proc/self/clear_refs), so the stage's ``VmHWM`` is its own peak; the job's
+peak is the largest of them. ``--train-config`` uses random weights of that config's architecture (e.g. the
 diagnostic-resolution model, 256 px at 1.0 mm), as ``bench/infer_real.py`` does; the default is
 the node's bundled weights. The budget (issue 10) is 2 GB (2048 MiB) for the whole job.
 """
@@ -64,6 +64,9 @@ def run_job(
     series_dir: Path, engine_name: str, weights_path: str | None, sha256: str | None
 ) -> dict[str, Any]:
     """The node's job path on ``series_dir`` with ``engine_name``; peak RSS per stage (MiB)."""
+    import numpy as np
+    from scipy.special import expit
+
     from dicom_node.config import SelectionSection
     from dicom_node.results import (
         ResultUids,
@@ -83,8 +86,9 @@ def run_job(
     )
     from ichnet_core.imaging.volume import build_volume
     from ichnet_core.inference.engine import create_engine
-    from ichnet_core.inference.pipeline import finalize, prepare_input
+    from ichnet_core.inference.pipeline import SourceLabels, prepare_input
     from ichnet_core.models.weights import load_weights
+    from ichnet_core.prediction import Prediction
 
     stages: list[dict[str, Any]] = []
     weights = load_weights(Path(weights_path) if weights_path else None, expected_sha256=sha256)
@@ -101,21 +105,20 @@ def run_job(
     if not selection.accepted:
         raise SystemExit(f"series refused: {selection.reason}")
     volume = _stage(stages, "volume (HU)", lambda: build_volume(datasets))
-    # Held in a dict so each is dropped when the job path drops it (after its next stage).
+    # As PipelineEngine.predict runs it (run_pipeline): the model input is dropped once the
+    # network has run, and the decoder's chunks go straight to SourceLabels (the sink).
     held: dict[str, Any] = {}
     held["x"], mapping = _stage(stages, "model input", lambda: prepare_input(volume, engine.grid))
-    held["output"] = _stage(stages, "network", lambda: engine.run_network(held.pop("x")))
-    prediction = _stage(
-        stages,
-        "labels at source",
-        lambda: finalize(
-            volume,
-            mapping,
-            held["output"].seg_probs,
-            held["output"].slice_logits,
-            held.pop("output").subject_logits,
-            keep_probabilities=False,
-        ),
+    decided = SourceLabels(volume.num_slices, mapping)
+    output = _stage(
+        stages, "network + labels", lambda: engine.run_network(held.pop("x"), decided.add)
+    )
+    labels, compartments = decided.result()
+    prediction = Prediction(
+        labels=labels,
+        slice_probabilities=expit(output.slice_logits).astype(np.float32),
+        subject_probabilities=expit(output.subject_logits).astype(np.float32),
+        compartments=compartments,
     )
     model = model_identity(weights)
     uids = ResultUids.new(volume.series_instance_uid, model, 1)
