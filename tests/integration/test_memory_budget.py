@@ -77,4 +77,7 @@ def test_a_long_512_series_is_analysed_within_two_gigabytes(
     assert returncode == 0, run.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert len(result["slices"]) == len(list(series.iterdir()))
+    print(
+        f"ichnet-node infer, {len(result['slices'])} slices 512x512: peak RSS {peak / 2**20:.0f} MiB"
+    )
     assert peak <= BUDGET_BYTES, f"peak RSS {peak / 2**20:.0f} MiB over the 2048 MiB budget"
