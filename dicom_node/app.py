@@ -180,7 +180,7 @@ def start(
     ae = build_ae(config)
     node = config.node
     ssl_context = server_context(node.tls) if node.tls is not None else None
-    audit = audit or AuditLog.for_storage_dir(node.storage_dir)
+    audit = audit or AuditLog.for_storage_dir(node.storage_dir, config.logging.audit_syslog)
     monitor = monitor or ReceiveMonitor(metrics)
     if monitor.audit is None:
         monitor.audit = audit  # every association is audited, whoever built the monitor

@@ -23,6 +23,10 @@ written, a power cut at worst the last moments (as the job queue's per-instance 
 instance files themselves are fsynced before success is returned). An audit line that cannot
 be written is logged as an error and does not refuse the work it describes: the node's
 storage-protection watermark refuses work well before the disk is full.
+
+With ``logging.audit_syslog`` each record is also sent as an RFC 5424 syslog message
+(:mod:`dicom_node.log_format`) after it was written to the file; the file stays the complete
+record, the collector a copy for the hospital's SIEM or audit repository.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
+from dicom_node.config import AuditSyslogSection
 from dicom_node.layout import StorageLayout
+from dicom_node.log_format import audit_severity, audit_syslog_logger
 from dicom_node.storage import PRIVATE_FILE_MODE, make_private_dirs
 
 logger = logging.getLogger(__name__)
@@ -71,17 +77,34 @@ class AuditLog:
         Its folder is created 0700 and the file 0600 on the first record.
     clock:
         Time source of the ``time`` key (timezone-aware UTC).
+    syslog:
+        Also send each record there (:func:`dicom_node.log_format.audit_syslog_logger`).
     """
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        syslog: logging.Logger | None = None,
+    ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
+        self._syslog = syslog
 
     @classmethod
-    def for_storage_dir(cls, storage_dir: str | Path) -> AuditLog:
-        """The audit trail of the node whose ``node.storage_dir`` is ``storage_dir``."""
-        return cls(StorageLayout(Path(storage_dir)).audit_log)
+    def for_storage_dir(
+        cls, storage_dir: str | Path, syslog: AuditSyslogSection | None = None
+    ) -> AuditLog:
+        """The audit trail of the node whose ``node.storage_dir`` is ``storage_dir``, also sent
+        to ``syslog`` (the config's ``logging.audit_syslog``) when given."""
+        sender = (
+            audit_syslog_logger(syslog.host, syslog.port, syslog.facility, syslog.app_name)
+            if syslog is not None
+            else None
+        )
+        return cls(StorageLayout(Path(storage_dir)).audit_log, syslog=sender)
 
     def record(
         self,
@@ -132,12 +155,16 @@ class AuditLog:
             entry["sop_instance_uids"] = list(sop_instance_uids)
         entry["status"] = f"0x{status:04X}" if isinstance(status, int) else status
         entry["reason"] = reason
-        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+        text = json.dumps(entry, ensure_ascii=False)
         try:
             with self._lock:
-                self._append(line)
+                self._append((text + "\n").encode("utf-8"))
         except OSError as exc:
-            logger.error("cannot write the audit trail %s (%s): lost %s", self.path, exc, line)
+            logger.error("cannot write the audit trail %s (%s): lost %s", self.path, exc, text)
+        if self._syslog is not None:
+            # SysLogHandler reports its own send errors (handleError) and never raises.
+            event_name = str(entry["event"])
+            self._syslog.log(audit_severity(event_name), "%s", text, extra={"msgid": event_name})
 
     def _append(self, line: bytes) -> None:
         if not self.path.parent.is_dir():

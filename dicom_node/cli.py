@@ -29,11 +29,17 @@ from dicom_node.job_control import (
     show_lines,
 )
 from dicom_node.jobs import JobStoreError
+from dicom_node.log_format import JsonFormatter
 from dicom_node.results import RESULT_JSON_NAME, write_result
 from dicom_node.selection import select_series
 from dicom_node.service import NodeService
 from dicom_node.triton_engine import node_engine
-from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
+from dicom_node.workflow import (
+    SeriesSkipped,
+    analyse_series,
+    read_datasets,
+    series_size_problem,
+)
 from ichnet_core.durable import write_atomic
 from ichnet_core.inference.base import EngineName, EngineTransientError, EngineUnavailableError
 from ichnet_core.models.weights import WeightsError, load_weights
@@ -52,18 +58,29 @@ ENGINE_CHOICES = tuple(name.value for name in EngineName)
 _CHATTY_LOGGERS = ("pynetdicom", "highdicom")
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """Log lines with time, level and module; only the CLI configures logging.
+#: The text format of log lines; ``logging.format: json`` writes JSON objects instead.
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_LOG_HANDLER_NAME = "ichnet-node"
+
+
+def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
+    """Log lines with time, level and module, or JSON objects (``logging.format: json``,
+    :class:`~dicom_node.log_format.JsonFormatter`); only the CLI configures logging.
 
     Library warnings (e.g. highdicom's remarks on a source's PatientName) go to the log too, and
-    chatty libraries are held at WARNING unless DEBUG was asked for.
+    chatty libraries are held at WARNING unless DEBUG was asked for. A second call (``serve``
+    once its config is read) changes the format of the handler the first one installed.
     """
     numeric = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(
-        level=numeric,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT)
+    ours = [h for h in logging.getLogger().handlers if h.get_name() == _LOG_HANDLER_NAME]
+    for handler in ours:
+        handler.setFormatter(formatter)
+    if not ours:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.set_name(_LOG_HANDLER_NAME)
+        handler.setFormatter(formatter)
+        logging.basicConfig(level=numeric, handlers=[handler])  # no-op where a host set up logging
     logging.getLogger().setLevel(numeric)
     logging.captureWarnings(True)
     for name in _CHATTY_LOGGERS:
@@ -157,8 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"{args.config}: {problem}", file=sys.stderr)
         return EXIT_UNUSABLE
-    if args.log_level is None:
-        setup_logging(config.logging.level)
+    setup_logging(args.log_level or config.logging.level, config.logging.format)
     # Everything the node writes is patient data or about it (DESIGN.md: files 0600,
     # directories 0700); the modules set those modes, and the umask covers what a library
     # writes on its own (engine caches, SQLite's side files).
@@ -191,7 +207,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if not input_dir.is_dir():
         return _fail(f"input folder {input_dir} does not exist")
     files = [p for p in input_dir.rglob("*") if p.is_file()]
-    datasets, unreadable = read_datasets(files)
+    # Headers first: the series is chosen, checked and sized before any pixel data is read.
+    datasets, unreadable = read_datasets(files, headers_only=True)
     for line in unreadable:
         logger.info("ignoring %s", line)
     if not datasets:
@@ -210,6 +227,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     selection = select_series(datasets, config.selection)
     if not selection.accepted:
         return _fail(f"series not analysed: {selection.reason}")
+    too_large = series_size_problem(datasets, config.limits.max_series_voxels)
+    if too_large is not None:
+        return _fail(f"series not analysed: {too_large}")
+    datasets, unreadable = read_datasets(Path(ds.filename) for ds in datasets)
+    if unreadable:
+        return _fail(f"series not analysed: {'; '.join(unreadable)}")
     try:
         weights = load_weights(config.model.weights, config.model.weights_sha256)
         engine = node_engine(config, weights, args.engine)
@@ -251,7 +274,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     os.umask(0o077)
     try:
-        storage = NodeStorage.open(Path(config.node.storage_dir))
+        storage = NodeStorage.open(Path(config.node.storage_dir), config.logging.audit_syslog)
     except (JobControlError, JobStoreError, OSError) as exc:
         return _fail(str(exc))
     try:

@@ -227,6 +227,11 @@ class LimitsSection(_Section):
     max_instance_bytes: PositiveInt = 256 * 1024 * 1024
     #: Largest Rows x Columns of one frame, checked from the header.
     max_frame_pixels: PositiveInt = 2048 * 2048
+    #: Largest series analysed, in voxels (Rows x Columns x frames summed over its instances),
+    #: checked from the headers before any pixel data is read. One job's memory grows with it
+    #: (about 10 bytes a voxel: stored pixels, HU volume, labels, SEG); 400 x 512 x 512 keeps a
+    #: job within 2 GB (bench/memory_budget.py). A larger series is skipped with the reason.
+    max_series_voxels: PositiveInt = 400 * 512 * 512
 
 
 class SeriesSection(_Section):
@@ -401,8 +406,36 @@ class StorageSection(_Section):
     retention_interval_s: Annotated[float, Field(gt=0)] = 600.0
 
 
+class AuditSyslogSection(_Section):
+    """Where the audit trail is also sent, as RFC 5424 syslog over UDP (``log_format.py``)."""
+
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 514
+    #: Syslog facility name; authpriv (10) is where security/authorization events belong.
+    facility: Literal[
+        "auth",
+        "authpriv",
+        "daemon",
+        "local0",
+        "local1",
+        "local2",
+        "local3",
+        "local4",
+        "local5",
+        "local6",
+        "local7",
+        "user",
+    ] = "authpriv"
+    #: RFC 5424 APP-NAME of the messages.
+    app_name: str = "ichnet-node"
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: text: one readable line per record; json: one JSON object per record (``log_format.py``).
+    format: Literal["text", "json"] = "text"
+    #: Also send every audit record to this syslog collector; ``None``: the audit file only.
+    audit_syslog: AuditSyslogSection | None = None
 
 
 class NodeConfig(_Section):

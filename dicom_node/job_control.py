@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dicom_node.audit import AuditLog
+from dicom_node.config import AuditSyslogSection
 from dicom_node.jobs import Job, JobState, JobStore, UnknownJobError
 from dicom_node.layout import StorageLayout
 from dicom_node.outbox import Outbox, pending_files
@@ -43,8 +44,9 @@ class NodeStorage:
     kept_results: Outbox
 
     @classmethod
-    def open(cls, storage_dir: Path) -> NodeStorage:
-        """Open the node's storage; refuses a folder that holds no job database."""
+    def open(cls, storage_dir: Path, syslog: AuditSyslogSection | None = None) -> NodeStorage:
+        """Open the node's storage; refuses a folder that holds no job database. Operator
+        actions are audited like the node's own, to ``syslog`` too when given."""
         database = StorageLayout(Path(storage_dir)).jobs_db
         if not database.is_file():
             raise JobControlError(
@@ -52,7 +54,9 @@ class NodeStorage:
                 "of this config the node's?"
             )
         return cls(
-            JobStore.for_storage_dir(storage_dir, audit=AuditLog.for_storage_dir(storage_dir)),
+            JobStore.for_storage_dir(
+                storage_dir, audit=AuditLog.for_storage_dir(storage_dir, syslog)
+            ),
             InstanceStore(storage_dir),
             Outbox.for_storage_dir(storage_dir),
             Outbox.kept_results(storage_dir),

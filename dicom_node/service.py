@@ -65,7 +65,12 @@ from dicom_node.study_selection import StudySelector
 from dicom_node.tls import client_context
 from dicom_node.transport import GuardedAssociationServer
 from dicom_node.triton_engine import node_engine
-from dicom_node.workflow import SeriesSkipped, analyse_series, read_datasets
+from dicom_node.workflow import (
+    SeriesSkipped,
+    analyse_series,
+    read_datasets,
+    series_size_problem,
+)
 from ichnet_core.inference.base import EngineTransientError, InferenceEngine
 from ichnet_core.models.weights import ModelWeights, load_weights
 
@@ -121,7 +126,7 @@ class NodeService:
         self.layout = config.node.layout
         storage_dir = self.layout.root
         restrict_storage_dir(storage_dir)
-        self.audit = AuditLog.for_storage_dir(storage_dir)
+        self.audit = AuditLog.for_storage_dir(storage_dir, config.logging.audit_syslog)
         self.weights = weights or load_weights(config.model.weights, config.model.weights_sha256)
         self.engine = engine or node_engine(config, self.weights)
         self.store = InstanceStore(storage_dir)
@@ -486,6 +491,11 @@ class NodeService:
         decision = self.selector.decide(job)
         if not decision.analyse:
             self.jobs.mark_skipped(job.id, decision.reason)
+            return
+        headers, _ = read_datasets(paths, headers_only=True)
+        too_large = series_size_problem(headers, self.config.limits.max_series_voxels)
+        if too_large is not None:
+            self.jobs.mark_skipped(job.id, too_large)
             return
         peer = self.config.peer(job.calling_ae)
         outputs = peer.outputs if peer is not None else Peer.model_fields["outputs"].default

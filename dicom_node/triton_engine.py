@@ -35,7 +35,7 @@ from ichnet_core.inference.base import (
     NetworkEngine,
 )
 from ichnet_core.inference.pipeline import PipelineEngine
-from ichnet_core.inference.staged import NetworkOutput, check_input
+from ichnet_core.inference.staged import ChunkSink, NetworkOutput, check_input, to_sink
 from ichnet_core.serving.triton_model import INPUT_NAME, OUTPUT_NAMES
 
 if TYPE_CHECKING:
@@ -135,8 +135,9 @@ class TritonEngine(PipelineEngine):
             )
         self._verified = True
 
-    def run_network(self, x: np.ndarray) -> NetworkOutput:
-        """Send ``x [S, 3, H, W]`` to Triton; the three outputs of the staged network.
+    def run_network(self, x: np.ndarray, sink: ChunkSink | None = None) -> NetworkOutput:
+        """Send ``x [S, 3, H, W]`` to Triton; the three outputs of the staged network (the
+        probabilities come in one message; ``sink`` gets them in one call, see ``to_sink``).
 
         Raises
         ------
@@ -166,7 +167,7 @@ class TritonEngine(PipelineEngine):
             client_timeout=self.settings.timeout_s,
         )
         seg_probs, slice_logits, subject_logits = (result.as_numpy(n) for n in OUTPUT_NAMES)
-        return NetworkOutput(seg_probs, slice_logits, subject_logits)
+        return to_sink(NetworkOutput(seg_probs, slice_logits, subject_logits), sink)
 
 
 def node_engine(

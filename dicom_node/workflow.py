@@ -34,6 +34,7 @@ from dicom_node.results import (
 from dicom_node.results.comparison import PriorResult, compare, study_datetime
 from dicom_node.results.sc import build_key_images
 from dicom_node.selection import SelectionResult, select_series
+from ichnet_core.imaging.pixels import PixelDataError, number_of_frames
 from ichnet_core.imaging.volume import Volume, VolumeError, build_volume
 from ichnet_core.inference.engine import InferenceEngine
 from ichnet_core.models.weights import ModelWeights
@@ -103,6 +104,29 @@ def read_datasets(
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             problems.append(f"{path.name}: not readable as DICOM ({exc})")
     return datasets, problems
+
+
+def series_size_problem(headers: Sequence[Dataset], max_voxels: int) -> str | None:
+    """Why a series is too large to analyse within one job's memory budget, or ``None``.
+
+    Counted from the headers (``read_datasets(..., headers_only=True)``) so a series that is
+    refused never has its pixel data read: ``limits.max_series_voxels`` bounds everything a
+    job allocates in proportion to the series (stored pixels, HU volume, labels, the SEG).
+    """
+    voxels = 0
+    for ds in headers:
+        try:
+            frames = number_of_frames(ds)
+        except PixelDataError:
+            frames = 1  # the volume builder names the damaged value; only the size counts here
+        voxels += int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * frames
+    if voxels <= max_voxels:
+        return None
+    return (
+        f"skipped: the series has {voxels} voxels ({len(headers)} instances), more than "
+        f"limits.max_series_voxels {max_voxels} (one job's memory budget; counted from the "
+        "headers, no pixel data read)"
+    )
 
 
 def _series_number(source: Dataset, base: int) -> int:

@@ -147,6 +147,17 @@ _COMPARTMENTS: Final[dict[str, SegmentSpec]] = {
 }
 
 
+def _present_values(volume: np.ndarray) -> set[int]:
+    """The values occurring in a uint8 ``volume``, counted a slice at a time.
+
+    ``np.unique`` would sort a copy of the whole volume; per-slice counts stay a few MB.
+    """
+    counts = np.zeros(256, dtype=np.int64)
+    for plane in volume:
+        counts += np.bincount(plane.ravel(), minlength=256)
+    return set(np.flatnonzero(counts).tolist())
+
+
 def segment_layout(prediction: Prediction) -> tuple[SegmentSpec, ...]:
     """The segments of the SEG of ``prediction``, in segment-number order.
 
@@ -155,7 +166,7 @@ def segment_layout(prediction: Prediction) -> tuple[SegmentSpec, ...]:
     """
     if prediction.compartments is None:
         return (_HEMORRHAGE, _BRAIN)
-    present = set(np.unique(prediction.compartments).tolist())
+    present = _present_values(prediction.compartments)
     names = [name for name in SUBTYPES if 1 + SUBTYPES.index(name) in present]
     if not names:
         return (_HEMORRHAGE, _BRAIN)
@@ -168,9 +179,28 @@ def content_description(model: ModelIdentity) -> str:
     return f"ICHNet research output; {model.training_data_note}"
 
 
+def segment_label_map(
+    prediction: Prediction, layout: tuple[SegmentSpec, ...] | None = None
+) -> np.ndarray:
+    """``(S, rows, columns)`` uint8: each voxel's segment number (:func:`segment_layout`), 0 none.
+
+    The segments never overlap, so one label map holds them all. It is what highdicom is given:
+    a 4D stack of boolean masks makes highdicom sum it over the segment axis into an int64
+    volume to test for overlap (about 600 MB for 300 slices of 512x512), a label map needs only
+    its maximum; the SEG it writes is the same.
+    """
+    layout = segment_layout(prediction) if layout is None else layout
+    label_map = np.zeros(prediction.labels.shape, dtype=np.uint8)
+    for spec in layout:
+        label_map[spec.mask(prediction)] = spec.number
+    return label_map
+
+
 def segment_masks(prediction: Prediction) -> np.ndarray:
     """``(S, rows, columns, n)`` bool masks in segment-number order (:func:`segment_layout`)."""
-    return np.stack([spec.mask(prediction) for spec in segment_layout(prediction)], axis=-1)
+    layout = segment_layout(prediction)
+    label_map = segment_label_map(prediction, layout)
+    return np.stack([label_map == spec.number for spec in layout], axis=-1)
 
 
 def hemorrhage_segments(seg: Dataset) -> dict[str, int]:
@@ -244,10 +274,9 @@ def build_seg(
     check_prediction(volume, prediction)
     sources = prepare_source_headers(volume.datasets)
     layout = segment_layout(prediction)
-    masks = segment_masks(prediction)
-    empty_segments = [
-        spec.number for index, spec in enumerate(layout) if not masks[..., index].any()
-    ]
+    label_map = segment_label_map(prediction, layout)
+    present = _present_values(label_map)
+    empty_segments = [spec.number for spec in layout if spec.number not in present]
     algorithm = segmentation_algorithm(model)
     descriptions = [
         hd.seg.SegmentDescription(
@@ -267,7 +296,7 @@ def build_seg(
     now = content_datetime if content_datetime is not None else datetime.datetime.now()
     seg = hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=masks,
+        pixel_array=label_map,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series_instance_uid,

@@ -16,7 +16,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # imaging.volume imports pydicom; engines must import without it (GPU bench)
     from ichnet_core.imaging.volume import Volume
-    from ichnet_core.inference.staged import NetworkOutput
+    from ichnet_core.inference.staged import ChunkSink, NetworkOutput
     from ichnet_core.models.weights import ModelWeights
     from ichnet_core.prediction import Prediction
 
@@ -86,7 +86,7 @@ class NetworkEngine(InferenceEngine, Protocol):
     @property
     def description(self) -> str: ...
 
-    def run_network(self, x: np.ndarray) -> NetworkOutput: ...
+    def run_network(self, x: np.ndarray, sink: ChunkSink | None = None) -> NetworkOutput: ...
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from ichnet_core.inference.base import DEFAULT_CHUNK_SLICES, EngineName, EngineU
 from ichnet_core.inference.pipeline import PipelineEngine
 from ichnet_core.inference.staged import (
     DEFAULT_SKIP_CACHE_BYTES,
+    ChunkSink,
     NetworkOutput,
     check_input,
     run_staged,
@@ -62,20 +63,21 @@ def default_providers() -> list[str]:
     return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
 
 
-def _session_options(ort: Any, stage: Stage, threads: int | None) -> Any:
-    """Session options of one stage.
+def _session_options(ort: Any, threads: int | None) -> Any:
+    """Session options of every stage.
 
-    The recurrent stage's tensors grow with the slice count and it runs once per series, so it
-    runs without ONNX Runtime's CPU memory arena: the arena would keep the largest series' peak
-    for the life of the process (about 2 GB more for 150 slices at 256 input). The chunked
-    encoder and decoder see the same shapes every call, where the arena saves allocations.
+    No stage uses ONNX Runtime's CPU memory arena or memory patterns: the arena keeps the
+    largest allocation it ever made for the life of the process, on top of what the job holds.
+    The recurrent stage's tensors grow with the slice count (about 2 GB more for 150 slices at
+    256 input); the encoder and decoder arenas alone kept a 300-slice 512x512 job of the
+    256 px diagnostic model at 4.2 GB peak RSS, 2.65 GB without them
+    (bench/memory_budget.py), against the job budget of 2 GB.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = _ORT_LOG_ERRORS
-    if stage is Stage.RECURRENT:
-        options.enable_cpu_mem_arena = False
-        options.enable_mem_pattern = False
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
     if threads is not None:
         options.intra_op_num_threads = threads
     return options
@@ -179,7 +181,7 @@ class OnnxRuntimeEngine(PipelineEngine):
             sessions = {
                 stage: ort.InferenceSession(
                     str(exported.path(stage)),
-                    _session_options(ort, stage, threads),
+                    _session_options(ort, threads),
                     providers=self.providers,
                 )
                 for stage in Stage
@@ -208,8 +210,9 @@ class OnnxRuntimeEngine(PipelineEngine):
         device = "cuda" if CUDA_PROVIDER in self.active_providers else "cpu"
         return f"onnxruntime {device} fp32"
 
-    def run_network(self, x: np.ndarray) -> NetworkOutput:
-        """Run the three graphs on a prepared input ``[S, 3, H, W]``.
+    def run_network(self, x: np.ndarray, sink: ChunkSink | None = None) -> NetworkOutput:
+        """Run the three graphs on a prepared input ``[S, 3, H, W]``; ``sink`` as in
+        :func:`~ichnet_core.inference.staged.run_staged`.
 
         Raises
         ------
@@ -218,5 +221,9 @@ class OnnxRuntimeEngine(PipelineEngine):
         """
         check_input(x)
         return run_staged(
-            self._runner, x, chunk_slices=self.chunk_slices, skip_cache_bytes=self.skip_cache_bytes
+            self._runner,
+            x,
+            chunk_slices=self.chunk_slices,
+            skip_cache_bytes=self.skip_cache_bytes,
+            sink=sink,
         )

@@ -5,7 +5,9 @@ input and the way outputs become a :class:`~ichnet_core.prediction.Prediction` a
 here, so engine results can be compared one to one.
 
 Full-resolution arrays are produced a chunk of slices at a time: a 300-slice 512x512 series as
-three float32 class probabilities would otherwise need about 1 GB at once.
+three float32 class probabilities would otherwise need about 1 GB at once. The labels are decided
+as the network's decoder delivers each chunk (:class:`SourceLabels`), so not even the
+model-resolution probabilities of the whole series are held (600 MB at 256 px with compartments).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from ichnet_core.imaging.measure import label_volume_ml
 from ichnet_core.imaging.model_grid import ModelGrid, PlaneMapping, foreground_map
 from ichnet_core.imaging.windowing import NUM_WINDOWS, window_stack
-from ichnet_core.inference.staged import NetworkOutput
+from ichnet_core.inference.staged import ChunkSink, NetworkOutput
 from ichnet_core.labels import (
     HEMORRHAGE,
     NO_COMPARTMENT,
@@ -72,44 +74,104 @@ def prepare_input(volume: Volume, grid: ModelGrid) -> tuple[np.ndarray, PlaneMap
     return out, mapping
 
 
-def labels_at_source(
-    seg_probs: np.ndarray, mapping: PlaneMapping
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class labels (and compartments) at source resolution from model-resolution probabilities.
+class SourceLabels:
+    """Class labels (and compartments) at source resolution, filled a chunk of slices at a time.
 
     Probabilities, not labels, are upsampled before the decision, so a thin subdural rim keeps
-    its shape at source resolution. Source pixels outside the model window are non-brain.
+    its shape at source resolution. Source pixels outside the model window are non-brain. Each
+    slice is decided on its own, so chunks may come in any size (the engines' decoder chunks, a
+    :class:`~ichnet_core.inference.staged.ChunkSink`): the labels are the same as from the whole
+    series' probabilities at once, which then never have to exist.
 
     Parameters
     ----------
-    seg_probs:
-        ``[S, 3, h, w]`` softmax, or ``[S, 3 + 5, h, w]`` with the compartment softmax after it.
+    slices:
+        Slices of the series.
     mapping:
         Model window on the source slices.
-
-    Returns
-    -------
-    tuple
-        ``(S, rows, columns)`` uint8 classes, and ``(S, rows, columns)`` uint8 compartments
-        (``1 + SUBTYPES`` index on hemorrhage pixels, 0 elsewhere) or ``None`` without them.
     """
-    slices, channels = seg_probs.shape[:2]
-    rows, columns = mapping.source_shape
-    labels = np.empty((slices, rows, columns), dtype=np.uint8)
-    compartments = None
-    if channels > NUM_SEGMENTATION_CLASSES:
-        compartments = np.zeros((slices, rows, columns), dtype=np.uint8)
-    class_fill = np.zeros(NUM_SEGMENTATION_CLASSES, dtype=np.float32)
-    class_fill[NON_BRAIN] = 1.0
-    for start in _chunks(slices, PROCESSING_CHUNK_SLICES):
-        stop = start + PROCESSING_CHUNK_SLICES
-        chunk = seg_probs[start:stop]
-        classes = mapping.to_source(chunk[:, :NUM_SEGMENTATION_CLASSES], class_fill).argmax(axis=1)
-        labels[start:stop] = classes
-        if compartments is not None:
-            which = mapping.to_source(chunk[:, NUM_SEGMENTATION_CLASSES:]).argmax(axis=1) + 1
-            compartments[start:stop] = np.where(classes == HEMORRHAGE, which, NO_COMPARTMENT)
-    return labels, compartments
+
+    def __init__(self, slices: int, mapping: PlaneMapping) -> None:
+        self.slices = slices
+        self.mapping = mapping
+        self.labels = np.empty((slices, *mapping.source_shape), dtype=np.uint8)
+        self.compartments: np.ndarray | None = None
+        self._filled = 0
+        self._class_fill = np.zeros(NUM_SEGMENTATION_CLASSES, dtype=np.float32)
+        self._class_fill[NON_BRAIN] = 1.0
+
+    def add(self, start: int, stop: int, seg_probs: np.ndarray) -> None:
+        """Decide slices ``start:stop`` from their ``[stop - start, 3 (+5), h, w]`` softmax.
+
+        Raises
+        ------
+        ValueError
+            Chunks out of order, or probabilities that do not fit the series.
+        """
+        channels = (NUM_SEGMENTATION_CLASSES, NUM_SEGMENTATION_CLASSES + NUM_COMPARTMENTS)
+        if (
+            start != self._filled
+            or not start < stop <= self.slices
+            or seg_probs.ndim != 4
+            or seg_probs.shape[0] != stop - start
+            or seg_probs.shape[1] not in channels
+        ):
+            raise ValueError(
+                f"seg_probs must be [{stop - start}, {NUM_SEGMENTATION_CLASSES} or "
+                f"{channels[1]}, h, w] for slices {start}:{stop} of {self.slices} (next "
+                f"expected {self._filled}), got {seg_probs.shape}"
+            )
+        if seg_probs.shape[1] > NUM_SEGMENTATION_CLASSES and self.compartments is None:
+            self.compartments = np.zeros(self.labels.shape, dtype=np.uint8)
+        for offset in _chunks(stop - start, PROCESSING_CHUNK_SLICES):
+            chunk = seg_probs[offset : offset + PROCESSING_CHUNK_SLICES]
+            first = start + offset
+            last = first + chunk.shape[0]
+            classes = self.mapping.to_source(
+                chunk[:, :NUM_SEGMENTATION_CLASSES], self._class_fill
+            ).argmax(axis=1)
+            self.labels[first:last] = classes
+            if self.compartments is not None:
+                which = self.mapping.to_source(chunk[:, NUM_SEGMENTATION_CLASSES:]).argmax(axis=1)
+                self.compartments[first:last] = np.where(
+                    classes == HEMORRHAGE, which + 1, NO_COMPARTMENT
+                )
+        self._filled = stop
+
+    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(S, rows, columns)`` uint8 classes, and compartments (``1 + SUBTYPES`` index on
+        hemorrhage pixels, 0 elsewhere) or ``None`` without them.
+
+        Raises
+        ------
+        ValueError
+            When not every slice was added.
+        """
+        if self._filled != self.slices:
+            raise ValueError(f"labels of {self._filled} of {self.slices} slices were added")
+        return self.labels, self.compartments
+
+
+def labels_at_source(
+    seg_probs: np.ndarray, mapping: PlaneMapping
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class labels (and compartments) at source resolution from model-resolution probabilities
+    ``[S, 3 (+5), h, w]`` (see :class:`SourceLabels`)."""
+    labels = SourceLabels(seg_probs.shape[0], mapping)
+    labels.add(0, seg_probs.shape[0], seg_probs)
+    return labels.result()
+
+
+def _check_logits(slices: int, slice_logits: np.ndarray, subject_logits: np.ndarray) -> None:
+    if np.shape(slice_logits) != (slices, NUM_CLASSIFICATION_OUTPUTS):
+        raise ValueError(
+            f"slice_logits must be [{slices}, {NUM_CLASSIFICATION_OUTPUTS}], "
+            f"got {np.shape(slice_logits)}"
+        )
+    if np.shape(subject_logits) != (NUM_CLASSIFICATION_OUTPUTS,):
+        raise ValueError(
+            f"subject_logits must be [{NUM_CLASSIFICATION_OUTPUTS}], got {np.shape(subject_logits)}"
+        )
 
 
 def finalize(
@@ -159,56 +221,80 @@ def finalize(
             f"seg_probs must be [{slices}, {NUM_SEGMENTATION_CLASSES} or "
             f"{channels[1]}, h, w] for this volume, got {seg_probs.shape}"
         )
-    if slice_logits.shape != (slices, NUM_CLASSIFICATION_OUTPUTS):
-        raise ValueError(
-            f"slice_logits must be [{slices}, {NUM_CLASSIFICATION_OUTPUTS}], got {slice_logits.shape}"
-        )
-    if subject_logits.shape != (NUM_CLASSIFICATION_OUTPUTS,):
-        raise ValueError(
-            f"subject_logits must be [{NUM_CLASSIFICATION_OUTPUTS}], got {subject_logits.shape}"
-        )
+    _check_logits(slices, slice_logits, subject_logits)
+    labels, compartments = labels_at_source(seg_probs, mapping)
+    return _prediction(
+        labels,
+        compartments,
+        slice_logits,
+        subject_logits,
+        seg_probs if keep_probabilities else None,
+    )
+
+
+def _prediction(
+    labels: np.ndarray,
+    compartments: np.ndarray | None,
+    slice_logits: np.ndarray,
+    subject_logits: np.ndarray,
+    seg_probs: np.ndarray | None,
+) -> Prediction:
+    """The :class:`Prediction`; classification outputs go through a sigmoid."""
     from scipy.special import expit  # imported here: the engines must import without scipy
 
-    labels, compartments = labels_at_source(seg_probs, mapping)
     return Prediction(
         labels=labels,
         slice_probabilities=expit(slice_logits).astype(np.float32),
         subject_probabilities=expit(subject_logits).astype(np.float32),
-        segmentation_probabilities=seg_probs if keep_probabilities else None,
+        segmentation_probabilities=seg_probs,
         compartments=compartments,
     )
 
 
 def run_pipeline(
     volume: Volume,
-    run_network: Callable[[np.ndarray], NetworkOutput],
+    run_network: Callable[[np.ndarray, ChunkSink | None], NetworkOutput],
     grid: ModelGrid,
     *,
     keep_probabilities: bool,
 ) -> Prediction:
-    """:func:`prepare_input`, the engine's network, then :func:`finalize`: every engine's predict.
+    """:func:`prepare_input`, the engine's network, then the labels: every engine's predict.
+
+    Without ``keep_probabilities`` each decoded chunk becomes source-resolution labels as the
+    network delivers it (:class:`SourceLabels` as the network's sink), so the series'
+    model-resolution probabilities are never held whole; the labels are the same as
+    :func:`finalize`'s. The model input is dropped once the network has run.
 
     Parameters
     ----------
     volume:
         The series.
     run_network:
-        The engine's network on ``[S, 3, input_size, input_size]``.
+        The engine's network on ``[S, 3, input_size, input_size]``, with an optional
+        :class:`~ichnet_core.inference.staged.ChunkSink`.
     grid:
         The model's input geometry.
     keep_probabilities:
         Keep the model-resolution softmax in the prediction.
     """
     x, mapping = prepare_input(volume, grid)
-    output = run_network(x)
-    return finalize(
-        volume,
-        mapping,
-        output.seg_probs,
-        output.slice_logits,
-        output.subject_logits,
-        keep_probabilities=keep_probabilities,
-    )
+    if keep_probabilities:
+        output = run_network(x, None)
+        del x
+        return finalize(
+            volume,
+            mapping,
+            output.seg_probs,
+            output.slice_logits,
+            output.subject_logits,
+            keep_probabilities=True,
+        )
+    decided = SourceLabels(volume.num_slices, mapping)
+    output = run_network(x, decided.add)
+    del x
+    _check_logits(volume.num_slices, output.slice_logits, output.subject_logits)
+    labels, compartments = decided.result()
+    return _prediction(labels, compartments, output.slice_logits, output.subject_logits, None)
 
 
 class PipelineEngine:
@@ -231,7 +317,7 @@ class PipelineEngine:
         """Square in-plane size the network reads."""
         return self.grid.input_size
 
-    def run_network(self, x: np.ndarray) -> NetworkOutput:
+    def run_network(self, x: np.ndarray, sink: ChunkSink | None = None) -> NetworkOutput:
         raise NotImplementedError
 
     def predict(self, volume: Volume, *, keep_probabilities: bool = False) -> Prediction:

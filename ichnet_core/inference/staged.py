@@ -10,6 +10,9 @@ runtime) and :func:`run_staged` drives them identically:
 2. the recurrent stage (bidirectional ConvLSTM + classification heads) runs once over the whole
    series, since every slice's output depends on every other slice;
 3. the decoder runs on the same chunks; chunks whose skips were not kept are re-encoded first.
+   Each decoded chunk goes into the series' probability array or, given a ``sink``, straight to
+   the caller (the pipeline turns it into source-resolution labels at once, so the whole-series
+   probabilities, 600 MB for 300 slices of a 256 px model with compartments, never exist).
 
 Memory therefore stays bounded by the chunk size and the skip budget, whatever the slice count,
 and short series do not pay for the encoder twice.
@@ -17,7 +20,7 @@ and short series do not pay for the encoder twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
@@ -49,6 +52,19 @@ class NetworkOutput(NamedTuple):
     seg_probs: np.ndarray
     slice_logits: np.ndarray
     subject_logits: np.ndarray
+
+
+#: Receives each decoded chunk: ``(start, stop, probabilities [stop - start, C, H, W])``.
+ChunkSink = Callable[[int, int, np.ndarray], None]
+
+
+def to_sink(output: NetworkOutput, sink: ChunkSink | None) -> NetworkOutput:
+    """``output`` as :func:`run_staged` returns it for ``sink``: an engine that gets the whole
+    series' probabilities at once (Triton) hands them over in one call."""
+    if sink is None:
+        return output
+    sink(0, output.seg_probs.shape[0], output.seg_probs)
+    return output._replace(seg_probs=output.seg_probs[:0])
 
 
 class StageRunner(Protocol, Generic[FeatureT]):
@@ -91,6 +107,7 @@ def run_staged(
     *,
     chunk_slices: int,
     skip_cache_bytes: int = DEFAULT_SKIP_CACHE_BYTES,
+    sink: ChunkSink | None = None,
 ) -> NetworkOutput:
     """Run the three stages over a prepared series ``x`` ``[S, 3, H, W]``.
 
@@ -104,6 +121,9 @@ def run_staged(
         Slices per encoder/decoder call.
     skip_cache_bytes:
         Budget for skip features kept between the passes (0: always re-encode).
+    sink:
+        Receives each decoded chunk in slice order; the returned ``seg_probs`` then has zero
+        slices (``[0, C, H, W]``). ``None`` collects them into ``seg_probs``.
 
     Raises
     ------
@@ -139,8 +159,13 @@ def run_staged(
         skips_of_chunk = kept if kept is not None else runner.encode(x[start:stop])[:-1]
         decoded = runner.decode(skips_of_chunk, seq_out, start, stop)
         if seg_probs is None:  # channels come from the model: 3 classes (+ compartments)
-            seg_probs = np.empty((slices, decoded.shape[1], *x.shape[2:]), dtype=np.float32)
-        seg_probs[start:stop] = decoded
+            kept_slices = 0 if sink is not None else slices
+            seg_probs = np.empty((kept_slices, decoded.shape[1], *x.shape[2:]), dtype=np.float32)
+        if sink is not None:
+            sink(start, stop, decoded)
+        else:
+            seg_probs[start:stop] = decoded
+        del decoded, skips_of_chunk
     assert seg_probs is not None  # at least one chunk: check_input requires S >= 1
     return NetworkOutput(
         seg_probs=seg_probs,

@@ -61,6 +61,7 @@ from ichnet_core.inference.base import (
 from ichnet_core.inference.pipeline import PipelineEngine
 from ichnet_core.inference.staged import (
     DEFAULT_SKIP_CACHE_BYTES,
+    ChunkSink,
     NetworkOutput,
     check_input,
     run_staged,
@@ -407,8 +408,9 @@ class TensorRTEngine(PipelineEngine):
     def description(self) -> str:
         return f"tensorrt {self._trt.__version__} {self.gpu_name} {PRECISION}"
 
-    def run_network(self, x: np.ndarray) -> NetworkOutput:
-        """Run the three engines on a prepared input ``[S, 3, H, W]``.
+    def run_network(self, x: np.ndarray, sink: ChunkSink | None = None) -> NetworkOutput:
+        """Run the three engines on a prepared input ``[S, 3, H, W]``; ``sink`` as in
+        :func:`~ichnet_core.inference.staged.run_staged`.
 
         Raises
         ------
@@ -426,4 +428,5 @@ class TensorRTEngine(PipelineEngine):
                 x,
                 chunk_slices=self.chunk_slices,
                 skip_cache_bytes=self.skip_cache_bytes,
+                sink=sink,
             )

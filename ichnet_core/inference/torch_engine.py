@@ -41,6 +41,7 @@ from ichnet_core.inference.base import DEFAULT_CHUNK_SLICES, EngineName
 from ichnet_core.inference.pipeline import PipelineEngine
 from ichnet_core.inference.staged import (
     DEFAULT_SKIP_CACHE_BYTES,
+    ChunkSink,
     NetworkOutput,
     check_input,
     run_staged,
@@ -417,8 +418,9 @@ class TorchEngine(PipelineEngine):
         """Engine, device and settings, for logs and benchmark tables."""
         return f"torch {self.device.type} {self.settings.describe()}"
 
-    def run_network(self, x: np.ndarray) -> NetworkOutput:
-        """Run the network on a prepared input ``[S, 3, H, W]`` (one series).
+    def run_network(self, x: np.ndarray, sink: ChunkSink | None = None) -> NetworkOutput:
+        """Run the network on a prepared input ``[S, 3, H, W]`` (one series); ``sink`` as in
+        :func:`~ichnet_core.inference.staged.run_staged`.
 
         Raises
         ------
@@ -432,4 +434,5 @@ class TorchEngine(PipelineEngine):
                 x,
                 chunk_slices=self.chunk_slices,
                 skip_cache_bytes=self.skip_cache_bytes,
+                sink=sink,
             )

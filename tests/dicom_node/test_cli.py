@@ -295,3 +295,40 @@ def test_check_config_names_a_bad_selection_override(
         "regular expression (missing ), unterminated subpattern at position 11)",
         f"{path}: selection.exclude[0].kernel: unknown key (check its spelling and indentation)",
     ]
+
+
+def test_infer_refuses_a_series_over_the_voxel_limit_before_reading_pixels(
+    tmp_path: Path,
+    synthetic_head_study: Any,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """limits.max_series_voxels is decided from the headers: no pixel data read, no model."""
+    paths = synthetic_head_study.write(tmp_path / "study")["soft"]
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    voxels = len(paths) * int(first.Rows) * int(first.Columns)
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        f"node: {{storage_dir: {tmp_path / 'storage'}}}\nlimits: {{max_series_voxels: {voxels - 1}}}\n"
+    )
+    reads: list[bool] = []
+    real_dcmread = pydicom.dcmread
+
+    def counting_dcmread(*args: Any, **kwargs: Any) -> pydicom.Dataset:
+        reads.append(bool(kwargs.get("stop_before_pixels")))
+        return real_dcmread(*args, **kwargs)
+
+    with caplog.at_level(logging.INFO), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pydicom, "dcmread", counting_dcmread)
+        code = main(
+            ["infer", str(paths[0].parent), "--out", str(tmp_path / "out"), "--config", str(config)]
+        )
+    assert code == EXIT_UNUSABLE
+    error = capsys.readouterr().err
+    assert f"the series has {voxels} voxels ({len(paths)} instances)" in error
+    assert f"limits.max_series_voxels {voxels - 1}" in error
+    assert reads and all(reads), "pixel data was read before the refusal"
+    assert not [r for r in caplog.record_tuples if r[0].startswith(_MODEL_LOGGERS)]
+    assert not (tmp_path / "out").exists()
+    config.write_text(f"node: {{storage_dir: {tmp_path / 'storage'}}}\n")
+    assert main(["check-config", str(config)]) == EXIT_OK

@@ -117,6 +117,22 @@ def test_a_series_longer_than_max_slices_is_skipped_before_its_pixels_are_read(
     )
 
 
+def test_a_series_over_max_series_voxels_is_skipped_before_its_pixels_are_read(
+    make_service: Callable[..., NodeService], synthetic_head_study: Any
+) -> None:
+    soft = synthetic_head_study.soft
+    voxels = len(soft) * int(soft[0].Rows) * int(soft[0].Columns)
+    service = make_service(limits={"max_series_voxels": voxels - 1})
+    send_datasets(service, soft)
+    job = wait_for(lambda: (js := service.jobs.list_jobs()) and js[0].is_terminal and js[0], "job")
+    assert job.state is JobState.SKIPPED
+    assert job.reason == (
+        f"skipped: the series has {voxels} voxels ({len(soft)} instances), more than "
+        f"limits.max_series_voxels {voxels - 1} (one job's memory budget; counted from the "
+        "headers, no pixel data read)"
+    )
+
+
 def test_queue_metrics_are_served(make_service: Callable[..., NodeService]) -> None:
     service = make_service()
     send_datasets(service, non_head_series(2))

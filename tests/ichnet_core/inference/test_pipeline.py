@@ -13,8 +13,10 @@ from ichnet_core.imaging.volume import Volume
 from ichnet_core.imaging.windowing import window_stack
 from ichnet_core.inference.pipeline import (
     PROCESSING_CHUNK_SLICES,
+    SourceLabels,
     finalize,
     hemorrhage_volume_ml,
+    labels_at_source,
     prepare_input,
 )
 from ichnet_core.labels import BRAIN, HEMORRHAGE, NON_BRAIN, NUM_COMPARTMENTS
@@ -147,3 +149,25 @@ def test_diagnostic_grid_outside_the_window_is_non_brain(make_volume: VolumeFact
     inside[top : top + 32, left : left + 32] = True
     assert np.all(prediction.labels[:, inside] == BRAIN)
     assert np.all(prediction.labels[:, ~inside] == NON_BRAIN)
+
+
+def test_labels_decided_chunk_by_chunk_equal_the_whole_series_at_once(
+    make_volume: VolumeFactory,
+) -> None:
+    """What the engines' sink does (uneven chunks) gives the labels of :func:`labels_at_source`."""
+    volume = make_volume(slices=21, rows=64, columns=96)
+    rng = np.random.default_rng(3)
+    probs = rng.random((21, 3 + NUM_COMPARTMENTS, 32, 32), dtype=np.float32)
+    mapping = _mapping(volume, 32)
+    whole_labels, whole_compartments = labels_at_source(probs, mapping)
+    decided = SourceLabels(21, mapping)
+    with pytest.raises(ValueError, match="labels of 0 of 21"):
+        decided.result()
+    for start, stop in ((0, 5), (5, 19), (19, 21)):
+        decided.add(start, stop, probs[start:stop])
+    labels, compartments = decided.result()
+    np.testing.assert_array_equal(labels, whole_labels)
+    assert compartments is not None and whole_compartments is not None
+    np.testing.assert_array_equal(compartments, whole_compartments)
+    with pytest.raises(ValueError, match="next expected 0"):
+        SourceLabels(21, mapping).add(5, 10, probs[5:10])

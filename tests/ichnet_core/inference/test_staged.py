@@ -77,3 +77,25 @@ def test_rejects_bad_input(tiny_weights: ModelWeights) -> None:
         run_staged(runner, np.zeros((2, 1, 32, 32), dtype=np.float32), chunk_slices=2)
     with pytest.raises(ValueError, match="chunk_slices must be >= 1, got 0"):
         run_staged(runner, np.zeros((2, 3, 32, 32), dtype=np.float32), chunk_slices=0)
+
+
+def test_a_sink_gets_every_chunk_in_order_and_nothing_is_collected(
+    tiny_weights: ModelWeights,
+) -> None:
+    engine = TorchEngine(tiny_weights, device="cpu")
+    x = np.random.default_rng(1).random((10, 3, 32, 32), dtype=np.float32)
+    _, collected = _run(engine, x, chunk=4, budget=0)
+    received: list[tuple[int, int, np.ndarray]] = []
+    with torch.inference_mode():
+        streamed = run_staged(
+            CountingRunner(engine),
+            x,
+            chunk_slices=4,
+            skip_cache_bytes=0,
+            sink=lambda start, stop, probs: received.append((start, stop, probs.copy())),
+        )
+    assert [(start, stop) for start, stop, _ in received] == [(0, 4), (4, 8), (8, 10)]
+    np.testing.assert_array_equal(np.concatenate([p for *_, p in received]), collected.seg_probs)
+    assert streamed.seg_probs.shape == (0, *collected.seg_probs.shape[1:])
+    np.testing.assert_array_equal(streamed.slice_logits, collected.slice_logits)
+    np.testing.assert_array_equal(streamed.subject_logits, collected.subject_logits)
