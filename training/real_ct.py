@@ -29,7 +29,7 @@ from ichnet_core.imaging.measure import label_volume_ml
 from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.imaging.volume import Volume, build_volume
 from ichnet_core.inference.pipeline import hemorrhage_volume_ml, run_pipeline
-from ichnet_core.inference.staged import NetworkOutput
+from ichnet_core.inference.staged import ChunkSink, NetworkOutput, to_sink
 from ichnet_core.inference.torch_engine import TorchEngine
 from ichnet_core.labels import BRAIN, CLASS_NAMES, HEMORRHAGE, SUBTYPES
 from ichnet_core.models.ichnet import seg_probabilities
@@ -86,14 +86,15 @@ def normal_ct_figures(model: torch.nn.Module, grid: ModelGrid, volume: Volume) -
     """
     device = next(model.parameters()).device
 
-    def run_network(x: np.ndarray) -> NetworkOutput:
+    def run_network(x: np.ndarray, sink: ChunkSink | None) -> NetworkOutput:
         with torch.inference_mode():
             seg_logits, slice_logits, subject_logits = model(torch.from_numpy(x)[None].to(device))
-        return NetworkOutput(
+        output = NetworkOutput(
             seg_probabilities(seg_logits[0].float(), dim=1).cpu().numpy(),
             slice_logits[0].float().cpu().numpy(),
             subject_logits[0].float().cpu().numpy(),
         )
+        return to_sink(output, sink)  # the whole series in one call, like Triton
 
     prediction = run_pipeline(volume, run_network, grid, keep_probabilities=False)
     return {
