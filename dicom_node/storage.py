@@ -139,9 +139,13 @@ def check_uid(value: object, keyword: str) -> str:
     return text
 
 
-def make_private_dirs(directory: Path) -> None:
+def make_private_dirs(directory: Path, *, durable: bool = False) -> None:
     """Create ``directory`` and any missing parents with mode 0700 (``Path.mkdir(parents=True)``
-    would give the parents the umask's default, typically 0755)."""
+    would give the parents the umask's default, typically 0755).
+
+    ``durable``: fsync each new directory's parent, so that after a crash the new entries exist
+    together with a file about to be reported as stored.
+    """
     missing: list[Path] = []
     current = Path(directory)
     while not current.is_dir():
@@ -151,9 +155,11 @@ def make_private_dirs(directory: Path) -> None:
         try:
             new_dir.mkdir(mode=PRIVATE_DIR_MODE)
         except FileExistsError:
-            continue  # made meanwhile by another thread
+            continue  # made meanwhile by another thread or association
         # mkdir's mode is filtered by the umask; patient data must not depend on it.
         os.chmod(new_dir, PRIVATE_DIR_MODE)
+        if durable:
+            fsync_directory(new_dir.parent)
 
 
 def create_private_file(path: Path) -> None:
@@ -362,7 +368,7 @@ class InstanceStore:
     def ensure_series_dir(self, study_instance_uid: str, series_instance_uid: str) -> Path:
         """The series folder, created (0700, each new level fsynced) when missing."""
         directory = self.series_dir(study_instance_uid, series_instance_uid)
-        self._make_directories(directory)
+        make_private_dirs(directory, durable=True)
         return directory
 
     @staticmethod
@@ -374,7 +380,7 @@ class InstanceStore:
         # write_atomic's temporary name is unique per write: two associations storing the same
         # SOP Instance at once never write into each other's file; the last rename wins.
         try:
-            self._make_directories(path.parent)
+            make_private_dirs(path.parent, durable=True)
             replaced = path.exists()
             write_atomic(path, lambda handle: handle.writelines(chunks), mode=PRIVATE_FILE_MODE)
         except OSError as exc:
@@ -384,21 +390,3 @@ class InstanceStore:
             ) from exc
         if replaced:
             logger.warning("SOP Instance %s received again: replaced the stored copy", path.stem)
-
-    def _make_directories(self, directory: Path) -> None:
-        # Create missing levels one by one and fsync each parent, so that after a crash the new
-        # directory entries exist together with the file we are about to report as stored.
-        if directory.is_dir():
-            return
-        missing: list[Path] = []
-        current = directory
-        while not current.is_dir():
-            missing.append(current)
-            current = current.parent
-        for new_dir in reversed(missing):
-            try:
-                new_dir.mkdir(mode=PRIVATE_DIR_MODE)
-            except FileExistsError:
-                continue  # another association created it meanwhile
-            os.chmod(new_dir, PRIVATE_DIR_MODE)  # not left to the umask
-            fsync_directory(new_dir.parent)
