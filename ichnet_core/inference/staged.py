@@ -28,7 +28,7 @@ import numpy as np
 from ichnet_core.imaging.windowing import NUM_WINDOWS
 
 #: Skip features kept between the encode and decode passes (beyond this they are recomputed).
-DEFAULT_SKIP_CACHE_BYTES: Final[int] = 512 * 2**20
+DEFAULT_SKIP_CACHE_BYTES: Final[int] = 192 * 2**20
 #: Input layout ``[S, 3, H, W]``.
 _INPUT_NDIM: Final[int] = 4
 

@@ -170,13 +170,15 @@ def test_compartment_model_on_a_millimetre_grid_agrees_across_engines(
     make_volume: Callable[..., Volume],
 ) -> None:
     """Weights as the diagnostic-resolution run trains them (compartments, a fixed pixel size,
-    the classification embedding): ONNX Runtime equals torch float32."""
+    the classification embedding, the subject maximum over slices): ONNX Runtime equals torch
+    float32."""
     weights = make_tiny_weights(
         tmp_path_factory.mktemp("weights_compartments"),
         decisive=True,
         compartments=True,
         input_spacing_mm=1.5,
         cls_embedding=True,
+        subject_pooling="max",
     )
     volume = make_volume(slices=5)
     expected = TorchEngine(weights, chunk_slices=64, device="cpu").predict(

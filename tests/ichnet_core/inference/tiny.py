@@ -27,7 +27,7 @@ CACHE_DIR_NAME: Final[str] = "engine-cache"
 
 
 def make_tiny_weights(
-    folder: Path, name: str = "ichnet", *, decisive: bool = False, **flags: bool | float
+    folder: Path, name: str = "ichnet", *, decisive: bool = False, **flags: bool | float | str
 ) -> ModelWeights:
     """Random tiny weights of variant ``name`` (32x32 input), saved and verified like real ones.
 

@@ -61,9 +61,15 @@ def test_stage_shapes(tiny_overrides: dict[str, Any]) -> None:
         torch.testing.assert_close(model.decode(features[:3], seq_out[0]), seg)
 
 
-@pytest.mark.parametrize("cls_embedding", [False, True])
-def test_staged_stages_equal_forward(tiny_overrides: dict[str, Any], cls_embedding: bool) -> None:
-    model = _model(tiny_overrides, cls_embedding=cls_embedding).eval()
+@pytest.mark.parametrize(
+    ("cls_embedding", "subject_pooling"), [(False, "mean"), (True, "mean"), (True, "max")]
+)
+def test_staged_stages_equal_forward(
+    tiny_overrides: dict[str, Any], cls_embedding: bool, subject_pooling: str
+) -> None:
+    model = _model(
+        tiny_overrides, cls_embedding=cls_embedding, subject_pooling=subject_pooling
+    ).eval()
     x = torch.rand(2, 4, 3, SIZE, SIZE)
     with torch.inference_mode():
         out = model(x)
@@ -87,6 +93,35 @@ def test_subject_logits_pool_over_slices(
         # Reordering slices changes nothing for the subject head: it sees the slice average.
         _, shuffled = model.classifier(seq_out[:, torch.randperm(6)])
     torch.testing.assert_close(subject, shuffled)
+
+
+def test_subject_max_pooling_does_not_dilute_a_focal_finding(
+    tiny_overrides: dict[str, Any],
+) -> None:
+    """``subject_pooling: max``: a series of 40 slices with the same 3 "bleeding" slices as an
+    8-slice training run gives the subject head the same input; the mean dilutes it."""
+    torch.manual_seed(0)
+    channels = 2 * tiny_overrides["lstm_hidden"]
+    quiet = torch.rand(1, 1, channels, 4, 4)
+    finding = quiet + 2.0 * torch.rand(1, 3, channels, 4, 4)
+    short = torch.cat([quiet.expand(1, 5, -1, -1, -1), finding], dim=1)
+    long = torch.cat([quiet.expand(1, 37, -1, -1, -1), finding], dim=1)
+    logits = {}
+    for pooling in ("mean", "max"):
+        model = _model(tiny_overrides, subject_pooling=pooling).eval()
+        with torch.inference_mode():
+            logits[pooling] = [model.classifier(x)[1] for x in (short, long)]
+    torch.testing.assert_close(logits["max"][0], logits["max"][1])
+    assert not torch.allclose(logits["mean"][0], logits["mean"][1], atol=1e-3)
+
+
+def test_subject_pooling_is_checked_and_written_only_when_not_the_papers() -> None:
+    with pytest.raises(ValueError, match="subject_pooling"):
+        ICHNetConfig(subject_pooling="median")
+    assert "subject_pooling" not in ICHNetConfig().to_dict()
+    config = ICHNetConfig(subject_pooling="max")
+    assert config.to_dict()["subject_pooling"] == "max"
+    assert ICHNetConfig.from_dict(config.to_dict()) == config
 
 
 def _losses(out: Any) -> tuple[Tensor, Tensor]:
