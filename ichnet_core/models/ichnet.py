@@ -61,8 +61,8 @@ ATTENTION_REDUCTION: Final[int] = 2
 POOLED_FEATURES_PER_CHANNEL: Final[int] = 2
 #: How the subject head may gather the slices (``ICHNetConfig.subject_pooling``).
 SUBJECT_POOLINGS: Final[tuple[str, ...]] = ("mean", "max")
-#: Settings beyond the paper, left out of ``ICHNetConfig.to_dict`` at these values.
-_PAPER_DEFAULTS: Final[dict[str, Any]] = {"cls_embedding": False, "subject_pooling": "mean"}
+#: Settings beyond the paper: ``ICHNetConfig.to_dict`` leaves them out at their defaults.
+_BEYOND_PAPER: Final[frozenset[str]] = frozenset({"cls_embedding", "subject_pooling"})
 
 
 @dataclass(frozen=True)
@@ -181,10 +181,11 @@ class ICHNetConfig:
         paper: weights without them stay byte for byte what earlier versions wrote, and
         readable by nodes that do not know the keys.
         """
+        defaults = {f.name: f.default for f in fields(self) if f.name in _BEYOND_PAPER}
         return {
             key: list(value) if isinstance(value, tuple) else value
             for key, value in asdict(self).items()
-            if not (key in _PAPER_DEFAULTS and value == _PAPER_DEFAULTS[key])
+            if not (key in defaults and value == defaults[key])
         }
 
     @classmethod
