@@ -235,7 +235,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         return _fail(f"series not analysed: {'; '.join(unreadable)}")
     try:
         weights = load_weights(config.model.weights, config.model.weights_sha256)
-        engine = node_engine(config, weights, args.engine)
+        engine = node_engine(config, weights, args.engine, warm=False)  # one series only
     except (WeightsError, EngineUnavailableError) as exc:
         return _fail(str(exc))
     try:

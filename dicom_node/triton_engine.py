@@ -171,10 +171,11 @@ class TritonEngine(PipelineEngine):
 
 
 def node_engine(
-    config: NodeConfig, weights: ModelWeights, name: str | None = None
+    config: NodeConfig, weights: ModelWeights, name: str | None = None, *, warm: bool = True
 ) -> NetworkEngine:
     """The engine ``name`` (default: ``config.engine``) for the node: Triton's client for
-    ``triton``, otherwise :func:`ichnet_core.inference.engine.create_engine`.
+    ``triton``, otherwise :func:`ichnet_core.inference.engine.create_engine` (``warm``: see
+    there).
 
     Triton's client lives here, not in ichnet_core, which does no networking.
     """
@@ -190,4 +191,5 @@ def node_engine(
         weights,
         chunk_slices=config.model.chunk_slices,
         cache_dir=engine_cache_dir(config),
+        warm=warm,
     )

@@ -83,6 +83,7 @@ def create_engine(
     *,
     chunk_slices: int = DEFAULT_CHUNK_SLICES,
     cache_dir: Path | None = None,
+    warm: bool = True,
 ) -> NetworkEngine:
     """Build the engine called ``name`` (``auto``, ``torch``, ``onnxruntime``, ``tensorrt``).
 
@@ -100,6 +101,10 @@ def create_engine(
         Slices per encode/decode chunk (>= 1).
     cache_dir:
         Artefact cache (ONNX export, TensorRT plans, auto decision); ``None``: temporary.
+    warm:
+        Run :func:`warm_up` before returning: right for a node, which takes the kernel
+        selection off its first study; a one-shot command (``ichnet-node infer``) analyses a
+        single series, so warming up would run the network twice for nothing.
 
     Raises
     ------
@@ -126,7 +131,8 @@ def create_engine(
             "section (dicom_node.triton_engine.node_engine)"
         )
     engine = _BUILDERS[engine_name](weights, options)
-    warm_up(engine, slices=chunk_slices)
+    if warm:
+        warm_up(engine, slices=chunk_slices)
     return engine
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ichnet_core.inference.auto import AUTO_DECISION_FILE
@@ -33,6 +34,18 @@ def test_torch_engine_by_name_is_the_optimised_one(
     assert isinstance(engine, NetworkEngine)
     assert engine.name == "torch" and engine.chunk_slices == 3
     assert engine.settings == TorchSettings.optimized(engine.device)
+
+
+def test_a_one_shot_engine_skips_the_warm_up_and_still_runs(
+    tiny_weights: ModelWeights, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``warm=False`` (``ichnet-node infer``): no blank run first, the real one still works."""
+    with caplog.at_level(logging.INFO, logger=ENGINE_LOGGER):
+        engine = create_engine("torch", tiny_weights, chunk_slices=2, warm=False)
+    assert "warmed up" not in caplog.text
+    size = engine.input_size
+    output = engine.run_network(np.zeros((3, 3, size, size), dtype=np.float32))
+    assert output.seg_probs.shape[0] == 3
 
 
 def test_onnxruntime_by_name_exports_into_the_cache(
