@@ -22,6 +22,7 @@ from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from ichnet_core.imaging.pixels import decode_hu
+from ichnet_core.labels import BRAIN
 from ichnet_core.synthetic import SyntheticCase, SyntheticConfig, generate_case, to_datasets
 
 #: A negative case with 5 mm slices and no gantry tilt; its generator kernel is "STANDARD".
@@ -87,6 +88,15 @@ class HeadStudy:
     thin: list[Dataset]
     coronal: list[Dataset]
     scout: list[Dataset]
+    #: Ground-truth brain pixels of each ``soft`` slice (the generator's labels).
+    brain_pixels: tuple[int, ...]
+
+    def soft_with_brain(self, share: float) -> list[Dataset]:
+        """The ``soft`` slices whose truth holds at least ``share`` of the largest slice's brain."""
+        largest = max(self.brain_pixels)
+        return [
+            ds for ds, px in zip(self.soft, self.brain_pixels, strict=True) if px >= share * largest
+        ]
 
     @property
     def series(self) -> dict[str, list[Dataset]]:
@@ -201,6 +211,7 @@ def head_study(study_uid: str | None = None) -> HeadStudy:
         thin=_thin_series(soft, volume, rng),
         coronal=_coronal_series(soft, volume),
         scout=_scout(soft, volume),
+        brain_pixels=tuple(int(n) for n in (case.labels == BRAIN).sum(axis=(1, 2))),
     )
 
 

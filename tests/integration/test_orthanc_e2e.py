@@ -58,6 +58,11 @@ COMPLETE_AFTER_S: Final[float] = 1.0
 RESULTS_TIMEOUT_S: Final[float] = 180.0
 #: Tolerance (mm) for positions that went through DS text encoding twice.
 POSITION_TOLERANCE_MM: Final[float] = 1e-3
+#: Slices of the head study whose truth holds at least this share of the largest slice's brain
+#: must get a SEG frame. Above the vertex the truth holds no brain (the 256 px model rightly
+#: segments nothing there, so those slices get no frame); a sliver at the base or vertex may
+#: go either way.
+BRAIN_SLICE_SHARE: Final[float] = 0.05
 
 
 @contextmanager
@@ -224,8 +229,13 @@ def _check_key_image(
     np.testing.assert_array_equal(coloured, blood)
 
 
-def _check_seg_frames(seg: hd.seg.Segmentation, sources: dict[str, pydicom.Dataset]) -> None:
-    """Each frame names one source slice and sits exactly where that slice is."""
+def _check_seg_frames(
+    seg: hd.seg.Segmentation,
+    sources: dict[str, pydicom.Dataset],
+    required: set[str] | None = None,
+) -> None:
+    """Each frame names one source slice and sits exactly where that slice is; every slice of
+    ``required`` (default: all) has frames. A slice where the model segments nothing has none."""
     frames = seg.PerFrameFunctionalGroupsSequence
     assert len(frames) == int(seg.NumberOfFrames) > 0
     covered: set[str] = set()
@@ -242,7 +252,8 @@ def _check_seg_frames(seg: hd.seg.Segmentation, sources: dict[str, pydicom.Datas
             err_msg=f"frame {index} (source {uid})",
         )
         covered.add(uid)
-    assert covered == set(sources), "every source slice has frames"
+    missing = (set(sources) if required is None else required) - covered
+    assert not missing, f"source slices without frames: {sorted(missing)}"
 
 
 def _check_sr_references(sr: hd.sr.Comprehensive3DSR, seg: hd.seg.Segmentation) -> None:
@@ -322,7 +333,11 @@ def test_a_whole_head_study_gets_one_seg_and_sr_on_its_soft_tissue_series(
     seg = hd.seg.segread(seg_path)
     sr = hd.sr.srread(sr_path)
     assert [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence] == [uid["soft"]]
-    _check_seg_frames(seg, {str(ds.SOPInstanceUID): ds for ds in study.soft})
+    _check_seg_frames(
+        seg,
+        {str(ds.SOPInstanceUID): ds for ds in study.soft},
+        {str(ds.SOPInstanceUID) for ds in study.soft_with_brain(BRAIN_SLICE_SHARE)},
+    )
     _check_sr_references(sr, seg)
     evidence_series = {
         series.SeriesInstanceUID
