@@ -102,7 +102,7 @@ def run_compare(path: Path, *, max_steps: int | None = None) -> Path:
             grid,
             device,
             threshold=config.validation.threshold,
-            autocast_dtype=trainer.amp_dtype,
+            autocast_dtype=trainer.eval_dtype,
             progress=config.logging.progress_bar,
             description=f"{run.name} {compare.split}",
         )

@@ -26,10 +26,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA only: bfloat16 where supported (no loss scaling), else float16."""
-    if device.type != "cuda" or amp == "off":
+def autocast_dtype(amp: str, device: torch.device, *, cpu_bf16: bool = False) -> torch.dtype | None:
+    """Mixed precision on CUDA: bfloat16 where supported (no loss scaling), else float16. On a
+    CPU: bfloat16 with ``cpu_bf16`` (the trainer's step, ``optim.cpu_bf16``), else none, which
+    is also what every evaluation on a CPU gets (the node's precision)."""
+    if amp == "off":
         return None
+    if device.type != "cuda":
+        return torch.bfloat16 if cpu_bf16 else None
     if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16

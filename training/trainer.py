@@ -159,7 +159,9 @@ class Trainer:
                 }
             )
         self.optimizer = torch.optim.Adam(groups, lr=optim.lr)
-        self.amp_dtype = autocast_dtype(optim.amp, self.device)
+        self.amp_dtype = autocast_dtype(optim.amp, self.device, cpu_bf16=optim.cpu_bf16)
+        #: Validation's autocast: never bfloat16 on a CPU, whatever the training step uses.
+        self.eval_dtype = autocast_dtype(optim.amp, self.device)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
@@ -474,7 +476,7 @@ class Trainer:
             self.grid,
             self.device,
             threshold=self.config.validation.threshold,
-            autocast_dtype=self.amp_dtype,
+            autocast_dtype=self.eval_dtype,
             progress=self.config.logging.progress_bar,
             description="validation",
         )

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -280,3 +281,33 @@ def test_warm_start_takes_the_matching_weights_and_starts_a_new_run(
     assert resumed.warm_started_from == {"checkpoint": str(first), "step": 2}
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         Trainer(changed, resume=False, warm_start=tmp_path / "missing.pt")
+
+
+def test_cpu_bf16_trains_under_bfloat16_and_validates_in_float32(
+    tmp_path: Path, tiny_overrides: dict[str, Any]
+) -> None:
+    """``optim.cpu_bf16``: the step runs under bfloat16 autocast, validation at the node's float32
+    precision, and the run keeps the hash of the float32 run, so a running run can switch."""
+    plain = tiny_config(tmp_path, tiny_overrides)
+    config = tiny_config(
+        tmp_path, tiny_overrides, optim={"lr": 1e-3, "batch_size": 1, "epochs": 1, "cpu_bf16": True}
+    )
+    assert config_hash(config) == config_hash(plain)
+    trainer = Trainer(config)
+    assert (trainer.amp_dtype, trainer.eval_dtype) == (torch.bfloat16, None)
+    seen: list[torch.dtype] = []
+    first_conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = first_conv.register_forward_hook(
+        lambda _module, _inputs, output: seen.append(output.dtype)
+    )
+    summary = trainer.fit()
+    hook.remove()
+    assert summary.steps == 2
+    # Two training steps under autocast, then validation without it.
+    assert (
+        seen[:2] == [torch.bfloat16, torch.bfloat16]
+        and seen[2:]
+        and set(seen[2:]) == {torch.float32}
+    )
+    [epoch] = _rows(tmp_path / "run" / "metrics.csv")
+    assert np.isfinite(float(epoch["train_loss"])) and float(epoch["val_loss"]) > 0
