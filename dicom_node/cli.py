@@ -18,7 +18,6 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmwrite
 
-from dicom_node.app import NoPeersConfiguredError
 from dicom_node.config import ConfigError, NodeConfig, engine_cache_dir, load_config
 from dicom_node.job_control import (
     JobControlError,
@@ -32,7 +31,6 @@ from dicom_node.jobs import JobStoreError
 from dicom_node.log_format import JsonFormatter
 from dicom_node.results import RESULT_JSON_NAME, write_result
 from dicom_node.selection import select_series
-from dicom_node.service import NodeService
 from dicom_node.triton_engine import node_engine
 from dicom_node.workflow import (
     SeriesSkipped,
@@ -179,6 +177,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # directories 0700); the modules set those modes, and the umask covers what a library
     # writes on its own (engine caches, SQLite's side files).
     os.umask(0o077)
+    # The DICOM server's modules (pynetdicom, metrics, notifications) are imported here, not at
+    # the top: `infer` and the job commands do not need them, and they cost ~0.3 s of start-up.
+    from dicom_node.app import NoPeersConfiguredError
+    from dicom_node.service import NodeService
+
     try:
         service = NodeService(config)
         service.start()
