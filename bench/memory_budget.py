@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/memory_budget.py [--slices 300] [--engines torch onnxruntime]
                                             [--train-config training/configs/cpu_diag.yaml]
-                                            [--series-dir DIR]
+                                            [--series-dir DIR] [--chunk-slices 16]
 
 The series is a synthetic 512x512 head CT (``bench/memory.py``'s :func:`make_series`), written
 once to a temporary folder. Each engine runs in a fresh subprocess that follows the node's job
 path (``dicom_node.service``: ``read_datasets`` then the steps of ``analyse_series`` and of
-``run_pipeline``) one stage at a time. Before each stage the kernel's high-water mark is reset
+``run_pipeline``) one stage at a time, with the engine cache (ONNX export, TensorRT plan) filled
+beforehand by the parent process, as on a node that has started once: exporting is a one-off
+that a running node does not repeat (it left ~250 MiB more resident in the job's process). Before each stage the kernel's high-water mark is reset
 (``5`` written to /proc/self/clear_refs), so the stage's ``VmHWM`` is its own peak; the job's
 peak is the largest of them. ``--train-config`` uses random weights of that config's architecture (e.g. the
 diagnostic-resolution model, 256 px at 1.0 mm), as ``bench/infer_real.py`` does; the default is
@@ -24,6 +26,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
+
+from ichnet_core.inference.base import DEFAULT_CHUNK_SLICES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -61,7 +65,12 @@ def _stage(stages: list[dict[str, Any]], name: str, work: Callable[[], Any]) -> 
 
 
 def run_job(
-    series_dir: Path, engine_name: str, weights_path: str | None, sha256: str | None
+    series_dir: Path,
+    engine_name: str,
+    weights_path: str | None,
+    sha256: str | None,
+    chunk_slices: int,
+    cache_dir: Path,
 ) -> dict[str, Any]:
     """The node's job path on ``series_dir`` with ``engine_name``; peak RSS per stage (MiB)."""
     import numpy as np
@@ -92,12 +101,11 @@ def run_job(
 
     stages: list[dict[str, Any]] = []
     weights = load_weights(Path(weights_path) if weights_path else None, expected_sha256=sha256)
-    with tempfile.TemporaryDirectory(prefix="ichnet-engine-") as cache:
-        engine = _stage(
-            stages,
-            "engine start",
-            lambda: create_engine(engine_name, weights, cache_dir=Path(cache)),
-        )
+    engine = _stage(
+        stages,
+        "engine start",
+        lambda: create_engine(engine_name, weights, cache_dir=cache_dir, chunk_slices=chunk_slices),
+    )
     paths = sorted(series_dir.glob("*.dcm"))
     datasets, _ = _stage(stages, "read series", lambda: read_datasets(paths))
     rules = SelectionSection(max_slices=max(len(paths), SelectionSection().max_slices))
@@ -203,17 +211,38 @@ def _weights(train_config: Path | None, folder: Path) -> tuple[str | None, str |
     return str(weights.path), weights.sha256
 
 
+def _fill_engine_cache(
+    engine_name: str, weights_path: str | None, sha256: str | None, cache_dir: Path
+) -> None:
+    """Build ``engine_name`` once here, so its export is in ``cache_dir`` before the job runs."""
+    from ichnet_core.inference.engine import create_engine
+    from ichnet_core.models.weights import load_weights
+
+    weights = load_weights(Path(weights_path) if weights_path else None, expected_sha256=sha256)
+    create_engine(engine_name, weights, cache_dir=cache_dir, warm=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--engines", nargs="+", default=["torch", "onnxruntime"])
     parser.add_argument("--train-config", type=Path, default=None)
     parser.add_argument("--series-dir", type=Path, default=None, help="reuse a written series")
-    parser.add_argument("--child", nargs=4, metavar=("SERIES", "ENGINE", "WEIGHTS", "SHA256"))
+    parser.add_argument(
+        "--chunk-slices",
+        type=int,
+        default=DEFAULT_CHUNK_SLICES,
+        help="slices per encoder/decoder call (the node's model.chunk_slices)",
+    )
+    parser.add_argument(
+        "--child", nargs=5, metavar=("SERIES", "ENGINE", "WEIGHTS", "SHA256", "CACHE")
+    )
     args = parser.parse_args(argv)
     if args.child:
-        series, engine, weights, sha256 = args.child
-        report = run_job(Path(series), engine, weights or None, sha256 or None)
+        series, engine, weights, sha256, cache = args.child
+        report = run_job(
+            Path(series), engine, weights or None, sha256 or None, args.chunk_slices, Path(cache)
+        )
         print("RESULT " + json.dumps(report), flush=True)
         return 0
     from memory import make_series
@@ -226,14 +255,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         weights, sha256 = _weights(args.train_config, work)
         failed = False
         for engine in args.engines:
+            _fill_engine_cache(engine, weights, sha256, work / "engine-cache")
             command = [
                 sys.executable,
                 __file__,
+                "--chunk-slices",
+                str(args.chunk_slices),
                 "--child",
                 str(series_dir),
                 engine,
                 weights or "",
                 sha256 or "",
+                str(work / "engine-cache"),
             ]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -244,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = json.loads(lines[-1][len("RESULT ") :])
             print(
                 f"\nengine {report['engine']}, {report['slices']} slices, model input "
-                f"{report['input_size']} px"
+                f"{report['input_size']} px, {args.chunk_slices} slices per chunk"
             )
             print(f"{'stage':<18}{'RSS before MiB':>16}{'peak MiB':>10}{'RSS after MiB':>15}")
             for s in report["stages"]:

@@ -5,8 +5,11 @@ engine runs it that way. Each engine supplies a :class:`StageRunner` (how to run
 runtime) and :func:`run_staged` drives them identically:
 
 1. the encoder runs on chunks of ``chunk_slices`` slices; the bottlenecks are kept (they are
-   small, 1/64 of a slice's pixels) and the skip features of the first chunks too, while they fit
-   in ``skip_cache_bytes``;
+   small, 1/64 of a slice's pixels), and the skip features too when the whole series' skips fit
+   in ``skip_cache_bytes``. It is all or nothing: keeping the first chunks of a long series
+   saved re-encoding a few of its chunks (35 of 300 slices at 256 px) but held the whole budget
+   through the recurrence, the job's memory peak (300 slices of the 256 px model,
+   ``bench/memory_budget.py``: ONNX Runtime 2094 -> 1902 MiB, torch 1838 -> 1664 MiB);
 2. the recurrent stage (bidirectional ConvLSTM + classification heads) runs once over the whole
    series, since every slice's output depends on every other slice;
 3. the decoder runs on the same chunks; chunks whose skips were not kept are re-encoded first.
@@ -27,7 +30,8 @@ import numpy as np
 
 from ichnet_core.imaging.windowing import NUM_WINDOWS
 
-#: Skip features kept between the encode and decode passes (beyond this they are recomputed).
+#: Skip features kept between the encode and decode passes: a series whose skips need more is
+#: re-encoded chunk by chunk instead (192 MiB holds a 28-slice series of the 256 px model).
 DEFAULT_SKIP_CACHE_BYTES: Final[int] = 192 * 2**20
 #: Input layout ``[S, 3, H, W]``.
 _INPUT_NDIM: Final[int] = 4
@@ -120,7 +124,8 @@ def run_staged(
     chunk_slices:
         Slices per encoder/decoder call.
     skip_cache_bytes:
-        Budget for skip features kept between the passes (0: always re-encode).
+        Budget for the whole series' skip features, kept between the passes when they fit
+        (0: always re-encode).
     sink:
         Receives each decoded chunk in slice order; the returned ``seg_probs`` then has zero
         slices (``[0, C, H, W]``). ``None`` collects them into ``seg_probs``.
@@ -138,16 +143,14 @@ def run_staged(
     starts = range(0, slices, chunk_slices)
     bottlenecks: list[FeatureT] = []
     cached: list[tuple[FeatureT, ...] | None] = []
-    cached_bytes = 0
+    keep_skips = False
     for start in starts:
         *skips, bottleneck = runner.encode(x[start : start + chunk_slices])
         bottlenecks.append(bottleneck)
-        size = runner.nbytes(tuple(skips))
-        if cached_bytes + size <= skip_cache_bytes:
-            cached_bytes += size
-            cached.append(tuple(skips))
-        else:
-            cached.append(None)
+        if start == 0:  # every slice's skips take the same bytes: the first chunk tells
+            per_slice = runner.nbytes(tuple(skips)) / min(chunk_slices, slices)
+            keep_skips = per_slice * slices <= skip_cache_bytes
+        cached.append(tuple(skips) if keep_skips else None)
         del skips
     seq_out, slice_logits, subject_logits = runner.recur(bottlenecks)
     del bottlenecks

@@ -61,12 +61,17 @@ def test_chunks_cover_the_series_once(tiny_weights: ModelWeights) -> None:
 
 
 def test_skip_budget_bounds_memory_by_re_encoding(tiny_weights: ModelWeights) -> None:
+    """The skips are kept when the whole series' fit the budget, else none are (a partial cache
+    would hold the budget through the recurrence for little saved work)."""
     engine = TorchEngine(tiny_weights, device="cpu")
     x = np.random.default_rng(0).random((10, 3, 32, 32), dtype=np.float32)
     _, kept = _run(engine, x, chunk=4, budget=2**30)
     one_chunk = engine._runner.nbytes(engine._runner.encode(x[:4])[:-1])
-    runner, recomputed = _run(engine, x, chunk=4, budget=one_chunk)
-    assert runner.encoded == [4, 4, 2, 4, 2]  # chunks 2 and 3 encoded again before decoding
+    whole_series = one_chunk * 10 // 4
+    runner, _ = _run(engine, x, chunk=4, budget=whole_series)
+    assert runner.encoded == [4, 4, 2]  # exactly fits: nothing encoded twice
+    runner, recomputed = _run(engine, x, chunk=4, budget=whole_series - 1)
+    assert runner.encoded == [4, 4, 2, 4, 4, 2]  # every chunk encoded again before decoding
     for a, b in zip(recomputed, kept, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
