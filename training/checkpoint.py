@@ -113,13 +113,17 @@ def trained_weights(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def warm_start(model: torch.nn.Module, path: Path) -> tuple[int, list[str]]:
-    """Load the trained weights of checkpoint ``path`` into ``model`` where names and shapes match.
+def warm_start(
+    model: torch.nn.Module, path: Path, weighting: torch.nn.Module | None = None
+) -> tuple[int, list[str]]:
+    """Load the trained weights of checkpoint ``path`` into ``model`` where names and shapes match,
+    and its learned loss weights into ``weighting`` when they have the same shape.
 
-    Why: a change of architecture or of a hashed setting starts a new run, and on this
-    project's CPUs a run costs many hours; the layers that did not change keep what they
-    learned. Returns the checkpoint's step and the names of ``model``'s tensors left as they
-    were (new or reshaped).
+    Why: a change of architecture or of a hashed setting (e.g. a lower learning rate once the
+    curves have flattened) starts a new run, and on this project's CPUs a run costs many hours;
+    the layers that did not change keep what they learned, and the loss balance the run had
+    found is not thrown back to equal weights. Returns the checkpoint's step and the names of
+    ``model``'s tensors left as they were (new or reshaped).
     """
     if not path.is_file():
         raise CheckpointError(f"--warm-start {path}: no such checkpoint")
@@ -133,4 +137,11 @@ def warm_start(model: torch.nn.Module, path: Path) -> tuple[int, list[str]]:
     if not taken:
         raise CheckpointError(f"--warm-start {path}: no weight matches this network")
     model.load_state_dict(taken, strict=False)
+    if weighting is not None:
+        learned = payload.get("loss_weighting", {})
+        current = weighting.state_dict()
+        if set(learned) == set(current) and all(
+            learned[k].shape == current[k].shape for k in current
+        ):
+            weighting.load_state_dict(learned)
     return int(payload["step"]), sorted(set(own) - set(taken))

@@ -111,8 +111,8 @@ class Trainer:
         For a new run only (ignored when ``output_dir`` holds a run to resume): start from the
         network weights of this checkpoint (its moving average when it kept one) wherever
         names and shapes match, so a changed architecture or setting does not throw away the
-        CPU-hours already spent; everything else (optimiser, step count, loss weights) starts
-        afresh. The checkpoint and its step are recorded in every checkpoint of the run.
+        CPU-hours already spent, and its learned loss weights; the optimiser and the step count
+        start afresh. The checkpoint and its step are recorded in every checkpoint of the run.
     distributed:
         This process's rank under torchrun (:mod:`training.distributed`); rank 0 alone logs,
         validates and writes checkpoints, every rank trains on its share of each global batch.
@@ -276,7 +276,7 @@ class Trainer:
 
     def _warm_start(self, path: Path) -> None:
         """Take the matching network weights of checkpoint ``path`` (see the class docstring)."""
-        step, new = warm_start(self.model, path)
+        step, new = warm_start(self.model, path, self.weighting)
         self.warm_started_from = {"checkpoint": str(path), "step": step}
         logger.info("warm start from %s (step %d); new: %s", path, step, ", ".join(new) or "none")
 

@@ -254,8 +254,8 @@ def test_warm_start_takes_the_matching_weights_and_starts_a_new_run(
     tmp_path: Path, tiny_overrides: dict[str, Any]
 ) -> None:
     """``--warm-start``: a changed architecture (here the classification embedding) keeps the
-    trained layers; new layers keep their initialisation; step and optimiser start afresh; a
-    resume of the new run ignores the warm start."""
+    trained layers and the learned loss weights; new layers keep their initialisation; step and
+    optimiser start afresh; a resume of the new run ignores the warm start."""
     from training.checkpoint import trained_weights
 
     Trainer(tiny_config(tmp_path, tiny_overrides), max_steps=2).fit()
@@ -275,6 +275,9 @@ def test_warm_start_takes_the_matching_weights_and_starts_a_new_run(
         torch.testing.assert_close(own[key], value, msg=key)
     new = {key for key in own if key not in old}
     assert new and all(key.startswith("classifier.embedding.") for key in new)
+    learned = load_checkpoint(first)["loss_weighting"]["log_variances"]
+    assert learned.abs().max() > 0  # two steps moved them off their start
+    torch.testing.assert_close(trainer.weighting.log_variances.detach(), learned)
     trainer.fit()
     resumed = Trainer(changed, warm_start=tmp_path / "missing.pt")  # resumes; no warm start
     assert resumed.step == 1
