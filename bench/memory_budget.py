@@ -9,7 +9,8 @@ once to a temporary folder. Each engine runs in a fresh subprocess that follows 
 path (``dicom_node.service``: ``read_datasets`` then the steps of ``analyse_series`` and of
 ``run_pipeline``) one stage at a time, with the engine cache (ONNX export, TensorRT plan) filled
 beforehand by the parent process, as on a node that has started once: exporting is a one-off
-that a running node does not repeat (it left ~250 MiB more resident in the job's process). Before each stage the kernel's high-water mark is reset
+that a running node does not repeat (it left ~250 MiB more resident in the job's process).
+Before each stage the kernel's high-water mark is reset
 (``5`` written to /proc/self/clear_refs), so the stage's ``VmHWM`` is its own peak; the job's
 peak is the largest of them. ``--train-config`` uses random weights of that config's architecture (e.g. the
 diagnostic-resolution model, 256 px at 1.0 mm), as ``bench/infer_real.py`` does; the default is
