@@ -63,11 +63,16 @@ class SliceHeader:
     images_in_acquisition: int | None = None
 
 
+#: What reading a damaged element can raise: pydicom raises NotImplementedError for a VR it
+#: does not know (a corrupted explicit-VR header, found by the fuzz test with seed 20261204).
+_UNREADABLE = (TypeError, ValueError, NotImplementedError)
+
+
 def _optional_int(dataset: Dataset, keyword: str) -> int | None:
     try:
         value = dataset.get(keyword)
         return None if value is None or value == "" else int(value)
-    except (TypeError, ValueError):
+    except _UNREADABLE:
         return None
 
 
@@ -80,7 +85,7 @@ def slice_header(dataset: Dataset) -> SliceHeader | None:
     try:
         position = tuple(float(v) for v in dataset.get("ImagePositionPatient") or ())
         orientation = tuple(float(v) for v in dataset.get("ImageOrientationPatient") or ())
-    except (TypeError, ValueError):
+    except _UNREADABLE:
         return None
     if (
         len(position) != 3

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from dicom_node.stack import SliceHeader, slice_header, stack_problem
 
@@ -72,6 +74,23 @@ def test_slice_header_of_a_header_without_geometry_is_none() -> None:
     assert slice_header(dataset) is None
     dataset.ImageOrientationPatient = [1, 0, 0, 1, 0, 0]  # rows parallel to columns
     assert slice_header(dataset) is None
+
+
+@pytest.mark.parametrize("keyword", ["InstanceNumber", "ImagePositionPatient"])
+def test_a_damaged_element_is_read_as_absent_not_raised(keyword: str) -> None:
+    """An element whose VR bytes are garbage (``'I '``) makes pydicom raise NotImplementedError;
+    the header is then unusable there, not a processing failure of the C-STORE."""
+    dataset = Dataset()
+    dataset.ImagePositionPatient = [0, 0, 0]
+    dataset.ImageOrientationPatient = list(AXIAL)
+    dataset.InstanceNumber = 7
+    tag = Tag(keyword)
+    dataset[tag] = RawDataElement(tag, "I ", 2, b"1 ", 0, False, True)
+    header = slice_header(dataset)
+    if keyword == "InstanceNumber":
+        assert header is not None and header.instance_number is None
+    else:
+        assert header is None
 
 
 @pytest.mark.shared_data
