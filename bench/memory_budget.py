@@ -97,11 +97,10 @@ def run_job(
     from ichnet_core.imaging.volume import build_volume
     from ichnet_core.inference.engine import create_engine
     from ichnet_core.inference.pipeline import SourceLabels, prepare_input
-    from ichnet_core.models.weights import load_weights
     from ichnet_core.prediction import Prediction
 
     stages: list[dict[str, Any]] = []
-    weights = load_weights(Path(weights_path) if weights_path else None, expected_sha256=sha256)
+    weights = _load_weights(weights_path, sha256)
     engine = _stage(
         stages,
         "engine start",
@@ -217,10 +216,15 @@ def _fill_engine_cache(
 ) -> None:
     """Build ``engine_name`` once here, so its export is in ``cache_dir`` before the job runs."""
     from ichnet_core.inference.engine import create_engine
+
+    create_engine(engine_name, _load_weights(weights_path, sha256), cache_dir=cache_dir, warm=False)
+
+
+def _load_weights(weights_path: str | None, sha256: str | None) -> Any:
+    """The weights file given on the command line (the bundled one when empty), checked."""
     from ichnet_core.models.weights import load_weights
 
-    weights = load_weights(Path(weights_path) if weights_path else None, expected_sha256=sha256)
-    create_engine(engine_name, weights, cache_dir=cache_dir, warm=False)
+    return load_weights(Path(weights_path) if weights_path else None, expected_sha256=sha256)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
