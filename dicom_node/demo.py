@@ -144,10 +144,10 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR) -> dict[str, object]:
         shutil.rmtree(workdir / leftover, ignore_errors=True)
     (workdir / "pacs").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    # Without the generator's real-CT effects (bright inner-table band, tangential partial
-    # volume, calcifications): the bundled weights 0.3.0 were trained before them and mark
-    # them as blood (one such case: 206 mL). Switch them on once weights trained with them ship.
-    config = SyntheticConfig(rows=512, columns=512).without_realism()
+    # With the generator's real-CT effects (bright inner-table band, tangential partial volume,
+    # calcifications): the bundled weights (0.4.0) were trained with them, and a real scanner's
+    # study has them too.
+    config = SyntheticConfig(rows=512, columns=512)
     case = generate_case(DEMO_SEED, config, hemorrhage=True)
     datasets = to_datasets(case)
     generated = time.perf_counter()

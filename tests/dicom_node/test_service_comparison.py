@@ -52,7 +52,7 @@ def _study(seed: int, volume_ml: tuple[float, float], date: str, time: str) -> l
         hemorrhage_volume_ml=volume_ml,
         gantry_tilt_probability=0.0,
         incidental_probability=0.0,
-    ).without_realism()  # the bundled weights predate the real-CT effects (a 206 mL false bleed)
+    )
     datasets = to_datasets(generate_case(seed, config, subtypes=("CPH",)), patient_id=PATIENT_ID)
     for dataset in datasets:
         dataset.StudyDate, dataset.StudyTime = date, time
