@@ -449,7 +449,14 @@ def select_series(
         ``accepted`` and a one-line human-readable reason: the first rule that failed (see the
         module docstring for the order), or the evidence for the accepted series.
     """
-    result = _decide(datasets, rules, calling_ae)
+    try:
+        result = _decide(datasets, rules, calling_ae)
+    except NotImplementedError as exc:
+        # pydicom decodes an element on first access and raises this for a VR it does not know
+        # (a damaged stored instance, e.g. SeriesDescription with VR bytes 'I '). Raised out of
+        # here it failed the job as a processing failure, and also every other series of the
+        # study, whose study-level choice evaluates this one as a competitor.
+        result = _skip(f"a header element cannot be decoded ({exc}); the series is not analysed")
     series_uid = datasets[0].get("SeriesInstanceUID", "<no UID>") if datasets else "<empty>"
     logger.info("series %s: %s", series_uid, result.reason)
     return result

@@ -10,6 +10,8 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 from pydicom.uid import (
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -299,3 +301,17 @@ def test_first_failing_rule_wins() -> None:
         ImageOrientationPatient=[0.0, 1.0, 0.0, 0.0, 0.0, -1.0],
     )
     assert skipped(series) == "skipped: Modality 'MR' is not one of CT"
+
+
+@pytest.mark.parametrize(
+    "keyword", ["ImageOrientationPatient", "SliceThickness", "BodyPartExamined", "ImageType"]
+)
+def test_an_undecodable_element_skips_the_series_with_its_tag(keyword: str) -> None:
+    """pydicom raises NotImplementedError for an element with unknown VR bytes ('I '); the
+    series is skipped with the element named instead of the worker failing on it forever."""
+    series = head_series(ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
+    tag = Tag(keyword)
+    series[3][tag] = RawDataElement(tag, "I ", 2, b"1 ", 0, False, True)
+    reason = skipped(series)
+    assert "cannot be decoded" in reason
+    assert f"({tag.group:04X},{tag.element:04X})" in reason
