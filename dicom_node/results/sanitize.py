@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
 logger = logging.getLogger(__name__)
@@ -47,11 +48,19 @@ _PIXEL_TAGS: Final[frozenset[int]] = frozenset(
 
 
 def header_copy(dataset: Dataset) -> Dataset:
-    """Deep copy of ``dataset`` (file meta included) without its pixel data."""
+    """Deep copy of ``dataset`` (file meta included) without its pixel data.
+
+    Elements not yet decoded are taken as read (``get_item``: an immutable raw element, decoded
+    later by the copy as it would have been by the source), so the copy neither decodes nor
+    deep-copies them: the SEG and the SR copy every source header, which took 0.37 s of
+    `ichnet-node infer`'s 5 s for 28 slices when every element was decoded and copied.
+    """
     result = Dataset()
-    for element in dataset:
-        if int(element.tag) not in _PIXEL_TAGS:
-            result.add(copy.deepcopy(element))
+    for tag in sorted(dataset.keys()):
+        if int(tag) in _PIXEL_TAGS:
+            continue
+        element = dataset.get_item(tag)
+        result[tag] = element if isinstance(element, RawDataElement) else copy.deepcopy(element)
     if hasattr(dataset, "file_meta"):
         result.file_meta = copy.deepcopy(dataset.file_meta)
     return result

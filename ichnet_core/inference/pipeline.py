@@ -74,6 +74,23 @@ def prepare_input(volume: Volume, grid: ModelGrid) -> tuple[np.ndarray, PlaneMap
     return out, mapping
 
 
+def channel_argmax(planes: np.ndarray) -> np.ndarray:
+    """``planes.argmax(axis=1)`` as uint8 for finite ``[S, C, h, w]``, ties to the first channel.
+
+    Why not numpy's: its argmax along a strided middle axis of a 512x512 series took 0.33 s of
+    `ichnet-node infer`'s 5 s on two cores; a running maximum over the contiguous planes gives
+    the same indices in a fraction of that.
+    """
+    best = planes[:, 0].copy()
+    index = np.zeros(best.shape, dtype=np.uint8)
+    for channel in range(1, planes.shape[1]):
+        plane = planes[:, channel]
+        higher = plane > best
+        index[higher] = channel
+        np.maximum(best, plane, out=best)
+    return index
+
+
 class SourceLabels:
     """Class labels (and compartments) at source resolution, filled a chunk of slices at a time.
 
@@ -127,15 +144,18 @@ class SourceLabels:
             chunk = seg_probs[offset : offset + PROCESSING_CHUNK_SLICES]
             first = start + offset
             last = first + chunk.shape[0]
-            classes = self.mapping.to_source(
-                chunk[:, :NUM_SEGMENTATION_CLASSES], self._class_fill
-            ).argmax(axis=1)
+            classes = channel_argmax(
+                self.mapping.to_source(chunk[:, :NUM_SEGMENTATION_CLASSES], self._class_fill)
+            )
             self.labels[first:last] = classes
-            if self.compartments is not None:
-                which = self.mapping.to_source(chunk[:, NUM_SEGMENTATION_CLASSES:]).argmax(axis=1)
-                self.compartments[first:last] = np.where(
-                    classes == HEMORRHAGE, which + 1, NO_COMPARTMENT
-                )
+            if self.compartments is None:
+                continue
+            blood = classes == HEMORRHAGE
+            if not blood.any():  # most chunks: no compartment planes to bring back at all
+                self.compartments[first:last] = NO_COMPARTMENT
+                continue
+            which = channel_argmax(self.mapping.to_source(chunk[:, NUM_SEGMENTATION_CLASSES:]))
+            self.compartments[first:last] = np.where(blood, which + 1, NO_COMPARTMENT)
         self._filled = stop
 
     def result(self) -> tuple[np.ndarray, np.ndarray | None]:

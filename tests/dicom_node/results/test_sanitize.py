@@ -5,8 +5,14 @@ from __future__ import annotations
 import pydicom
 import pytest
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 
-from dicom_node.results.sanitize import TYPE2_PATIENT_STUDY_KEYWORDS, prepare_source_headers
+from dicom_node.results.sanitize import (
+    TYPE2_PATIENT_STUDY_KEYWORDS,
+    header_copy,
+    prepare_source_headers,
+)
 
 
 def _dataset(**attributes: object) -> Dataset:
@@ -50,6 +56,30 @@ def test_real_source_header_gains_exactly_the_missing_attributes(head_ct_dir) ->
     added = {element.keyword for element in header} - {element.keyword for element in original}
     assert added == {"PatientBirthDate", "PatientSex"}
     assert header.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+
+
+def _undecoded(dataset: Dataset) -> set[int]:
+    return {
+        int(tag)
+        for tag in sorted(dataset.keys())
+        if isinstance(dataset.get_item(tag), RawDataElement)
+    }
+
+
+def test_real_header_copies_equal_the_source_without_decoding_it(head_ct_dir) -> None:
+    """Undecoded elements are copied as read: the copy equals the source element for element
+    (pixel data aside) and the source stays undecoded."""
+    original = pydicom.dcmread(sorted(head_ct_dir.glob("*.dcm"))[0])
+    raw_before = _undecoded(original)
+
+    copy = header_copy(original)
+
+    assert raw_before, "a freshly read file keeps most elements undecoded"
+    assert _undecoded(original) == raw_before
+    pixel_data = Tag("PixelData")
+    assert sorted(copy.keys()) == [tag for tag in sorted(original.keys()) if tag != pixel_data]
+    for tag in sorted(copy.keys()):
+        assert copy[tag] == original[tag]
 
 
 def test_no_source_is_an_error() -> None:

@@ -14,6 +14,7 @@ from ichnet_core.imaging.windowing import window_stack
 from ichnet_core.inference.pipeline import (
     PROCESSING_CHUNK_SLICES,
     SourceLabels,
+    channel_argmax,
     finalize,
     hemorrhage_volume_ml,
     labels_at_source,
@@ -171,3 +172,13 @@ def test_labels_decided_chunk_by_chunk_equal_the_whole_series_at_once(
     np.testing.assert_array_equal(compartments, whole_compartments)
     with pytest.raises(ValueError, match="next expected 0"):
         SourceLabels(21, mapping).add(5, 10, probs[5:10])
+
+
+def test_channel_argmax_equals_numpys_including_ties() -> None:
+    """Few distinct values make many ties; the first channel holding the maximum wins, as in
+    numpy."""
+    rng = np.random.default_rng(7)
+    planes = rng.choice(np.array([0.0, 0.25, 0.5], dtype=np.float32), size=(3, 8, 9, 11))
+    found = channel_argmax(planes)
+    assert found.dtype == np.uint8
+    np.testing.assert_array_equal(found, planes.argmax(axis=1))
