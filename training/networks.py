@@ -34,10 +34,12 @@ def build_network(section: ModelSection) -> nn.Module:
 
 
 def grid_of(model: nn.Module) -> ModelGrid:
-    """The input grid the network expects (baselines: the whole field of view resized)."""
+    """The input grid the network expects (baselines: their ``input_size`` and
+    ``input_spacing_mm``; without a spacing the whole field of view resized)."""
     if isinstance(model, ICHNet):
         return model.config.grid
     size = getattr(model, "input_size", None)
     if not isinstance(size, int):
         raise ValueError(f"{type(model).__name__} does not declare an input_size")
-    return ModelGrid(size)
+    spacing = getattr(model, "input_spacing_mm", None)
+    return ModelGrid(size, None if spacing is None else float(spacing))

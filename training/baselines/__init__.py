@@ -15,7 +15,8 @@ from torch import nn
 from training.baselines.resnet import SliceResNet2D, SubjectResNet3D
 from training.baselines.unet3d import UNet3D
 
-#: Baseline name -> constructor (keyword options: ``width``/``widths``, ``input_size``).
+#: Baseline name -> constructor (keyword options: ``width``/``widths``, ``input_size``,
+#: ``input_spacing_mm``: the input grid as for ICHNet, so a comparison runs at one resolution).
 BASELINES: Final[Mapping[str, Callable[..., nn.Module]]] = MappingProxyType(
     {"resnet2d": SliceResNet2D, "resnet3d": SubjectResNet3D, "unet3d": UNet3D}
 )

@@ -111,9 +111,12 @@ class ResNet18(nn.Module):
 class SliceResNet2D(nn.Module):
     """2-D ResNet18 on each slice: slice-level logits ``[B, S, 6]`` only."""
 
-    def __init__(self, width: int = 64, input_size: int = 256) -> None:
+    def __init__(
+        self, width: int = 64, input_size: int = 256, input_spacing_mm: float | None = None
+    ) -> None:
         super().__init__()
         self.input_size = int(input_size)
+        self.input_spacing_mm = input_spacing_mm
         self.net = ResNet18(2, width)
 
     def forward(self, x: Tensor) -> ICHNetOutput:
@@ -125,9 +128,12 @@ class SliceResNet2D(nn.Module):
 class SubjectResNet3D(nn.Module):
     """3-D ResNet18 on the whole series: subject-level logits ``[B, 6]`` only."""
 
-    def __init__(self, width: int = 64, input_size: int = 256) -> None:
+    def __init__(
+        self, width: int = 64, input_size: int = 256, input_spacing_mm: float | None = None
+    ) -> None:
         super().__init__()
         self.input_size = int(input_size)
+        self.input_spacing_mm = input_spacing_mm
         self.net = ResNet18(3, width)
 
     def forward(self, x: Tensor) -> ICHNetOutput:

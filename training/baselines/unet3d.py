@@ -45,15 +45,23 @@ class UNet3D(nn.Module):
     widths:
         Channels per level, finest first (the original: 32, 64, 128, 256).
     input_size:
-        Square in-plane model input the data is resized to.
+        Square in-plane model input.
+    input_spacing_mm:
+        Its pixel size (``ModelGrid``), or ``None``: the whole field of view resized to it.
     """
 
-    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), input_size: int = 256) -> None:
+    def __init__(
+        self,
+        widths: Sequence[int] = (16, 32, 64, 128),
+        input_size: int = 256,
+        input_spacing_mm: float | None = None,
+    ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if len(widths) < 2 or min(widths) < 1:
             raise ValueError(f"UNet3D needs at least two positive widths, got {widths}")
         self.input_size = int(input_size)
+        self.input_spacing_mm = input_spacing_mm
         self.factor = 2 ** (len(widths) - 1)
         self.encoders = nn.ModuleList()
         in_channels = INPUT_CHANNELS
