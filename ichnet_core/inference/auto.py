@@ -11,6 +11,11 @@
    bfloat16 wins when the machine is otherwise idle and ONNX Runtime when another job shares
    the cores (docs/benchmarks.md), which is why this is measured and not a fixed rule. ONNX
    Runtime without a CUDA provider is not considered on a machine with a GPU.
+
+A decision measured while other processes used more than :data:`BUSY_SHARE` of the CPUs
+(``/proc/stat`` minus this process, over the probe) is stored as provisional: it would keep a
+node that started during a busy hour on the engine that is only faster under load. A later
+start samples the CPUs for :data:`QUIET_SAMPLE_S` and measures again once they are quiet.
 """
 
 from __future__ import annotations
@@ -47,6 +52,55 @@ AUTO_PROBE_RUNS: Final[int] = 2
 AUTO_DECISION_FILE: Final[str] = "auto-engine.json"
 _AUTO_DECISION_FORMAT: Final[str] = "ichnet-auto-engine/1"
 _PROBE_SEED: Final[int] = 0
+#: Share of all CPUs that other processes may use during the probe for a final decision.
+BUSY_SHARE: Final[float] = 0.25
+#: How long a start with a provisional decision samples whether the CPUs are quiet now.
+QUIET_SAMPLE_S: Final[float] = 0.25
+#: ``/proc/stat`` cpu fields: user nice system idle iowait irq softirq steal (guest time is
+#: already in user/nice).
+_STAT_FIELDS: Final[int] = 8
+_IDLE_FIELDS: Final[tuple[int, int]] = (3, 4)
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """Busy CPU seconds of all processes since boot (``/proc/stat``) and this process's own;
+    ``None`` where the kernel does not provide them."""
+    try:
+        fields = Path("/proc/stat").read_text(encoding="ascii").split("\n", 1)[0].split()
+        ticks = [int(v) for v in fields[1 : 1 + _STAT_FIELDS]]
+        hertz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    if fields[0] != "cpu" or len(ticks) < _STAT_FIELDS:
+        return None
+    busy = sum(ticks) - sum(ticks[i] for i in _IDLE_FIELDS)
+    own = os.times()
+    return busy / hertz, own.user + own.system
+
+
+class OtherCpuUse:
+    """CPU share (of all CPUs) used by other processes since this object was made."""
+
+    def __init__(self) -> None:
+        self._start = _cpu_seconds()
+        self._started = time.monotonic()
+
+    def share(self) -> float | None:
+        """Others' share in [0, 1], or ``None`` when it cannot be measured here."""
+        end = _cpu_seconds()
+        wall = time.monotonic() - self._started
+        if self._start is None or end is None or wall <= 0:
+            return None
+        others = (end[0] - self._start[0]) - (end[1] - self._start[1])
+        return min(1.0, max(0.0, others / (wall * (os.cpu_count() or 1))))
+
+
+def _quiet_now() -> bool:
+    """Whether other processes leave the CPUs to the probe now (sampled for a moment)."""
+    sample = OtherCpuUse()
+    time.sleep(QUIET_SAMPLE_S)
+    share = sample.share()
+    return share is not None and share <= BUSY_SHARE
 
 
 def _cpu_model() -> str:
@@ -158,6 +212,14 @@ def auto_engine(
     decision_path = options.cache_dir / AUTO_DECISION_FILE if options.cache_dir else None
     context = _decision_context(weights, options)
     earlier = _read_decision(decision_path, context)
+    if earlier is not None and earlier.get("provisional") and _quiet_now():
+        logger.info(
+            "engine auto: the earlier decision (%s) was measured while other processes used "
+            "%.0f %% of the CPUs; measuring again now that they are quiet",
+            earlier.get("choice"),
+            100 * float(earlier.get("other_cpu_share") or 0.0),
+        )
+        earlier = None
     if earlier is not None and earlier.get("choice") in {c.value for c in candidates}:
         choice = EngineName(earlier["choice"])
         try:
@@ -183,6 +245,7 @@ def auto_engine(
         except EngineUnavailableError as exc:
             unavailable(name, exc)
     timings: dict[EngineName, float] = {}
+    others = OtherCpuUse()
     for name, engine in built.items():
         try:
             timings[name] = probe_seconds(engine)
@@ -193,6 +256,8 @@ def auto_engine(
         raise EngineUnavailableError("no inference engine can run here: " + "; ".join(skipped))
     choice = min(timings, key=lambda n: (timings[n], AUTO_PREFERENCE.index(n)))
     measured = {n.value: round(t, 4) for n, t in timings.items()}
+    share = others.share()
+    provisional = share is not None and share > BUSY_SHARE
     _write_decision(
         decision_path,
         {
@@ -202,14 +267,20 @@ def auto_engine(
             "timings_s": measured,
             "probe_slices": AUTO_PROBE_SLICES,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "other_cpu_share": None if share is None else round(share, 3),
+            "provisional": provisional,
         },
     )
     logger.info(
-        "engine auto: using %s (%s): fastest on a %d-slice probe (%s); unavailable: %s",
+        "engine auto: using %s (%s): fastest on a %d-slice probe (%s); unavailable: %s%s",
         choice.value,
         built[choice].description,
         AUTO_PROBE_SLICES,
         ", ".join(f"{built[n].description} {t:.3f} s" for n, t in timings.items()),
         "; ".join(skipped) or "none",
+        f"; provisional: other processes used {100 * share:.0f} % of the CPUs meanwhile, "
+        "so a later start on quiet CPUs measures again"
+        if provisional and share is not None
+        else "",
     )
     return built[choice]

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ichnet_core.inference.auto import AUTO_DECISION_FILE
+from ichnet_core.inference import auto
+from ichnet_core.inference.auto import AUTO_DECISION_FILE, BUSY_SHARE, OtherCpuUse
 from ichnet_core.inference.base import (
     EngineName,
     EngineUnavailableError,
@@ -22,6 +26,27 @@ from ichnet_core.inference.torch_engine import TorchEngine, TorchSettings
 from ichnet_core.models.weights import ModelWeights
 
 ENGINE_LOGGER = "ichnet_core.inference"  # the factory and the auto choice (auto.py) log under it
+
+
+@pytest.fixture(autouse=True)
+def other_cpu_use(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """What other processes use of the CPUs, as the auto choice sees it: none unless a test
+    sets a share, so whatever else runs beside the suite never makes a decision provisional."""
+    shares: list[float] = []
+    monkeypatch.setattr(OtherCpuUse, "share", lambda self: shares[0] if shares else 0.0)
+    monkeypatch.setattr(auto, "QUIET_SAMPLE_S", 0.0)
+    return shares
+
+
+def _own_cache(engine_cache: Path, tmp_path: Path) -> Path:
+    """A cache of its own for the decision file; the ONNX export comes from the session cache
+    where an earlier test made it."""
+    cache = tmp_path / "cache"
+    (cache / "onnx").mkdir(parents=True)
+    exports = engine_cache / "onnx"
+    for export in exports.iterdir() if exports.is_dir() else ():
+        (cache / "onnx" / export.name).symlink_to(export)
+    return cache
 
 
 def test_torch_engine_by_name_is_the_optimised_one(
@@ -62,14 +87,11 @@ def test_auto_measures_then_reuses_its_decision(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # A cache of its own for the decision file; the ONNX export comes from the session cache.
-    cache = tmp_path / "cache"
-    (cache / "onnx").mkdir(parents=True)
-    for export in (engine_cache / "onnx").iterdir():
-        (cache / "onnx" / export.name).symlink_to(export)
+    cache = _own_cache(engine_cache, tmp_path)
     with caplog.at_level(logging.INFO, logger=ENGINE_LOGGER):
         engine = create_engine(EngineName.AUTO.value, tiny_weights, cache_dir=cache)
     decision = json.loads((cache / AUTO_DECISION_FILE).read_text())
+    assert decision["provisional"] is False and decision["other_cpu_share"] == 0.0
     timings = decision["timings_s"]
     assert set(timings) == {"torch", "onnxruntime"}
     assert engine.name == decision["choice"] == min(timings, key=timings.__getitem__)
@@ -82,6 +104,56 @@ def test_auto_measures_then_reuses_its_decision(
         again = create_engine(EngineName.AUTO.value, tiny_weights, cache_dir=cache)
     assert again.name == engine.name
     assert "measured earlier on this machine" in caplog.text
+
+
+def test_auto_measures_again_once_the_busy_cpus_it_was_measured_on_are_quiet(
+    tiny_weights: ModelWeights,
+    engine_cache: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    other_cpu_use: list[float],
+) -> None:
+    """Measured while others used 60 % of the CPUs: provisional. A start while they are still
+    busy keeps it; the first start on quiet CPUs measures again and makes it final."""
+    cache = _own_cache(engine_cache, tmp_path)
+    other_cpu_use[:] = [0.6]
+    with caplog.at_level(logging.INFO, logger=ENGINE_LOGGER):
+        create_engine(EngineName.AUTO.value, tiny_weights, cache_dir=cache)
+    decision = json.loads((cache / AUTO_DECISION_FILE).read_text())
+    assert decision["provisional"] is True and decision["other_cpu_share"] == 0.6
+    assert "provisional: other processes used 60 % of the CPUs" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=ENGINE_LOGGER):
+        create_engine(EngineName.AUTO.value, tiny_weights, cache_dir=cache)
+    assert "measured earlier on this machine" in caplog.text
+
+    caplog.clear()
+    other_cpu_use[:] = [0.0]
+    with caplog.at_level(logging.INFO, logger=ENGINE_LOGGER):
+        create_engine(EngineName.AUTO.value, tiny_weights, cache_dir=cache)
+    assert "measuring again now that they are quiet" in caplog.text
+    assert "fastest on a" in caplog.text
+    assert json.loads((cache / AUTO_DECISION_FILE).read_text())["provisional"] is False
+
+
+def test_other_processes_busy_on_every_cpu_count_as_other_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real measurement (the fixture's stand-in undone): one busy process per CPU while
+    this one sleeps."""
+    monkeypatch.undo()
+    sample = OtherCpuUse()
+    spin = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 0.6: pass"
+    busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+    for process in busy:
+        process.wait()
+    share = sample.share()
+    if share is None:
+        pytest.skip(
+            "no /proc/stat on this system: the auto choice never calls a decision provisional"
+        )
+    assert share > BUSY_SHARE
 
 
 def test_auto_decision_for_other_weights_is_not_reused(
