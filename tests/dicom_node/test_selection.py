@@ -308,7 +308,8 @@ def test_first_failing_rule_wins() -> None:
 )
 def test_an_undecodable_element_skips_the_series_with_its_tag(keyword: str) -> None:
     """pydicom raises NotImplementedError for an element with unknown VR bytes ('I '); the
-    series is skipped with the element named instead of the worker failing on it forever."""
+    series is skipped with the element named instead of its job failing (and with it the
+    study's other series, which rank this one as a competitor)."""
     series = head_series(ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
     tag = Tag(keyword)
     series[3][tag] = RawDataElement(tag, "I ", 2, b"1 ", 0, False, True)
