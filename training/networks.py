@@ -34,12 +34,8 @@ def build_network(section: ModelSection) -> nn.Module:
 
 
 def grid_of(model: nn.Module) -> ModelGrid:
-    """The input grid the network expects (baselines: their ``input_size`` and
-    ``input_spacing_mm``; without a spacing the whole field of view resized)."""
-    if isinstance(model, ICHNet):
-        return model.config.grid
-    size = getattr(model, "input_size", None)
-    if not isinstance(size, int):
-        raise ValueError(f"{type(model).__name__} does not declare an input_size")
-    spacing = getattr(model, "input_spacing_mm", None)
-    return ModelGrid(size, None if spacing is None else float(spacing))
+    """The input grid the network expects (ICHNet: its config's; baselines: their ``grid``)."""
+    grid = model.config.grid if isinstance(model, ICHNet) else getattr(model, "grid", None)
+    if not isinstance(grid, ModelGrid):
+        raise ValueError(f"{type(model).__name__} does not declare its input grid")
+    return grid

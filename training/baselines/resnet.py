@@ -19,6 +19,7 @@ from typing import Final
 
 from torch import Tensor, nn
 
+from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.labels import NUM_CLASSIFICATION_OUTPUTS
 from ichnet_core.models import ICHNetOutput
 
@@ -115,8 +116,7 @@ class SliceResNet2D(nn.Module):
         self, width: int = 64, input_size: int = 256, input_spacing_mm: float | None = None
     ) -> None:
         super().__init__()
-        self.input_size = int(input_size)
-        self.input_spacing_mm = input_spacing_mm
+        self.grid = ModelGrid(int(input_size), input_spacing_mm)
         self.net = ResNet18(2, width)
 
     def forward(self, x: Tensor) -> ICHNetOutput:
@@ -132,8 +132,7 @@ class SubjectResNet3D(nn.Module):
         self, width: int = 64, input_size: int = 256, input_spacing_mm: float | None = None
     ) -> None:
         super().__init__()
-        self.input_size = int(input_size)
-        self.input_spacing_mm = input_spacing_mm
+        self.grid = ModelGrid(int(input_size), input_spacing_mm)
         self.net = ResNet18(3, width)
 
     def forward(self, x: Tensor) -> ICHNetOutput:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.labels import NUM_SEGMENTATION_CLASSES
 from ichnet_core.models import ICHNetOutput
 from training.baselines.resnet import INPUT_CHANNELS
@@ -60,8 +61,7 @@ class UNet3D(nn.Module):
         widths = tuple(int(w) for w in widths)
         if len(widths) < 2 or min(widths) < 1:
             raise ValueError(f"UNet3D needs at least two positive widths, got {widths}")
-        self.input_size = int(input_size)
-        self.input_spacing_mm = input_spacing_mm
+        self.grid = ModelGrid(int(input_size), input_spacing_mm)
         self.factor = 2 ** (len(widths) - 1)
         self.encoders = nn.ModuleList()
         in_channels = INPUT_CHANNELS
