@@ -60,14 +60,15 @@ cases have none of it (the generator before) and some more than the real study:
   study most bright intracranial pixels more than 4 mm from bone in the base slices sit there
   and over the orbital roofs (the latter is the tangential partial volume above).
 
-All of it changes densities only: labels and subtype masks stay as the anatomy and lesions
-define them, so in a negative case every voxel it brightens is brain (label 1) or skull (0),
-never hemorrhage. Like partial volume in a real scan, the band and the tangential term also
-brighten blood that lies at the table (a thin subdural rim gains what brain there would gain;
-blood more than 4 mm from bone keeps its 50-90 HU), and a calcification inside a bleed keeps
-the bleed's label, as the other calcifications do. The effects have their own random stream,
-so with every probability 0 (``SyntheticConfig.without_realism()``) a seed gives bit for bit
-the case it gave before this module existed.
+All of it changes densities only, so in a negative case every voxel it brightens is brain
+(label 1) or skull (0), never hemorrhage. Like partial volume in a real scan, the band and the
+tangential term also brighten blood that lies at the table (a thin subdural rim gains what brain
+there would gain; blood more than 4 mm from bone keeps its 50-90 HU). Blood is labelled where a
+reader would outline it (``render.VISIBLE_BLOOD_MAX_HU``): a rim brightened past 200 HU reads
+as bone and is labelled as the brain there would be, as is a calcification inside a bleed. The
+effects have their own random stream, so with every probability 0
+(``SyntheticConfig.without_realism()``) a seed gives the anatomy and lesions it gave before this
+module existed, and bit for bit the densities.
 """
 
 from __future__ import annotations

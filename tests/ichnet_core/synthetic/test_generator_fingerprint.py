@@ -9,9 +9,14 @@ intraparenchymal clots with and without oedema, intraventricular), seed 19 a ten
 seed 7 a random case and seed 8 a negative one.
 
 The realism effects of issue 8 item 5 (``ichnet_core.synthetic.realism``) draw from their own
-stream and change densities only: with their probabilities 0 (``CONFIG``) the digests above still
-hold; with the defaults (``DEFAULT``) the image differs but the labels and volumes do not, and
-``EXPECTED_DEFAULT`` pins those cases too (computed when the effects were added).
+stream and change densities only: with their probabilities 0 (``CONFIG``) the images are those
+of 293d0c5; with the defaults (``DEFAULT``) the image differs, and ``EXPECTED_DEFAULT`` pins
+those cases too.
+
+One deliberate change since: on 2026-12-05 blood became labelled only where its noise-free
+density reads as blood (``render.VISIBLE_BLOOD_MAX_HU``, 200 HU). Every image stayed bit for bit
+what it was (checked on all the cases below); the labels of the positive cases lost their
+bone-bright rims and the digests and volumes were recomputed (the negative ones did not change).
 
 The digests are of this project's numpy build on x86-64; a platform whose vectorised
 transcendental functions round differently could differ in the last bit of a float and flip a
@@ -35,36 +40,36 @@ ALL = ("CPH", "IVH", "EDH", "SDH", "SAH")
 #: (seed, subtypes or None for a random case or () for a negative one) -> (sha256, mL).
 EXPECTED: dict[tuple[int, tuple[str, ...] | None], tuple[str, float]] = {
     (0, ALL): (
-        "f06115b235129bf09eec5d4feb666b60763bc40d99b8b7dd2ccc1b9ff6bcb5fa",
-        17.166454339418653,
+        "6e9ce64956347fd3a2a6fa4a64e9935a467687932d118c43126220940e89eb11",
+        15.45740468173317,
     ),
     (1, ALL): (
-        "f165769802cd0110d18d9e985a97591fa5e5d6b35451a96038ad7a19721e1757",
-        9.028013768233345,
+        "f5cf08962f0e6e57ca1bb5f0636aaf3b86e060fc3a9ebb49074e22c8d7b775b2",
+        6.586635397105455,
     ),
     (2, ALL): (
-        "c12bda44ef9b94eefbefa9c2152bb6cf86fbd1daf14a663e958d35f6e996d969",
-        30.773093186534503,
+        "64c00f98ed6329264f4e4bf0a0d15fd22b36dca9846831b1ce00c0072732aef2",
+        30.321543763401202,
     ),
     (3, ALL): (
-        "9a1c06ba99239c3eea3c26afdcab2072928349075199a77d72399de4fe6bb440",
-        39.36182041015191,
+        "a41997a6c0cd6523f21dbc70afb3e6323239f6c95371ed76544e9b0a666a25f1",
+        36.08381962845401,
     ),
     (4, ALL): (
-        "e55c76512dffc9246380dc62b1c857002c3ce02c2e668dac6b4016d666ebd9f0",
-        26.749428516028754,
+        "65d96bf680a0dd6d848363d714bf463db954ec41c4fdc617a1671a13b3da35cc",
+        24.057301877370612,
     ),
     (5, ALL): (
-        "2ad5b572a872b872a4e3910eb5aba8cfb5470b8318d0250cf8ee3973ef1a305d",
-        4.766220420727948,
+        "5297930eeecb7b6faf286f67e84cef394201ff59acd042d34a3dec14deb2326b",
+        4.303944861526909,
     ),
     (19, ("SDH",)): (
-        "2b836cdb06047d253acb57ff22a12fc411cd9934e320d58ca26ff136bc92fe49",
-        4.755525562633387,
+        "78d7b07de4bdb5021e278189a17de78abdbf15f47327bde83d7c43e3539a68a2",
+        3.1142379790696526,
     ),
     (7, None): (
-        "0d7c845b2f6f0411a49e28e2b6f95f5842b55da8a374979e329bbdc64e85eec8",
-        9.600207795875871,
+        "e5d85c1c6964d805fd6111f766f65ba242496b25efd12c3dda9db009036dcb65",
+        7.57166265964657,
     ),
     (8, ()): ("807a390deaf2b3307360fc9b07d4d1d16116a630d809474133bf48edfa85cf7e", 0.0),
 }
@@ -73,12 +78,12 @@ EXPECTED: dict[tuple[int, tuple[str, ...] | None], tuple[str, float]] = {
 DEFAULT = SyntheticConfig(rows=96, columns=96)
 EXPECTED_DEFAULT: dict[tuple[int, tuple[str, ...] | None], tuple[str, float]] = {
     (0, ALL): (
-        "44d7de7744a3988d60befd1d4ea9709027d68320439a0a13827b7a675d0c22b5",
-        17.166454339418653,
+        "3d1cf5bf08d9ccbfd4a8b045603cb57ebd7a06b353d8d9b517c9be405059ae03",
+        14.545911530967578,
     ),
     (7, None): (
-        "a96e9adebd2abcfe9c3786cf1d806731559a41b4c94c9dc42aaaaa15586fe0fe",
-        9.600207795875871,
+        "13451545943bc8167afe7b2043f265e00ee9bd9cd016dcc16548466c9a5c8ab9",
+        7.312197584082358,
     ),
     (8, ()): ("fbde352ee46841af81eb7aa95365f1bd6affef23706175f954f7734d46b1b8a7", 0.0),
 }
@@ -119,4 +124,4 @@ def test_cases_with_the_realism_effects_are_pinned_too(
     case = _generate(seed, subtypes, DEFAULT)
     digest, volume_ml = EXPECTED_DEFAULT[(seed, subtypes)]
     assert _digest(case) == digest
-    assert case.hemorrhage_volume_ml == volume_ml == EXPECTED[(seed, subtypes)][1]
+    assert case.hemorrhage_volume_ml == volume_ml <= EXPECTED[(seed, subtypes)][1]

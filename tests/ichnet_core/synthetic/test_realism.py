@@ -20,6 +20,7 @@ from ichnet_core.labels import BRAIN, HEMORRHAGE
 from ichnet_core.synthetic import SyntheticCase, SyntheticConfig, generate_case
 from ichnet_core.synthetic.points import FlatPoints
 from ichnet_core.synthetic.realism import PATCH_WAVELENGTH_MM, PATCH_WAVES, Realism
+from ichnet_core.synthetic.render import VISIBLE_BLOOD_MAX_HU
 from ichnet_core.synthetic.shapes import random_waves
 
 OFF = SyntheticConfig(rows=256, columns=256).without_realism()
@@ -86,17 +87,46 @@ def test_same_seed_gives_a_bit_identical_case_with_every_effect_on() -> None:
 
 
 @pytest.mark.parametrize("subtypes", [(), ("SDH",), ("EDH", "SAH")], ids=str)
-def test_effects_change_densities_only_never_labels(subtypes: tuple[str, ...]) -> None:
-    """The band, partial volume, streaks and plaques are never hemorrhage: labels, subtype
-    masks and volumes are those of the same seed without them."""
+def test_effects_never_add_hemorrhage_and_unlabel_only_blood_they_make_bone_bright(
+    subtypes: tuple[str, ...],
+) -> None:
+    """The band, partial volume, streaks and plaques are never hemorrhage. Blood they brighten
+    past what reads as blood (VISIBLE_BLOOD_MAX_HU) is labelled as the brain there would be;
+    every other label is that of the same seed without them."""
     kwargs = {"subtypes": subtypes} if subtypes else {"hemorrhage": False}
     on = generate_case(3, ALL_ON, **kwargs)
     off = generate_case(3, ALL_OFF, **kwargs)
     assert not np.array_equal(on.hu, off.hu)
-    assert np.array_equal(on.labels, off.labels)
-    assert np.array_equal(on.subtype_masks, off.subtype_masks)
-    assert on.hemorrhage_volume_ml == off.hemorrhage_volume_ml
+    changed = on.labels != off.labels
+    assert np.all(off.labels[changed] == HEMORRHAGE)
+    assert np.all(on.labels[changed] == BRAIN)
+    assert np.array_equal(on.subtype_masks, off.subtype_masks & (on.labels == HEMORRHAGE))
+    assert on.hemorrhage_volume_ml <= off.hemorrhage_volume_ml
     assert (on.labels == HEMORRHAGE).any() == bool(subtypes)
+    if not subtypes:
+        assert not changed.any()
+
+
+def test_labelled_blood_reads_as_blood() -> None:
+    """What a reader would outline: with the scanner's blur, noise and streaks off, no voxel
+    labelled hemorrhage is brighter than VISIBLE_BLOOD_MAX_HU (the faint ring and the integer
+    rounding aside), although the band and the partial volume reach 600 HU at the table."""
+    config = dataclasses.replace(
+        ALL_ON,
+        rows=256,
+        columns=256,
+        noise_sd_hu=(0.0, 0.0),
+        psf_sigma_px=(0.0, 0.0),
+        streak_probability=0.0,
+        strong_streak_probability=0.0,
+        inner_table_band_hu=(500.0, 600.0),
+        hemorrhage_volume_ml=(10.0, 30.0),
+    )
+    case = generate_case(4, config, subtypes=("EDH", "SDH"))
+    blood = case.hu[case.labels == HEMORRHAGE]
+    assert blood.size > 1000
+    assert float(blood.max()) <= VISIBLE_BLOOD_MAX_HU + 13.0
+    assert float((case.hu[case.labels == BRAIN] > VISIBLE_BLOOD_MAX_HU + 13.0).mean()) > 0.0
 
 
 def test_inner_table_band_has_the_real_studys_brightness() -> None:
