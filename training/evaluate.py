@@ -164,7 +164,9 @@ class EvalResult:
     operating_points: OperatingPoints | None = None
     #: Case-bootstrap 95 % intervals of the headline figures (``training.bootstrap``).
     intervals: dict[str, Interval | None] = field(default_factory=dict)
-    #: Volume errors per compartment (cases whose truth and prediction have compartments).
+    #: Volume errors per compartment (cases whose truth and prediction have compartments), each
+    #: with ``found``: the share of the compartment's labelled voxels, pooled over the cases,
+    #: that the model segments as hemorrhage of any compartment (None without such voxels).
     compartment_volume: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,6 +206,8 @@ class Evaluator:
         self.false_positive_ml: list[float] = []
         self.volumes: list[tuple[float, float]] = []
         self.compartment_volumes: dict[str, list[tuple[float, float]]] = {s: [] for s in SUBTYPES}
+        #: Labelled voxels per compartment, and how many of them are segmented as hemorrhage.
+        self.compartment_voxels: dict[str, list[int]] = {s: [0, 0] for s in SUBTYPES}
         self.subject_source: str | None = None
         self.terms: dict[str, list[float]] = {}
 
@@ -238,6 +242,10 @@ class Evaluator:
                         label_volume_ml(case.compartments, index, voxel_ml),
                     )
                 )
+                labelled = case.compartments == index
+                counts = self.compartment_voxels[name]
+                counts[0] += int(np.count_nonzero(labelled & predicted_hemorrhage))
+                counts[1] += int(np.count_nonzero(labelled))
         score = dice(predicted_hemorrhage, truth_hemorrhage)
         if true_ml > 0 and score is not None:  # labelled bleed: Dice is defined
             self.dice["hemorrhage"].append(score)
@@ -291,6 +299,10 @@ class Evaluator:
             ),
         }
 
+    def _found(self, name: str) -> float | None:
+        found, labelled = self.compartment_voxels[name]
+        return found / labelled if labelled else None
+
     def result(self, bootstrap_replicates: int = 0) -> EvalResult:
         """The tables over all cases added so far (with bootstrap intervals when asked)."""
         table2: dict[str, dict[str, BinaryMetrics | None]] = {}
@@ -339,7 +351,7 @@ class Evaluator:
             operating_points=self.operating_points,
             intervals=self.intervals(bootstrap_replicates) if bootstrap_replicates else {},
             compartment_volume={
-                name: volume_errors(*np.array(pairs).T).to_dict()
+                name: volume_errors(*np.array(pairs).T).to_dict() | {"found": self._found(name)}
                 for name, pairs in self.compartment_volumes.items()
                 if pairs
             },
@@ -443,14 +455,21 @@ def format_markdown(result: EvalResult, title: str = "Evaluation") -> str:
             "",
             "## Volume per compartment",
             "",
-            "| compartment | cases | mean abs. error (mL) | median abs. error (mL) | mean error (mL) |",
-            "|---|---|---|---|---|",
+            "| compartment | cases | mean abs. error (mL) | median abs. error (mL) | mean error (mL) "
+            "| labelled voxels found |",
+            "|---|---|---|---|---|---|",
         ]
         for name, v in result.compartment_volume.items():
             lines.append(
                 f"| {name} | {v['n']} | {format_metric(v['mean_absolute_error_ml'], 2)} | "
-                f"{format_metric(v['median_absolute_error_ml'], 2)} | {format_metric(v['mean_error_ml'], 2)} |"
+                f"{format_metric(v['median_absolute_error_ml'], 2)} | {format_metric(v['mean_error_ml'], 2)} "
+                f"| {format_metric(v.get('found'))} |"
             )
+        lines += [
+            "",
+            "Labelled voxels found: the share of each compartment's labelled voxels, pooled over "
+            "the cases, segmented as hemorrhage (of any compartment).",
+        ]
     if result.intervals:
         lines += ["", "## 95 % intervals (case bootstrap)", "", "| figure | low | high |"]
         lines.append("|---|---|---|")

@@ -200,3 +200,25 @@ def test_compartment_volumes_and_bootstrap_intervals() -> None:
     assert set(data["intervals_95"]) >= {"subject_auc_any", "slice_auc_any", "dice_hemorrhage"}
     assert "95 % intervals" in format_markdown(result)
     assert "| SDH | 2 |" in format_markdown(result)
+
+
+def test_found_is_the_share_of_each_compartments_voxels_segmented_as_blood() -> None:
+    # One SDH case; the prediction segments the upper half of the bleed's rows (calling them
+    # SAH: found counts blood of any compartment) and misses the rest.
+    case = make_phantom_case("toy/c", slices=3, bleed_slices=(1,), subtype=3)
+    truth = np.where(case.seg == HEMORRHAGE, 4, 0).astype(np.uint8)
+    case = dataclasses.replace(case, compartments=truth)
+    labels = case.seg.copy()
+    rows = np.nonzero((labels[1] == HEMORRHAGE).any(axis=1))[0]
+    missed = rows[len(rows) // 2 :]
+    labels[1, missed] = np.where(labels[1, missed] == HEMORRHAGE, 1, labels[1, missed])
+    predicted = np.where(labels == HEMORRHAGE, 5, 0).astype(np.uint8)
+    evaluator = Evaluator()
+    subject = np.array([0.9, 0, 0, 0.8, 0, 0], np.float32)
+    evaluator.add(case, CasePrediction("toy/c", subject, None, labels, compartments=predicted))
+    result = evaluator.result()
+    expected = np.count_nonzero(labels == HEMORRHAGE) / np.count_nonzero(truth == 4)
+    assert 0.0 < expected < 1.0
+    assert result.compartment_volume["SDH"]["found"] == pytest.approx(expected)
+    assert result.compartment_volume["CPH"]["found"] is None
+    assert "labelled voxels found" in format_markdown(result)
