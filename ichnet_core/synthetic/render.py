@@ -43,7 +43,7 @@ LABEL_FRACTION = 0.5
 #: Blood is labelled only where the voxel's noise-free density is at most this (HU): what a
 #: reader outlines. Acute blood is 50-90 HU; a voxel that is half blood but also holds bone (a
 #: slice cutting the inner table tangentially) or lies under a strong inner-table band renders
-#: at 200-700 HU, reads as bone, and no reader would call it blood. Labelled as blood, such
+#: at 200-1100 HU, reads as bone, and no reader would call it blood. Labelled as blood, such
 #: voxels made extra-axial haematomas unlearnable (2026-12-05: 20-40 % of the subdural and
 #: epidural pixels of the training cases, where the network found almost none of them).
 VISIBLE_BLOOD_MAX_HU = 200.0

@@ -52,6 +52,16 @@ def _mask(case: SyntheticCase, subtype: str) -> np.ndarray:
     return case.subtype_masks[SUBTYPES.index(subtype)]
 
 
+def _share_of_slices_against_the_table(case: SyntheticCase, mask: np.ndarray) -> float:
+    """Share of the lesion's slices where it reaches the skull: within one voxel of it, the
+    voxel where blood and bone mix, reads as bone (render.VISIBLE_BLOOD_MAX_HU) and is not
+    labelled blood."""
+    slices = mask.any(axis=(1, 2))
+    near_table = ndimage.binary_dilation(mask, IN_PLANE, iterations=2)
+    touching = (near_table & (case.labels == NON_BRAIN)).any(axis=(1, 2))
+    return float(touching[slices].mean())
+
+
 def _largest_slice_shape(mask: np.ndarray, pixel_mm: float) -> tuple[float, float, float]:
     """(solidity, thickness mm, length mm) of the lesion in its largest slice."""
     m = mask[int(np.argmax(mask.sum(axis=(1, 2))))]
@@ -100,12 +110,7 @@ def test_planned_clots_have_acute_blood_density() -> None:
 def test_epidural_is_a_lens_against_the_inner_table(seed: int) -> None:
     case = make(seed, "EDH", SMALL_LESIONS)
     mask = _mask(case, "EDH")
-    slices = mask.any(axis=(1, 2))
-    # Against the table: within one voxel of it, the voxel where blood and bone mix and that
-    # reads as bone (render.VISIBLE_BLOOD_MAX_HU) and is not labelled blood.
-    near_table = ndimage.binary_dilation(mask, IN_PLANE, iterations=2)
-    touching = (near_table & (case.labels == NON_BRAIN)).any(axis=(1, 2))
-    assert touching[slices].mean() >= 0.8
+    assert _share_of_slices_against_the_table(case, mask) >= 0.8
     solidity, thickness, length = _largest_slice_shape(mask, case.pixel_spacing[0])
     assert solidity > 0.8, "a biconvex lens is convex"
     assert thickness / length > 0.2, "a lens is thick for its length"
@@ -141,12 +146,7 @@ def test_convexity_subdural_is_a_crescent_along_the_inner_table(
     case = generate_case(seed, SMALL_LESIONS, subtypes=("SDH",))
     twin = make(seed, None, SMALL_LESIONS)
     mask = _mask(case, "SDH")
-    slices = mask.any(axis=(1, 2))
-    # Against the table: within one voxel of it, the voxel where blood and bone mix and that
-    # reads as bone (render.VISIBLE_BLOOD_MAX_HU) and is not labelled blood.
-    near_table = ndimage.binary_dilation(mask, IN_PLANE, iterations=2)
-    touching = (near_table & (case.labels == NON_BRAIN)).any(axis=(1, 2))
-    assert touching[slices].mean() >= 0.8
+    assert _share_of_slices_against_the_table(case, mask) >= 0.8
     solidity, thickness, length = _largest_slice_shape(mask, case.pixel_spacing[0])
     assert thickness / length < 0.2, "a crescent is long and thin"
     assert solidity < 0.8, "a crescent is concave towards the brain"
