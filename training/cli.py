@@ -36,7 +36,7 @@ from training.data.series_cache import SeriesCacheSource, cache_folder, fill_cac
 from training.data.splits import Split
 from training.device import autocast_dtype, resolve_device
 from training.distributed import Distributed, from_environment, shutdown
-from training.evaluate import evaluate_model, format_markdown, write_report
+from training.evaluate import evaluate_model, format_markdown, write_cases, write_report
 from training.export import OPERATING_POINTS_FORMAT, file_sha256
 from training.operating_points import (
     ANY_MIN_SENSITIVITY,
@@ -371,8 +371,9 @@ def _operating_points(argv: Sequence[str]) -> int:
     out = args.out or Path(config.output_dir) / OPERATING_POINTS_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    cases_csv = write_cases(result, out.with_name(f"{out.stem}_cases.csv"))
     print(format_operating_points(selection))
-    print(f"operating points: {out}")
+    print(f"operating points: {out}\nper case: {cases_csv}")
     return EXIT_OK
 
 

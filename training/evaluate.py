@@ -11,6 +11,8 @@ argmax, so Dice and volumes are measured at source resolution with the case's ow
 * Volume: mean absolute / signed / relative error of the hemorrhage volume in mL.
 * Operating points: Table 2 at per-output thresholds (``Evaluator(operating_points=...)``),
   chosen on a validation split by :mod:`training.operating_points`.
+* Per case (``cases.csv``): truths, scores and volumes of every case, so the cases that set an
+  operating point or that a model misses can be named without running the model again.
 
 A model without a subject head (2-D ResNet18) gets subject probabilities as the maximum of its
 slice probabilities; the report says so (``subject_source``).
@@ -18,6 +20,7 @@ slice probabilities; the report says so (``subject_source``).
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import logging
@@ -168,6 +171,8 @@ class EvalResult:
     #: with ``found``: the share of the compartment's labelled voxels, pooled over the cases,
     #: that the model segments as hemorrhage of any compartment (None without such voxels).
     compartment_volume: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: One row per case (:meth:`Evaluator.case_row`), in the order evaluated; ``cases.csv``.
+    cases: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -210,10 +215,13 @@ class Evaluator:
         self.compartment_voxels: dict[str, list[int]] = {s: [0, 0] for s in SUBTYPES}
         self.subject_source: str | None = None
         self.terms: dict[str, list[float]] = {}
+        self.cases: list[dict[str, Any]] = []
 
     def add(self, case: LabelledCase, prediction: CasePrediction) -> None:
         """Score one case."""
         self.n_cases += 1
+        row = self.case_row(case, prediction)
+        self.cases.append(row)
         for name, value in prediction.loss_terms.items():
             self.terms.setdefault(name, []).append(value)
         if prediction.subject_probabilities is not None and case.subject_labels is not None:
@@ -234,6 +242,7 @@ class Evaluator:
         true_ml = label_volume_ml(case.seg, HEMORRHAGE, voxel_ml)
         predicted_ml = label_volume_ml(prediction.labels, HEMORRHAGE, voxel_ml)
         self.volumes.append((predicted_ml, true_ml))
+        row |= {"true_ml": true_ml, "segmented_ml": predicted_ml}
         if case.compartments is not None and prediction.compartments is not None:
             for index, name in enumerate(SUBTYPES, start=1):
                 self.compartment_volumes[name].append(
@@ -247,6 +256,7 @@ class Evaluator:
                 counts[0] += int(np.count_nonzero(labelled & predicted_hemorrhage))
                 counts[1] += int(np.count_nonzero(labelled))
         score = dice(predicted_hemorrhage, truth_hemorrhage)
+        row["dice_hemorrhage"] = score
         if true_ml > 0 and score is not None:  # labelled bleed: Dice is defined
             self.dice["hemorrhage"].append(score)
         else:
@@ -256,6 +266,25 @@ class Evaluator:
                 score = dice(prediction.labels == value, case.seg == value)
                 if score is not None:
                     self.dice[name].append(score)
+
+    @staticmethod
+    def case_row(case: LabelledCase, prediction: CasePrediction) -> dict[str, Any]:
+        """Truths and scores of one case as a flat row; ``None`` where unknown.
+
+        ``max_slice_any`` is the highest slice ``any`` probability, the evidence a subject
+        decision could also be taken from; :meth:`add` fills in the volumes (mL at source
+        resolution) and the hemorrhage Dice.
+        """
+        row: dict[str, Any] = {"case_id": case.case_id}
+        for column, name in enumerate(CLASS_NAMES):
+            truth = None if case.subject_labels is None else case.subject_labels[column]
+            row[f"true_{name}"] = None if truth is None or np.isnan(truth) else int(truth)
+            scores = prediction.subject_probabilities
+            row[f"p_{name}"] = None if scores is None else float(scores[column])
+        slices = prediction.slice_probabilities
+        row["max_slice_any"] = None if slices is None else float(slices[:, 0].max())
+        row |= {"true_ml": None, "segmented_ml": None, "dice_hemorrhage": None}
+        return row
 
     def threshold_of(self, level: str, name: str) -> float:
         """Decision threshold of one output: its operating point, else ``threshold``."""
@@ -355,6 +384,7 @@ class Evaluator:
                 for name, pairs in self.compartment_volumes.items()
                 if pairs
             },
+            cases=list(self.cases),
         )
 
 
@@ -514,11 +544,31 @@ def plot_roc(result: EvalResult, path: Path, level: str) -> Path | None:
     return path
 
 
+def write_cases(result: EvalResult, path: Path) -> Path:
+    """Write the per-case rows of ``result`` as CSV (empty cells where unknown)."""
+    columns = list(result.cases[0]) if result.cases else ["case_id"]
+    with Path(path).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in result.cases:
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    return Path(path)
+
+
+def _csv_cell(value: Any) -> Any:
+    """Floats to 6 significant digits, ``None`` to an empty cell."""
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
 def write_report(result: EvalResult, out_dir: Path, title: str = "Evaluation") -> dict[str, Path]:
-    """Write ``metrics.json``, ``tables.md`` and ``roc_<level>.png``; returns the paths."""
+    """Write ``metrics.json``, ``tables.md``, ``cases.csv`` and ``roc_<level>.png``; returns
+    the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "metrics.json", "markdown": out_dir / "tables.md"}
+    paths["cases"] = write_cases(result, out_dir / "cases.csv")
     paths["json"].write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     paths["markdown"].write_text(format_markdown(result, title), encoding="utf-8")
     for level in LEVELS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -138,6 +139,40 @@ def test_report_files_have_the_expected_keys(tmp_path: Path) -> None:
     assert "| hemorrhage | 0.667 | 1 |" in markdown
     assert paths["roc_subject"].stat().st_size > 0 and paths["roc_slice"].stat().st_size > 0
     assert format_markdown(result, "toy") == markdown
+
+
+def test_cases_csv_names_each_case_with_its_scores_and_volumes(tmp_path: Path) -> None:
+    """The per-case rows: what a missed bleed or a false alarm is looked up by."""
+    evaluator, (a, _) = _toy()
+    paths = write_report(evaluator.result(), tmp_path, title="toy")
+    with paths["cases"].open(newline="") as handle:
+        rows = {row["case_id"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"toy/a", "toy/b"}
+    voxel_ml = 0.8 * 0.8 * 5.0 / 1000
+    bleed = int(np.count_nonzero(a.seg == HEMORRHAGE))
+    row_a, row_b = rows["toy/a"], rows["toy/b"]
+    assert (row_a["true_any"], row_a["true_CPH"], row_b["true_any"]) == ("1", "1", "0")
+    assert float(row_a["p_any"]) == pytest.approx(0.8)
+    assert float(row_b["p_CPH"]) == pytest.approx(0.1)
+    assert float(row_a["max_slice_any"]) == pytest.approx(0.9)
+    assert float(row_b["max_slice_any"]) == pytest.approx(0.7)
+    assert float(row_a["true_ml"]) == pytest.approx(bleed * voxel_ml, rel=1e-5)
+    assert float(row_a["segmented_ml"]) == pytest.approx(bleed / 2 * voxel_ml, rel=1e-5)
+    assert float(row_a["dice_hemorrhage"]) == pytest.approx(2 / 3, rel=1e-5)
+    assert float(row_b["segmented_ml"]) == pytest.approx(3 * voxel_ml, rel=1e-5)
+    assert row_b["dice_hemorrhage"] == "0"  # 3 false pixels, no truth: Dice 0
+
+
+def test_cases_csv_leaves_unknown_cells_empty(tmp_path: Path) -> None:
+    """A case without segmentation output or subject head: empty cells, not zeros."""
+    case = make_phantom_case("toy/c", slices=2, bleed_slices=())
+    evaluator = Evaluator()
+    evaluator.add(case, CasePrediction("toy/c", None, None, None))
+    paths = write_report(evaluator.result(), tmp_path, title="toy")
+    with paths["cases"].open(newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["true_any"] == "0"
+    assert row["p_any"] == row["max_slice_any"] == row["segmented_ml"] == ""
 
 
 def test_predict_case_runs_models_with_and_without_heads(tiny_overrides: dict[str, Any]) -> None:
