@@ -5,11 +5,17 @@ overrides). Every run trains in ``<output_dir>/<run name>`` (resuming when inter
 training when already complete), is evaluated on the held-out split, and one Markdown table
 (``docs/results.md`` by default) collects the headline numbers, with links to each run's full
 Table 2 / Table 3.
+
+Each evaluated run leaves a report with a ``run.json`` record (config hash, split, cases,
+parameters, training minutes). A run whose record matches is neither trained nor evaluated
+again: at diagnostic resolution the seven runs take hours of this project's CPU, longer than
+one working session, and a committed ``reports_dir`` carries the finished ones to the next.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import platform
 from pathlib import Path
@@ -22,12 +28,13 @@ from training.config import (
     CompareConfig,
     CompareRun,
     TrainConfig,
+    config_hash,
     parse_compare_config,
     parse_config,
 )
 from training.data.build import build_split
 from training.data.splits import Split
-from training.evaluate import EvalResult, evaluate_model, write_report
+from training.evaluate import evaluate_model, write_report
 from training.metrics import format_metric
 from training.runlog import read_csv
 from training.trainer import Trainer, load_trained_model
@@ -62,56 +69,120 @@ def run_config(compare: CompareConfig, base: dict[str, Any], run: CompareRun) ->
     return parse_config(data)
 
 
-def _row(name: str, model_name: str, params: int, result: EvalResult, minutes: float | None) -> str:
-    subject, slices = result.table2["subject"]["any"], result.table2["slice"]["any"]
-    volume = result.volume or {}
-    derived = " (max of slices)" if result.subject_source == "max_of_slices" else ""
+#: The record beside each run's report that lets a later compare reuse it.
+RUN_RECORD = "run.json"
+
+
+def report_dir(compare: CompareConfig, run: CompareRun) -> Path:
+    """Where the report of ``run`` goes (see ``CompareConfig.reports_dir``)."""
+    if compare.reports_dir is not None:
+        return compare.reports_dir / run.name
+    return compare.output_dir / run.name / f"eval-{compare.split}"
+
+
+def finished_record(
+    out_dir: Path, config: TrainConfig, split: str, n_cases: int
+) -> dict[str, Any] | None:
+    """The run's record and metrics when its report in ``out_dir`` was made by this very
+    configuration on the same cases; ``None`` when the run must be trained and evaluated."""
+    path = out_dir / RUN_RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    expected = {"config_hash": config_hash(config), "split": split, "n_cases": n_cases}
+    if any(record.get(key) != value for key, value in expected.items()):
+        logger.info("%s: made by another configuration or case set; running again", path)
+        return None
+    record["metrics"] = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+    return record
+
+
+def _row(name: str, record: dict[str, Any]) -> str:
+    """One table row from a run record with its ``metrics`` (``EvalResult.to_dict``)."""
+    metrics = record["metrics"]
+    subject = metrics["table2"]["subject"].get("any") or {}
+    slices = metrics["table2"]["slice"].get("any") or {}
+    volume = metrics.get("hemorrhage_volume") or {}
+    derived = " (max of slices)" if metrics.get("subject_source") == "max_of_slices" else ""
+    minutes = record.get("train_minutes")
     return (
-        f"| {name} | `{model_name}` | {params:,} | "
-        f"{format_metric(subject.auc if subject else None)}{derived} | {format_metric(subject.f1 if subject else None)} | "
-        f"{format_metric(slices.auc if slices else None)} | {format_metric(slices.f1 if slices else None)} | "
-        f"{format_metric(result.table3['hemorrhage']['dice'])} | {format_metric(result.table3['mean']['dice'])} | "
+        f"| {name} | `{record['model']}` | {record['parameters']:,} | "
+        f"{format_metric(subject.get('auc'))}{derived} | {format_metric(subject.get('f1'))} | "
+        f"{format_metric(slices.get('auc'))} | {format_metric(slices.get('f1'))} | "
+        f"{format_metric(metrics['table3']['hemorrhage']['dice'])} | "
+        f"{format_metric(metrics['table3']['mean']['dice'])} | "
         f"{format_metric(volume.get('mean_absolute_error_ml'), 2)} | "
         f"{'n/a' if minutes is None else f'{minutes:.1f}'} |"
     )
 
 
+def _train_and_evaluate(
+    compare: CompareConfig, run: CompareRun, config: TrainConfig, max_steps: int | None
+) -> dict[str, Any]:
+    """Train ``run`` (resuming), evaluate its best checkpoint, write its report and record."""
+    trainer = Trainer(config, resume=True, max_steps=max_steps)
+    summary = trainer.fit()
+    if trainer.stop_requested:
+        # Evaluating a run cut short would file its half-trained figures as the run's report.
+        raise RuntimeError(
+            f"compare stopped by a signal during run {run.name} (checkpoint saved in "
+            f"{config.output_dir}); the same command continues it"
+        )
+    epoch_times = [
+        row["epoch_time_s"]
+        for row in read_csv(Path(config.output_dir) / "metrics.csv")
+        if row["epoch_time_s"] is not None
+    ]
+    checkpoint = summary.best_checkpoint or summary.last_checkpoint
+    model, grid, _ = load_trained_model(checkpoint, trainer.device)
+    result = evaluate_model(
+        model,
+        build_split(config, Split(compare.split)),
+        grid,
+        trainer.device,
+        threshold=config.validation.threshold,
+        autocast_dtype=trainer.eval_dtype,
+        progress=config.logging.progress_bar,
+        description=f"{run.name} {compare.split}",
+    )
+    out_dir = report_dir(compare, run)
+    write_report(result, out_dir, title=f"{run.name} on the {compare.split} split")
+    record: dict[str, Any] = {
+        "config_hash": config_hash(config),
+        "split": compare.split,
+        "n_cases": result.n_cases,
+        "model": run.model.name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_minutes": sum(epoch_times) / 60.0 if epoch_times else None,
+        "checkpoint": checkpoint.name,
+        "steps": summary.steps,
+    }
+    (out_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record | {"metrics": result.to_dict()}
+
+
 def run_compare(path: Path, *, max_steps: int | None = None) -> Path:
-    """Train + evaluate every run of the compare config at ``path``; returns the results file."""
+    """Train + evaluate every run of the compare config at ``path`` that has no matching
+    record yet; returns the results file."""
     compare, base = load_compare_config(path)
     rows: list[str] = []
     details: list[str] = []
     n_cases = None
     for run in compare.runs:
         config = run_config(compare, base, run)
-        trainer = Trainer(config, resume=True, max_steps=max_steps)
-        summary = trainer.fit()
-        epoch_times = [
-            row["epoch_time_s"]
-            for row in read_csv(Path(config.output_dir) / "metrics.csv")
-            if row["epoch_time_s"] is not None
-        ]
-        minutes = sum(epoch_times) / 60.0 if epoch_times else None
-        checkpoint = summary.best_checkpoint or summary.last_checkpoint
-        device = trainer.device
-        model, grid, _ = load_trained_model(checkpoint, device)
-        cases = build_split(config, Split(compare.split))
-        result = evaluate_model(
-            model,
-            cases,
-            grid,
-            device,
-            threshold=config.validation.threshold,
-            autocast_dtype=trainer.eval_dtype,
-            progress=config.logging.progress_bar,
-            description=f"{run.name} {compare.split}",
+        out_dir = report_dir(compare, run)
+        expected = len(build_split(config, Split(compare.split)))
+        record = finished_record(out_dir, config, compare.split, expected)
+        if record is None:
+            record = _train_and_evaluate(compare, run, config, max_steps)
+        else:
+            logger.info("%s: reusing the report in %s", run.name, out_dir)
+        n_cases = record["n_cases"]
+        rows.append(_row(run.name, record))
+        details.append(
+            f"- {run.name}: `{out_dir / 'tables.md'}` (checkpoint `{record['checkpoint']}`, "
+            f"step {record['steps']})"
         )
-        n_cases = result.n_cases
-        out_dir = Path(config.output_dir) / f"eval-{compare.split}"
-        write_report(result, out_dir, title=f"{run.name} on the {compare.split} split")
-        params = sum(p.numel() for p in model.parameters())
-        rows.append(_row(run.name, run.model.name, params, result, minutes))
-        details.append(f"- {run.name}: `{out_dir / 'tables.md'}` (checkpoint `{checkpoint.name}`)")
     results_path = Path(compare.results_md)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(

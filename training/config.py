@@ -264,6 +264,12 @@ class CompareConfig(_Section):
     base: Path
     output_dir: Path = Path("runs/compare")
     results_md: Path = Path("docs/results.md")
+    #: Where each finished run's report goes (``<reports_dir>/<run name>/``: ``run.json``,
+    #: ``metrics.json``, ``tables.md``, ``cases.csv``); ``null`` = ``<output_dir>/<run
+    #: name>/eval-<split>``. A run whose report there has the run's config hash is not trained
+    #: or evaluated again, so a comparison too long for one working session continues on
+    #: another machine when this folder is committed (the run folders are not).
+    reports_dir: Path | None = None
     split: Literal["val", "test"] = "test"
     #: Deep-merged into the base config for every run, before the run's own overrides (e.g. one
     #: shorter schedule for all models).

@@ -1,13 +1,27 @@
-"""How a compare config turns into the training config of each run."""
+"""How a compare config turns into the training config of each run; reuse of finished runs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from ichnet_core.imaging.model_grid import ModelGrid
-from training.compare import load_compare_config, run_config
-from training.config import parse_compare_config
+from training.compare import (
+    RUN_RECORD,
+    finished_record,
+    load_compare_config,
+    report_dir,
+    run_compare,
+    run_config,
+)
+from training.config import TrainConfig, config_hash, parse_compare_config
+from training.evaluate import CasePrediction, Evaluator, write_report
 from training.networks import build_network, grid_of
+
+from .conftest import make_phantom_case
 
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
 
@@ -53,3 +67,97 @@ def test_the_diagnostic_resolution_comparison_runs_every_model_on_one_grid() -> 
         "resnet3d",
         "unet3d",
     }
+
+
+def _compare_files(tmp_path: Path) -> Path:
+    """A two-run compare config (tiny synthetic split) with its reports in ``tmp_path``."""
+    (tmp_path / "base.yaml").write_text(
+        "data:\n  synthetic: {train_cases: 2, val_cases: 1, test_cases: 3}\n", encoding="utf-8"
+    )
+    path = tmp_path / "compare.yaml"
+    path.write_text(
+        f"base: base.yaml\noutput_dir: {tmp_path / 'runs'}\n"
+        f"results_md: {tmp_path / 'table.md'}\nreports_dir: {tmp_path / 'reports'}\n"
+        "overrides: {optim: {epochs: 2}}\n"
+        "runs:\n  - {name: A, model: {name: ichnet}}\n  - {name: B, model: {name: resnet2d}}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _record_run(out_dir: Path, config: TrainConfig, n_cases: int) -> None:
+    """The report a finished run leaves: metrics of one toy case and the run record."""
+    case = make_phantom_case("toy/r")
+    evaluator = Evaluator()
+    evaluator.add(case, CasePrediction("toy/r", np.full(6, 0.9, np.float32), None, case.seg))
+    write_report(evaluator.result(), out_dir, title="toy")
+    record = {
+        "config_hash": config_hash(config),
+        "split": "test",
+        "n_cases": n_cases,
+        "model": config.model.name,
+        "parameters": 1234,
+        "train_minutes": 2.5,
+        "checkpoint": "best.pt",
+        "steps": 40,
+    }
+    (out_dir / RUN_RECORD).write_text(json.dumps(record), encoding="utf-8")
+
+
+def test_a_finished_run_is_reused_only_when_its_record_matches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A comparison spans working sessions: runs with a matching report are neither trained
+    nor evaluated again; a run whose configuration changed since is run again."""
+    path = _compare_files(tmp_path)
+    compare, base = load_compare_config(path)
+    first, second = compare.runs
+    config_a, config_b = (run_config(compare, base, run) for run in compare.runs)
+    assert finished_record(report_dir(compare, first), config_a, "test", 3) is None
+    _record_run(report_dir(compare, first), config_a, 3)
+    changed = config_b.model_copy(update={"seed": 99})  # B's report is of another config
+    _record_run(report_dir(compare, second), changed, 3)
+    assert finished_record(report_dir(compare, first), config_a, "test", 3) is not None
+    assert finished_record(report_dir(compare, first), config_a, "test", 64) is None
+    assert finished_record(report_dir(compare, second), config_b, "test", 3) is None
+
+    trained: list[str] = []
+
+    def train_and_evaluate(compare, run, config, max_steps):  # type: ignore[no-untyped-def]
+        trained.append(run.name)
+        _record_run(report_dir(compare, run), config, 3)
+        return finished_record(report_dir(compare, run), config, "test", 3)
+
+    monkeypatch.setattr("training.compare._train_and_evaluate", train_and_evaluate)
+    table = run_compare(path).read_text(encoding="utf-8")
+    assert trained == ["B"]
+    rows = [line for line in table.splitlines() if "| 1,234 |" in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| A", "| B"]
+    assert all(row.endswith("| 1.000 | 1.000 | 0.00 | 2.5 |") for row in rows), rows
+    assert "step 40" in table
+    trained.clear()
+    run_compare(path)
+    assert trained == []  # B's new report matches now
+
+
+def test_a_run_stopped_by_a_signal_is_not_evaluated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT/SIGTERM end the trainer with a checkpoint; the compare must stop there rather
+    than evaluate the half-trained run and file its figures as the run's report."""
+    path = _compare_files(tmp_path)
+    compare, _ = load_compare_config(path)
+    run = compare.runs[0]
+
+    class SignalledTrainer:
+        def __init__(self, config: TrainConfig, **_: object) -> None:
+            self.stop_requested = False
+
+        def fit(self) -> None:
+            self.stop_requested = True  # as Trainer._request_stop does on a signal
+
+    monkeypatch.setattr("training.compare.Trainer", SignalledTrainer)
+    with pytest.raises(RuntimeError, match="stopped by a signal during run A"):
+        run_compare(path)
+    assert not report_dir(compare, run).exists()
+    assert not (tmp_path / "table.md").exists()
