@@ -6,8 +6,8 @@ training when already complete), is evaluated on the held-out split, and one Mar
 (``docs/results.md`` by default) collects the headline numbers, with links to each run's full
 Table 2 / Table 3.
 
-Each evaluated run leaves a report with a ``run.json`` record (config hash, split, cases,
-parameters, training minutes). A run whose record matches is neither trained nor evaluated
+Each evaluated run leaves a report with a ``run.json`` record (config hash, split, a fingerprint
+of the training and evaluation cases, parameters, training minutes). A run whose record matches is neither trained nor evaluated
 again: at diagnostic resolution the seven runs take hours of this project's CPU, longer than
 one working session, and a committed ``reports_dir`` carries the finished ones to the next.
 """
@@ -15,6 +15,7 @@ one working session, and a committed ``reports_dir`` carries the finished ones t
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import platform
@@ -33,6 +34,7 @@ from training.config import (
     parse_config,
 )
 from training.data.build import build_split
+from training.data.source import CaseSource
 from training.data.splits import Split
 from training.evaluate import evaluate_model, write_report
 from training.metrics import format_metric
@@ -80,18 +82,32 @@ def report_dir(compare: CompareConfig, run: CompareRun) -> Path:
     return compare.output_dir / run.name / f"eval-{compare.split}"
 
 
-def finished_record(
-    out_dir: Path, config: TrainConfig, split: str, n_cases: int
-) -> dict[str, Any] | None:
+def data_fingerprint(config: TrainConfig, split: str) -> str:
+    """sha256 over the content keys of the training and evaluation cases (case ids where a
+    source has none): a report is reused only for the very data it was made on, so not after
+    a change to the generator, which the config hash does not see."""
+    digest = hashlib.sha256()
+    for part in (Split.TRAIN, Split(split)):
+        cases: CaseSource = build_split(config, part)
+        for index, entry in enumerate(cases.entries):
+            digest.update(f"{part.value}:{entry.case_id}={cases.fingerprint(index)}\n".encode())
+    return digest.hexdigest()
+
+
+def finished_record(out_dir: Path, config: TrainConfig, split: str) -> dict[str, Any] | None:
     """The run's record and metrics when its report in ``out_dir`` was made by this very
-    configuration on the same cases; ``None`` when the run must be trained and evaluated."""
+    configuration on the same data; ``None`` when the run must be trained and evaluated."""
     path = out_dir / RUN_RECORD
     if not path.is_file():
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
-    expected = {"config_hash": config_hash(config), "split": split, "n_cases": n_cases}
+    expected = {
+        "config_hash": config_hash(config),
+        "split": split,
+        "data": data_fingerprint(config, split),
+    }
     if any(record.get(key) != value for key, value in expected.items()):
-        logger.info("%s: made by another configuration or case set; running again", path)
+        logger.info("%s: made by another configuration or on other data; running again", path)
         return None
     record["metrics"] = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
     return record
@@ -150,6 +166,7 @@ def _train_and_evaluate(
     record: dict[str, Any] = {
         "config_hash": config_hash(config),
         "split": compare.split,
+        "data": data_fingerprint(config, compare.split),
         "n_cases": result.n_cases,
         "model": run.model.name,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -171,8 +188,7 @@ def run_compare(path: Path, *, max_steps: int | None = None) -> Path:
     for run in compare.runs:
         config = run_config(compare, base, run)
         out_dir = report_dir(compare, run)
-        expected = len(build_split(config, Split(compare.split)))
-        record = finished_record(out_dir, config, compare.split, expected)
+        record = finished_record(out_dir, config, compare.split)
         if record is None:
             record = _train_and_evaluate(compare, run, config, max_steps)
         else:

@@ -11,6 +11,7 @@ import pytest
 from ichnet_core.imaging.model_grid import ModelGrid
 from training.compare import (
     RUN_RECORD,
+    data_fingerprint,
     finished_record,
     load_compare_config,
     report_dir,
@@ -85,7 +86,7 @@ def _compare_files(tmp_path: Path) -> Path:
     return path
 
 
-def _record_run(out_dir: Path, config: TrainConfig, n_cases: int) -> None:
+def _record_run(out_dir: Path, config: TrainConfig, data: str) -> None:
     """The report a finished run leaves: metrics of one toy case and the run record."""
     case = make_phantom_case("toy/r")
     evaluator = Evaluator()
@@ -94,7 +95,8 @@ def _record_run(out_dir: Path, config: TrainConfig, n_cases: int) -> None:
     record = {
         "config_hash": config_hash(config),
         "split": "test",
-        "n_cases": n_cases,
+        "data": data,
+        "n_cases": 1,
         "model": config.model.name,
         "parameters": 1234,
         "train_minutes": 2.5,
@@ -113,20 +115,30 @@ def test_a_finished_run_is_reused_only_when_its_record_matches(
     compare, base = load_compare_config(path)
     first, second = compare.runs
     config_a, config_b = (run_config(compare, base, run) for run in compare.runs)
-    assert finished_record(report_dir(compare, first), config_a, "test", 3) is None
-    _record_run(report_dir(compare, first), config_a, 3)
+    data = data_fingerprint(config_a, "test")
+    assert data == data_fingerprint(config_b, "test")  # one data set, two models
+    assert finished_record(report_dir(compare, first), config_a, "test") is None
+    _record_run(report_dir(compare, first), config_a, data)
     changed = config_b.model_copy(update={"seed": 99})  # B's report is of another config
-    _record_run(report_dir(compare, second), changed, 3)
-    assert finished_record(report_dir(compare, first), config_a, "test", 3) is not None
-    assert finished_record(report_dir(compare, first), config_a, "test", 64) is None
-    assert finished_record(report_dir(compare, second), config_b, "test", 3) is None
+    _record_run(report_dir(compare, second), changed, data)
+    assert finished_record(report_dir(compare, first), config_a, "test") is not None
+    assert finished_record(report_dir(compare, second), config_b, "test") is None
+    # Other data (here: more test cases; equally a changed generator) is never reused.
+    synthetic = config_a.data.synthetic
+    assert synthetic is not None
+    more = synthetic.model_copy(update={"test_cases": 4})
+    other = config_a.model_copy(
+        update={"data": config_a.data.model_copy(update={"synthetic": more})}
+    )
+    assert data_fingerprint(other, "test") != data
+    assert finished_record(report_dir(compare, first), other, "test") is None
 
     trained: list[str] = []
 
     def train_and_evaluate(compare, run, config, max_steps):  # type: ignore[no-untyped-def]
         trained.append(run.name)
-        _record_run(report_dir(compare, run), config, 3)
-        return finished_record(report_dir(compare, run), config, "test", 3)
+        _record_run(report_dir(compare, run), config, data_fingerprint(config, "test"))
+        return finished_record(report_dir(compare, run), config, "test")
 
     monkeypatch.setattr("training.compare._train_and_evaluate", train_and_evaluate)
     table = run_compare(path).read_text(encoding="utf-8")
