@@ -58,7 +58,7 @@ def test_the_diagnostic_resolution_comparison_runs_every_model_on_one_grid() -> 
         grids.add(grid_of(build_network(config.model)))
         budgets.add((config.optim.epochs, config.data.crop_size, config.data.slices_per_sample))
     assert grids == {ModelGrid(256, 1.0)}
-    assert budgets == {(6, 128, 8)}
+    assert budgets == {(20, 128, 8)}
     assert {run.model.name for run in compare.runs} == {
         "ichnet",
         "ichnet_cls",
