@@ -266,9 +266,10 @@ class CompareConfig(_Section):
     results_md: Path = Path("docs/results.md")
     #: Where each finished run's report goes (``<reports_dir>/<run name>/``: ``run.json``,
     #: ``metrics.json``, ``tables.md``, ``cases.csv``); ``null`` = ``<output_dir>/<run
-    #: name>/eval-<split>``. A run whose report there has the run's config hash is not trained
-    #: or evaluated again, so a comparison too long for one working session continues on
-    #: another machine when this folder is committed (the run folders are not).
+    #: name>/eval-<split>``. A run whose report there has the run's config hash and was made on
+    #: the same cases is not trained or evaluated again, so a comparison too long for one
+    #: working session continues on another machine when this folder is committed (the run
+    #: folders are not).
     reports_dir: Path | None = None
     split: Literal["val", "test"] = "test"
     #: Deep-merged into the base config for every run, before the run's own overrides (e.g. one
