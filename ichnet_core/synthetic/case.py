@@ -39,6 +39,11 @@ _STREAMS = ("anatomy", "geometry", "hemorrhage", "incidental", "scanner", "noise
 #: Attempts at placing lesions before giving up; each retry enlarges the lesions.
 MAX_ATTEMPTS = 6
 RETRY_VOLUME_GROWTH = 1.6
+#: A subtype is present only where its labelled blood covers at least this much of one slice
+#: (mm^2, e.g. a 2 x 5 mm sliver): a few voxels left over where the band hides the rest of a
+#: thin rim are not a finding a reader could make (2026-12-05: one test case had been an
+#: "epidural haematoma" of a single voxel).
+MIN_VISIBLE_AREA_MM2 = 10.0
 #: Probability of 1, 2, 3 or 4 subtypes in a random positive case.
 SUBTYPE_COUNT_P = (0.55, 0.3, 0.12, 0.03)
 #: How likely each subtype accompanies another (rows/columns in SUBTYPES order): trauma mixes
@@ -222,8 +227,9 @@ def _render_visible(
     realism: Realism,
     rng: np.random.Generator,
 ) -> RenderedSeries:
-    """Plan and render until exactly the wanted subtypes are visible (a lesion between slices or
-    squeezed out of its compartment is re-planned larger)."""
+    """Plan and render until exactly the wanted subtypes are visible (a lesion between slices,
+    squeezed out of its compartment or hidden in the inner-table band is re-planned larger)."""
+    pixel_mm2 = float(np.prod(geometry.pixel_spacing))
     for attempt in range(MAX_ATTEMPTS):
         plan = HemorrhagePlan()
         if wanted:
@@ -232,7 +238,8 @@ def _render_visible(
                 rng, anatomy, planes, wanted, config.hemorrhage_volume_ml, growth
             )
         rendered = render_series(geometry, anatomy, plan, incidentals, cupping, realism)
-        present = {s for s, m in zip(SUBTYPES, rendered.subtype_masks, strict=True) if m.any()}
+        areas = rendered.subtype_masks.sum(axis=(2, 3)).max(axis=1) * pixel_mm2
+        present = {s for s, a in zip(SUBTYPES, areas, strict=True) if a >= MIN_VISIBLE_AREA_MM2}
         if present == set(wanted):
             return rendered
         logger.debug(
