@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ichnet_core.durable import write_atomic
+from ichnet_core.models.layers.blocks import ResidualBlock
 
 CHECKPOINT_FORMAT: Final[str] = "ichnet-train-checkpoint/1"
 
@@ -113,6 +114,20 @@ def trained_weights(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _start_new_residual_blocks_as_identity(model: torch.nn.Module, taken: set[str]) -> None:
+    """Zero the last BatchNorm scale and shift of every identity-shortcut residual block none of
+    whose tensors came from the checkpoint: ``relu(0 + x) = x`` for its (non-negative) input."""
+    for name, module in model.named_modules():
+        if not isinstance(module, ResidualBlock) or not isinstance(
+            module.shortcut, torch.nn.Identity
+        ):
+            continue
+        keys = {f"{name}.{key}" for key in module.state_dict()}
+        if keys.isdisjoint(taken) and isinstance(module.bn2, torch.nn.BatchNorm2d):
+            torch.nn.init.zeros_(module.bn2.weight)
+            torch.nn.init.zeros_(module.bn2.bias)
+
+
 def warm_start(
     model: torch.nn.Module, path: Path, weighting: torch.nn.Module | None = None
 ) -> tuple[int, list[str]]:
@@ -122,8 +137,12 @@ def warm_start(
     Why: a change of architecture or of a hashed setting (e.g. a lower learning rate once the
     curves have flattened) starts a new run, and on this project's CPUs a run costs many hours;
     the layers that did not change keep what they learned, and the loss balance the run had
-    found is not thrown back to equal weights. Returns the checkpoint's step and the names of
-    ``model``'s tensors left as they were (new or reshaped).
+    found is not thrown back to equal weights. A residual block that is new as a whole (a deeper
+    encoder, e.g. ``blocks_per_level`` 1 -> 2) starts as the identity (its last BatchNorm scale
+    zero, as in Goyal et al. 2017): the deeper network then computes exactly what the trained
+    one did and adds capacity from there, instead of first losing what the run had learned.
+    Returns the checkpoint's step and the names of ``model``'s tensors left as they were (new or
+    reshaped).
     """
     if not path.is_file():
         raise CheckpointError(f"--warm-start {path}: no such checkpoint")
@@ -137,6 +156,7 @@ def warm_start(
     if not taken:
         raise CheckpointError(f"--warm-start {path}: no weight matches this network")
     model.load_state_dict(taken, strict=False)
+    _start_new_residual_blocks_as_identity(model, set(taken))
     if weighting is not None:
         learned = payload.get("loss_weighting", {})
         current = weighting.state_dict()

@@ -286,6 +286,42 @@ def test_warm_start_takes_the_matching_weights_and_starts_a_new_run(
         Trainer(changed, resume=False, warm_start=tmp_path / "missing.pt")
 
 
+def test_a_deeper_encoder_warm_started_computes_what_the_trained_one_did(
+    tmp_path: Path, tiny_overrides: dict[str, Any]
+) -> None:
+    """``--warm-start`` into more residual blocks per level: the new blocks start as the
+    identity, so the deeper network's outputs equal the trained network's (capacity is added
+    without losing the run); a later step then moves them."""
+    from training.checkpoint import trained_weights
+
+    Trainer(tiny_config(tmp_path, tiny_overrides), max_steps=2).fit()
+    first = tmp_path / "first.pt"
+    (tmp_path / "run" / "checkpoints" / "last.pt").rename(first)
+    deeper = tiny_config(
+        tmp_path,
+        {**tiny_overrides, "blocks_per_level": (1, 1, 2, 2)},
+        output_dir=str(tmp_path / "deeper"),
+    )
+    trainer = Trainer(deeper, warm_start=first, max_steps=1)
+    old = Trainer(tiny_config(tmp_path, tiny_overrides, output_dir=str(tmp_path / "old")))
+    old.model.load_state_dict(trained_weights(load_checkpoint(first)))
+    new_keys = set(trainer.model.state_dict()) - set(old.model.state_dict())
+    assert new_keys and all(
+        k.startswith(("encoder.levels.2.1.", "encoder.levels.3.1.")) for k in new_keys
+    )
+    x = torch.rand(1, 3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    old.model.eval()
+    trainer.model.eval()
+    with torch.no_grad():
+        expected, got = old.model(x), trainer.model(x)
+    for name, a, b in zip(expected._fields, expected, got, strict=True):
+        if a is not None:
+            torch.testing.assert_close(b, a, msg=name)
+    trainer.fit()
+    moved = trainer.model.state_dict()["encoder.levels.3.1.bn2.weight"]
+    assert moved.abs().max() > 0
+
+
 def test_cpu_bf16_trains_under_bfloat16_and_validates_in_float32(
     tmp_path: Path, tiny_overrides: dict[str, Any]
 ) -> None:
