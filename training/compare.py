@@ -7,9 +7,11 @@ training when already complete), is evaluated on the held-out split, and one Mar
 Table 2 / Table 3.
 
 Each evaluated run leaves a report with a ``run.json`` record (config hash, split, a fingerprint
-of the training and evaluation cases, parameters, training minutes). A run whose record matches is neither trained nor evaluated
-again: at diagnostic resolution the seven runs take hours of this project's CPU, longer than
-one working session, and a committed ``reports_dir`` carries the finished ones to the next.
+of the training and evaluation cases, the ``--max-steps`` cap if any, parameters, training
+minutes). A run whose record matches is neither trained nor evaluated again: at diagnostic
+resolution the seven runs take hours of this project's CPU, longer than one working session,
+and a committed ``reports_dir`` carries the finished ones to the next (or comes back from a
+lent GPU, ``bench/gpu_compare.sh``).
 """
 
 from __future__ import annotations
@@ -94,9 +96,13 @@ def data_fingerprint(config: TrainConfig, split: str) -> str:
     return digest.hexdigest()
 
 
-def finished_record(out_dir: Path, config: TrainConfig, split: str) -> dict[str, Any] | None:
+def finished_record(
+    out_dir: Path, config: TrainConfig, split: str, max_steps: int | None = None
+) -> dict[str, Any] | None:
     """The run's record and metrics when its report in ``out_dir`` was made by this very
-    configuration on the same data; ``None`` when the run must be trained and evaluated."""
+    configuration on the same data with the same step cap (a smoke test's ``--max-steps``
+    report must never stand in for the full run); ``None`` when the run must be trained and
+    evaluated."""
     path = out_dir / RUN_RECORD
     if not path.is_file():
         return None
@@ -105,6 +111,7 @@ def finished_record(out_dir: Path, config: TrainConfig, split: str) -> dict[str,
         "config_hash": config_hash(config),
         "split": split,
         "data": data_fingerprint(config, split),
+        "max_steps": max_steps,
     }
     if any(record.get(key) != value for key, value in expected.items()):
         logger.info("%s: made by another configuration or on other data; running again", path)
@@ -167,6 +174,7 @@ def _train_and_evaluate(
         "config_hash": config_hash(config),
         "split": compare.split,
         "data": data_fingerprint(config, compare.split),
+        "max_steps": max_steps,
         "n_cases": result.n_cases,
         "model": run.model.name,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -188,7 +196,7 @@ def run_compare(path: Path, *, max_steps: int | None = None) -> Path:
     for run in compare.runs:
         config = run_config(compare, base, run)
         out_dir = report_dir(compare, run)
-        record = finished_record(out_dir, config, compare.split)
+        record = finished_record(out_dir, config, compare.split, max_steps)
         if record is None:
             record = _train_and_evaluate(compare, run, config, max_steps)
         else:

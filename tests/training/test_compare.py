@@ -86,7 +86,9 @@ def _compare_files(tmp_path: Path) -> Path:
     return path
 
 
-def _record_run(out_dir: Path, config: TrainConfig, data: str) -> None:
+def _record_run(
+    out_dir: Path, config: TrainConfig, data: str, max_steps: int | None = None
+) -> None:
     """The report a finished run leaves: metrics of one toy case and the run record."""
     case = make_phantom_case("toy/r")
     evaluator = Evaluator()
@@ -96,6 +98,7 @@ def _record_run(out_dir: Path, config: TrainConfig, data: str) -> None:
         "config_hash": config_hash(config),
         "split": "test",
         "data": data,
+        "max_steps": max_steps,
         "n_cases": 1,
         "model": config.model.name,
         "parameters": 1234,
@@ -132,13 +135,19 @@ def test_a_finished_run_is_reused_only_when_its_record_matches(
     )
     assert data_fingerprint(other, "test") != data
     assert finished_record(report_dir(compare, first), other, "test") is None
+    # Nor does a report of a run capped by --max-steps stand in for the full run, or back.
+    assert finished_record(report_dir(compare, first), config_a, "test", max_steps=5) is None
+    _record_run(report_dir(compare, first), config_a, data, max_steps=5)
+    assert finished_record(report_dir(compare, first), config_a, "test") is None
+    assert finished_record(report_dir(compare, first), config_a, "test", max_steps=5) is not None
+    _record_run(report_dir(compare, first), config_a, data)
 
     trained: list[str] = []
 
     def train_and_evaluate(compare, run, config, max_steps):  # type: ignore[no-untyped-def]
         trained.append(run.name)
-        _record_run(report_dir(compare, run), config, data_fingerprint(config, "test"))
-        return finished_record(report_dir(compare, run), config, "test")
+        _record_run(report_dir(compare, run), config, data_fingerprint(config, "test"), max_steps)
+        return finished_record(report_dir(compare, run), config, "test", max_steps)
 
     monkeypatch.setattr("training.compare._train_and_evaluate", train_and_evaluate)
     table = run_compare(path).read_text(encoding="utf-8")
