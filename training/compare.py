@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ def run_config(compare: CompareConfig, base: dict[str, Any], run: CompareRun) ->
 
 #: The record beside each run's report that lets a later compare reuse it.
 RUN_RECORD = "run.json"
+#: Beside a run's checkpoints: the data fingerprint its training started on.
+RUN_DATA = "data.sha256"
 
 
 def report_dir(compare: CompareConfig, run: CompareRun) -> Path:
@@ -139,10 +142,32 @@ def _row(name: str, record: dict[str, Any]) -> str:
     )
 
 
+def _set_aside_other_data(run_dir: Path, fingerprint: str) -> None:
+    """Start ``run_dir`` afresh unless its training began on this very data.
+
+    Why: a compare run resumes its checkpoint, and the config hash does not see the generator.
+    After a label change the old, complete run would be resumed as finished, evaluated on the
+    new test cases and filed as made on the new data (2026-12-05). A run folder without the
+    stamp (older code) or with another fingerprint is renamed aside, never deleted.
+    """
+    stamp = run_dir / RUN_DATA
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == fingerprint:
+            return
+        aside = run_dir.with_name(f"{run_dir.name}.other-data-{time.strftime('%Y%m%dT%H%M%S')}")
+        logger.warning("%s was trained on other data; moved to %s", run_dir, aside)
+        run_dir.rename(aside)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint + "\n", encoding="utf-8")
+
+
 def _train_and_evaluate(
     compare: CompareConfig, run: CompareRun, config: TrainConfig, max_steps: int | None
 ) -> dict[str, Any]:
-    """Train ``run`` (resuming), evaluate its best checkpoint, write its report and record."""
+    """Train ``run`` (resuming one begun on the same data), evaluate its best checkpoint, write
+    its report and record."""
+    data = data_fingerprint(config, compare.split)
+    _set_aside_other_data(Path(config.output_dir), data)
     trainer = Trainer(config, resume=True, max_steps=max_steps)
     summary = trainer.fit()
     if trainer.stop_requested:
@@ -173,7 +198,7 @@ def _train_and_evaluate(
     record: dict[str, Any] = {
         "config_hash": config_hash(config),
         "split": compare.split,
-        "data": data_fingerprint(config, compare.split),
+        "data": data,
         "max_steps": max_steps,
         "n_cases": result.n_cases,
         "model": run.model.name,

@@ -10,6 +10,7 @@ import pytest
 
 from ichnet_core.imaging.model_grid import ModelGrid
 from training.compare import (
+    RUN_DATA,
     RUN_RECORD,
     data_fingerprint,
     finished_record,
@@ -182,3 +183,43 @@ def test_a_run_stopped_by_a_signal_is_not_evaluated(
         run_compare(path)
     assert not report_dir(compare, run).exists()
     assert not (tmp_path / "table.md").exists()
+
+
+def test_a_run_begun_on_other_data_is_set_aside_not_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config hash does not see the generator: after a label change the old, complete run
+    must not be resumed and filed as made on the new data. Its folder is renamed aside and the
+    run starts empty; a run begun on the same data keeps its checkpoint and resumes."""
+    path = _compare_files(tmp_path)
+    compare, base = load_compare_config(path)
+    run = compare.runs[0]
+    config = run_config(compare, base, run)
+    run_dir = Path(config.output_dir)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"trained on the old labels")
+    (run_dir / RUN_DATA).write_text("0" * 64 + "\n", encoding="utf-8")
+    seen: list[set[str]] = []
+
+    class SignalledTrainer:
+        def __init__(self, config: TrainConfig, **_: object) -> None:
+            out = Path(config.output_dir)
+            seen.append({p.relative_to(out).as_posix() for p in out.rglob("*")})
+            self.stop_requested = True
+
+        def fit(self) -> None:
+            pass
+
+    monkeypatch.setattr("training.compare.Trainer", SignalledTrainer)
+    with pytest.raises(RuntimeError, match="stopped by a signal"):
+        run_compare(path)
+    assert seen == [{RUN_DATA}]  # an empty run: nothing of the old one resumed
+    data = data_fingerprint(config, "test")
+    assert (run_dir / RUN_DATA).read_text(encoding="utf-8").strip() == data
+    (aside,) = tmp_path.joinpath("runs").glob("A.other-data-*")
+    assert (aside / "checkpoints" / "last.pt").read_bytes() == b"trained on the old labels"
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"begun on this data")
+    with pytest.raises(RuntimeError, match="stopped by a signal"):
+        run_compare(path)
+    assert seen[1] == {RUN_DATA, "checkpoints", "checkpoints/last.pt"}
