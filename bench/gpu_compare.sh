@@ -29,17 +29,8 @@ MAX_STEPS="${MAX_STEPS:-}"
 CONFIG="${CONFIG:-training/configs/compare_diag.yaml}"
 DERIVED="${CONFIG%.yaml}_device.yaml"
 mkdir -p "$OUT"
-PYTHON="${PYTHON:-}"
-for candidate in /opt/torch/.venv/bin/python3 .venv/bin/python python3; do
-    [ -n "$PYTHON" ] && break
-    if [ -x "$candidate" ] || command -v "$candidate" >/dev/null 2>&1; then PYTHON="$candidate"; fi
-done
-if [ -d .whl ] && [ "$DEVICE" = "cuda" ]; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# shellcheck source=bench/gpu_env.sh
+source bench/gpu_env.sh
 # The derived config sits beside the original, so its `base: cpu_diag.yaml` still resolves.
 "$PYTHON" - "$CONFIG" "$DERIVED" "$WORKERS" "$DEVICE" "$REPORTS" <<'EOF' || exit 1
 import sys
@@ -63,8 +54,7 @@ CAP=()
 started=$(date +%s)
 # SIGINT at the time box: the trainer saves its checkpoint and the compare stops without
 # evaluating the run cut short (exit status 1 with "compare stopped by a signal").
-timeout --signal=INT --kill-after=60 "$(( ${COMPARE_MIN%.*} * 60 ))" "$PYTHON" -c \
-    'import sys; from training.cli import train_main; sys.exit(train_main(sys.argv[1:]))' \
+timeout --signal=INT --kill-after=60 "$(( ${COMPARE_MIN%.*} * 60 ))" "${TRAIN[@]}" \
     compare --config "$DERIVED" "${CAP[@]}" > "$OUT/compare.log" 2>&1
 echo "compare exit status $? after $(( $(date +%s) - started )) s"
 grep -E "reusing|stopped by a signal|wrote|Error" "$OUT/compare.log" | tail -n 12

@@ -14,18 +14,8 @@ CHECK_BUDGET_S="${CHECK_BUDGET_S:-100}"
 CHECK_LIMIT_S="${CHECK_LIMIT_S:-140}"
 DEVICE="${DEVICE:-cuda}"
 mkdir -p "$OUT"
-PYTHON="${PYTHON:-}"
-for candidate in /opt/torch/.venv/bin/python3 .venv/bin/python python3; do
-    [ -n "$PYTHON" ] && break
-    if [ -x "$candidate" ] || command -v "$candidate" >/dev/null 2>&1; then PYTHON="$candidate"; fi
-done
-if [ -d .whl ] && [ "$DEVICE" = "cuda" ]; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-TRAIN=("$PYTHON" -c 'import sys; from training.cli import train_main; sys.exit(train_main(sys.argv[1:]))')
+# shellcheck source=bench/gpu_env.sh
+source bench/gpu_env.sh
 
 echo "== training for at most ${TRAIN_S}s =="
 timeout --signal=TERM --kill-after=10 "$TRAIN_S" "${TRAIN[@]}" --config training/configs/gpu_short.yaml \
