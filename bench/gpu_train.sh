@@ -6,7 +6,7 @@
 #   2. training resumes training/checkpoints/cpu_diag.pt (same config, same run: the config
 #      hash ignores device and determinism) for at most TRAIN_MIN minutes, with fast kernels;
 #   3. $OUT gets last.pt (the checkpoint to commit as training/checkpoints/cpu_diag.pt, about
-#      9 MB), metrics.csv, steps.csv, curves and the log.
+#      19 MB since the ninth run's deeper encoder), metrics.csv, steps.csv, curves and the log.
 # Usage on the device (from the repo root):
 #   bash bench/gpu_train.sh                              # TRAIN_MIN=8 by default
 #   DEVICE=cpu TRAIN_MIN=0.5 WORKERS=2 bash bench/gpu_train.sh   # smoke test here
@@ -21,18 +21,8 @@ CONFIG=training/configs/cpu_diag.yaml
 COMMITTED=training/checkpoints/cpu_diag.pt
 RUN=runs/cpu_diag_gpu
 mkdir -p "$OUT"
-PYTHON="${PYTHON:-}"
-for candidate in /opt/torch/.venv/bin/python3 .venv/bin/python python3; do
-    [ -n "$PYTHON" ] && break
-    if [ -x "$candidate" ] || command -v "$candidate" >/dev/null 2>&1; then PYTHON="$candidate"; fi
-done
-if [ -d .whl ] && [ "$DEVICE" = "cuda" ]; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-TRAIN=("$PYTHON" -c 'import sys; from training.cli import train_main; sys.exit(train_main(sys.argv[1:]))')
+# shellcheck source=bench/gpu_env.sh
+source bench/gpu_env.sh
 INIT=()
 [ -f "$COMMITTED" ] && INIT=(--init-from "$COMMITTED")
 started=$(date +%s)
