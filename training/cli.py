@@ -417,7 +417,13 @@ def _evaluate(argv: Sequence[str]) -> int:
     source.add_argument("--checkpoint", type=Path, help="training checkpoint (default: best)")
     source.add_argument("--weights", type=Path, help="exported weights file instead")
     parser.add_argument("--weights-sha256", help="expected sha256 of --weights")
-    parser.add_argument("--split", choices=["val", "test"], default="test")
+    parser.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        default="test",
+        help="train: whole training series without augmentation, to see how well the model "
+        "fits what it was trained on (as well as on validation: it underfits)",
+    )
     parser.add_argument(
         "--cases",
         type=int,

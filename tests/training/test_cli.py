@@ -13,6 +13,7 @@ import yaml
 from ichnet_core.models.weights import build_model, load_weights
 from training.cli import EXIT_OK, EXIT_USAGE, eval_main, train_main
 from training.config import load_config
+from training.data.splits import Split, synthetic_seeds
 from training.export import MAX_WEIGHTS_BYTES
 
 from .test_trainer import tiny_config
@@ -40,6 +41,15 @@ def test_train_eval_and_export(
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["n_cases"] == 2
     assert (report / "tables.md").is_file()
+    # How well the model fits its own training series: the first seeds of the training block.
+    fit = tmp_path / "fit"
+    train_split = ["--split", "train", "--cases", "1", "--bootstrap", "0", "--out", str(fit)]
+    assert eval_main(["--config", str(config_file), *train_split]) == EXIT_OK
+    capsys.readouterr()
+    rows = (fit / "cases.csv").read_text(encoding="utf-8").splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == [
+        f"synthetic/{synthetic_seeds(Split.TRAIN, 1)[0]}"
+    ]
 
     weights = tmp_path / "exported.pt"
     checkpoint = summary["best_checkpoint"]
