@@ -40,9 +40,9 @@ _STREAMS = ("anatomy", "geometry", "hemorrhage", "incidental", "scanner", "noise
 MAX_ATTEMPTS = 6
 RETRY_VOLUME_GROWTH = 1.6
 #: A subtype is present only where its labelled blood covers at least this much of one slice
-#: (mm^2, e.g. a 2 x 5 mm sliver): a few voxels left over where the band hides the rest of a
-#: thin rim are not a finding a reader could make (2026-12-05: one test case had been an
-#: "epidural haematoma" of a single voxel).
+#: (mm^2, e.g. a 2 x 5 mm sliver): a few voxels left over where bone hides the rest of a thin
+#: rim are not a finding a reader could make (2026-12-05: a test case had had an "epidural
+#: haematoma" of 66 voxels over several slices, a single one with the trial 140 HU rule).
 MIN_VISIBLE_AREA_MM2 = 10.0
 #: Probability of 1, 2, 3 or 4 subtypes in a random positive case.
 SUBTYPE_COUNT_P = (0.55, 0.3, 0.12, 0.03)

@@ -64,9 +64,8 @@ All of it changes densities only, so in a negative case every voxel it brightens
 (label 1) or skull (0), never hemorrhage. Like partial volume in a real scan, the band and the
 tangential term also brighten blood that lies at the table (a thin subdural rim gains what brain
 there would gain; blood more than 4 mm from bone keeps its 50-90 HU). Blood is labelled where a
-reader would outline it (``render.VISIBLE_BLOOD_MAX_HU``): a rim brightened past 140 HU reads
-as the band or as bone and is labelled as the brain there would be, as is a calcification inside
-a bleed. The
+reader would outline it (``render.VISIBLE_BLOOD_MAX_HU``): a rim brightened past 200 HU reads
+as bone and is labelled as the brain there would be, as is a calcification inside a bleed. The
 effects have their own random stream, so with every probability 0
 (``SyntheticConfig.without_realism()``) a seed gives the anatomy and lesions it gave before this
 module existed, and bit for bit the densities.

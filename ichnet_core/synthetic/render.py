@@ -41,15 +41,17 @@ CHUNK_PIXELS = 2**19
 #: A voxel belongs to a class when at least this fraction of it does (centre-plane rule).
 LABEL_FRACTION = 0.5
 #: Blood is labelled only where the voxel's noise-free density is at most this (HU): what a
-#: reader outlines. Acute blood is 50-92 HU here, at most about 140 HU with the cupping (up to
-#: +30) and the inner-table band's 2-4 mm shell (+15) on top. A voxel that is half blood but also
-#: holds bone (a slice cutting the inner table tangentially) renders at 200-1100 HU and reads as
-#: bone (2026-12-05, first rule: 200 HU; 20-40 % of the subdural and epidural pixels of the
-#: training cases had been such voxels). Blood in the band's 0-2 mm shell (+110 HU, 150-200 HU
-#: here) is as bright as the band around it, so no reader tells it from the band either
-#: (2026-12-05, this rule: 2 of the 5 test positives the model missed had their blood at a
-#: median 153 HU in that shell, the ring of brain around it 19 HU brighter).
-VISIBLE_BLOOD_MAX_HU = 140.0
+#: reader outlines. Acute blood is 50-90 HU; a voxel that is half blood but also holds bone (a
+#: slice cutting the inner table tangentially) or lies under a strong inner-table band renders
+#: at 200-1100 HU, reads as bone, and no reader would call it blood. Labelled as blood, such
+#: voxels made extra-axial haematomas unlearnable (2026-12-05: 20-40 % of the subdural and
+#: epidural pixels of the training cases, where the network found almost none of them).
+#: Blood in the band's 0-2 mm shell (150-200 HU, about 25 HU above the band's brain) stays
+#: labelled: a thin subdural haematoma thickens and brightens the rim, as readers report it.
+#: 140 HU was tried for a few hours of 2026-12-05 and undone: it cut the planned 3-4 mm
+#: subdural and epidural rims to slivers one model pixel wide (the only blood of 2 of the 28
+#: bleeding test series; results.md, "Labels, second rule").
+VISIBLE_BLOOD_MAX_HU = 200.0
 
 
 @dataclass(frozen=True)

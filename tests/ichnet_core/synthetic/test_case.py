@@ -14,7 +14,6 @@ from ichnet_core.synthetic import (
     generate_case,
     hemorrhage_volume_ml,
 )
-from ichnet_core.synthetic.case import MIN_VISIBLE_AREA_MM2
 from ichnet_core.synthetic.geometry import slice_extents_mm
 
 #: Small matrix: the tests exercise logic, not image quality.
@@ -84,16 +83,19 @@ def test_mixed_case_has_every_requested_subtype() -> None:
     assert case.subtypes == ("CPH", "IVH", "SDH")
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_a_present_subtype_covers_a_visible_area_of_a_slice(seed: int) -> None:
-    """Tiny lesions at the table keep only a few voxels outside the band; a subtype counts as
-    present only once it covers MIN_VISIBLE_AREA_MM2 of a slice (seed 0 at 1e-9 mm^2 gave an
-    epidural haematoma of 8.8 mm^2; the retry grows it)."""
-    config = SyntheticConfig(rows=128, columns=128, hemorrhage_volume_ml=(0.05, 0.1))
-    case = make(seed, ("EDH", "SDH"), config=config)
+@pytest.mark.parametrize("seed", [3, 7])
+def test_a_present_subtype_covers_a_visible_area_of_a_slice(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subtype counts as present only once it covers MIN_VISIBLE_AREA_MM2 of a slice; a
+    smaller lesion is re-planned larger. The 10 mm^2 of the generator catch only specks where
+    bone hides the rest of a rim, so the threshold is raised here to where these two epidural
+    haematomas (51 and 48 mm^2 in their largest slice) fall short of it."""
+    monkeypatch.setattr("ichnet_core.synthetic.case.MIN_VISIBLE_AREA_MM2", 60.0)
+    config = SyntheticConfig(rows=128, columns=128, hemorrhage_volume_ml=(0.05, 0.06))
+    case = generate_case(seed, config, subtypes=("EDH",))
     areas = case.subtype_masks.sum(axis=(2, 3)).max(axis=1) * float(np.prod(case.pixel_spacing))
-    present = [SUBTYPES.index("EDH"), SUBTYPES.index("SDH")]
-    assert np.all(areas[present] >= MIN_VISIBLE_AREA_MM2), areas
+    assert areas[SUBTYPES.index("EDH")] >= 60.0, areas
     assert case.subject_labels[1:].tolist() == [float(a > 0) for a in areas]
 
 

@@ -14,9 +14,8 @@ of 293d0c5; with the defaults (``DEFAULT``) the image differs, and ``EXPECTED_DE
 those cases too.
 
 Deliberate changes since, each to the labels only: on 2026-12-05 blood became labelled only where
-its noise-free density reads as blood (``render.VISIBLE_BLOOD_MAX_HU``, first 200 HU, later that
-day 140 HU, with a subtype present only where it covers ``case.MIN_VISIBLE_AREA_MM2`` of a
-slice). Every image stayed bit for bit what it was (checked on all the cases below, each time);
+its noise-free density reads as blood (``render.VISIBLE_BLOOD_MAX_HU``, 200 HU), and a subtype
+present only where it covers ``case.MIN_VISIBLE_AREA_MM2`` of a slice. Every image stayed bit for bit what it was (checked on all the cases below, each time);
 the labels of the positive cases lost their bone-bright rims and the digests and volumes were
 recomputed (the negative ones did not change).
 
@@ -42,36 +41,36 @@ ALL = ("CPH", "IVH", "EDH", "SDH", "SAH")
 #: (seed, subtypes or None for a random case or () for a negative one) -> (sha256, mL).
 EXPECTED: dict[tuple[int, tuple[str, ...] | None], tuple[str, float]] = {
     (0, ALL): (
-        "8101b7c910e1443380e0e88b2a5242fac92f0d6d052df0236146525042d16d7f",
-        15.191552512759872,
+        "6e9ce64956347fd3a2a6fa4a64e9935a467687932d118c43126220940e89eb11",
+        15.45740468173317,
     ),
     (1, ALL): (
-        "758c513abfba3e097bc9501c916f6d74b021cc011d382a9d658109e1711161a9",
-        6.357756174812216,
+        "f5cf08962f0e6e57ca1bb5f0636aaf3b86e060fc3a9ebb49074e22c8d7b775b2",
+        6.586635397105455,
     ),
     (2, ALL): (
-        "43c47b6ed1b3cb5d911ec940207e5486375739f0866a941a7197688c6b9d2e55",
-        30.23123387877454,
+        "64c00f98ed6329264f4e4bf0a0d15fd22b36dca9846831b1ce00c0072732aef2",
+        30.321543763401202,
     ),
     (3, ALL): (
-        "c3f940b05688aa2510cebad9332420975785c1c63d09b59df7167460ebb9072f",
-        35.85152036045967,
+        "a41997a6c0cd6523f21dbc70afb3e6323239f6c95371ed76544e9b0a666a25f1",
+        36.08381962845401,
     ),
     (4, ALL): (
-        "c7430a44f6e6429cf85df69acd5d5a0e1ede11f9944ace1766aba9b24c378d4f",
-        23.694533039537248,
+        "65d96bf680a0dd6d848363d714bf463db954ec41c4fdc617a1671a13b3da35cc",
+        24.057301877370612,
     ),
     (5, ALL): (
-        "191923252819ab7ab57e7f0921f775cf16ca16bb9e60726d1f291bfde55ed291",
-        4.272063788478562,
+        "5297930eeecb7b6faf286f67e84cef394201ff59acd042d34a3dec14deb2326b",
+        4.303944861526909,
     ),
     (19, ("SDH",)): (
-        "49fe0e774791c4d21e4677a3324117163343fc9e93a43a2b1c20bd5ad6b9f8c0",
-        3.030069385040743,
+        "78d7b07de4bdb5021e278189a17de78abdbf15f47327bde83d7c43e3539a68a2",
+        3.1142379790696526,
     ),
     (7, None): (
-        "c4c198c50d55fb42ed7c5aa560b77cc0ec5e65d2ab3aacc454854e03099003b8",
-        7.3593730523667595,
+        "e5d85c1c6964d805fd6111f766f65ba242496b25efd12c3dda9db009036dcb65",
+        7.57166265964657,
     ),
     (8, ()): ("807a390deaf2b3307360fc9b07d4d1d16116a630d809474133bf48edfa85cf7e", 0.0),
 }
@@ -80,12 +79,12 @@ EXPECTED: dict[tuple[int, tuple[str, ...] | None], tuple[str, float]] = {
 DEFAULT = SyntheticConfig(rows=96, columns=96)
 EXPECTED_DEFAULT: dict[tuple[int, tuple[str, ...] | None], tuple[str, float]] = {
     (0, ALL): (
-        "265d628a5ddbd254575a352eb75c4aa269f48fe30193a6443f0741675c2d64d3",
-        14.014207193020983,
+        "3d1cf5bf08d9ccbfd4a8b045603cb57ebd7a06b353d8d9b517c9be405059ae03",
+        14.545911530967578,
     ),
     (7, None): (
-        "f4ac1defde1d56bdddb4f8b880b120178df451fba0a6717423637f14944f16b4",
-        6.769679698811731,
+        "13451545943bc8167afe7b2043f265e00ee9bd9cd016dcc16548466c9a5c8ab9",
+        7.312197584082358,
     ),
     (8, ()): ("fbde352ee46841af81eb7aa95365f1bd6affef23706175f954f7734d46b1b8a7", 0.0),
 }
