@@ -421,8 +421,8 @@ def _evaluate(argv: Sequence[str]) -> int:
         "--split",
         choices=["train", "val", "test"],
         default="test",
-        help="train: whole training series without augmentation, to see how well the model "
-        "fits what it was trained on (as well as on validation: it underfits)",
+        help="train: the first training series, whole and without augmentation; a model that "
+        "scores no better there than on validation underfits",
     )
     parser.add_argument(
         "--cases",
