@@ -18,7 +18,7 @@
 #                                                             # capped runs are never reused)
 # Then here: tar -xzf <files_at>/compare_diag.tar.gz (it unpacks docs/results/compare_diag/),
 # check the new run.json files and commit them.
-# Wheels the GPU image lacks (pydantic, pydicom, nibabel) are taken from .whl/ when present.
+# Python, wheels the GPU image lacks (.whl/) and PYTHONPATH: bench/gpu_env.sh.
 set -u
 OUT="${OUT:-$PWD/gpu_compare_out}"
 COMPARE_MIN="${COMPARE_MIN:-8}"

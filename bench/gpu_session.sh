@@ -6,7 +6,7 @@
 # Everything worth keeping lands in $OUT (at most 8 files come back from the device tool).
 #   bash bench/gpu_session.sh                       # on the GPU machine, from the repo root
 #   DEVICE=cpu TRAIN_S=40 bash bench/gpu_session.sh # smoke test of the script on a CPU
-# Wheels the GPU image lacks (pydantic, pydicom, nibabel) are taken from .whl/ when present.
+# Python, wheels the GPU image lacks (.whl/) and PYTHONPATH: bench/gpu_env.sh.
 set -u
 OUT="${OUT:-$PWD/gpu_session_out}"
 TRAIN_S="${TRAIN_S:-220}"

@@ -11,7 +11,7 @@
 #   bash bench/gpu_train.sh                              # TRAIN_MIN=8 by default
 #   DEVICE=cpu TRAIN_MIN=0.5 WORKERS=2 bash bench/gpu_train.sh   # smoke test here
 # Then here: cp <files_at>/last.pt training/checkpoints/cpu_diag.pt, and note steps/hours.
-# Wheels the GPU image lacks (pydantic, pydicom, nibabel) are taken from .whl/ when present.
+# Python, wheels the GPU image lacks (.whl/) and PYTHONPATH: bench/gpu_env.sh.
 set -u
 OUT="${OUT:-$PWD/gpu_train_out}"
 TRAIN_MIN="${TRAIN_MIN:-8}"
