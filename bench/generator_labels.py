@@ -10,7 +10,14 @@ before and after a planner or label change, on the seeds of a split:
 - per subtype: cases where it is present, how many of them have no *core* (the mask eroded
   in-plane by ``--core-mm``; nothing left = nowhere that thick), the median largest-slice area;
 - the hemorrhage volume quantiles (a fix that re-plans slivers larger must not empty the small
-  end of the volume distribution, where the hardest and most important cases are).
+  end of the volume distribution, where the hardest and most important cases are);
+- per bleeding series, the *contrast* of its most conspicuous slice: median HU of the blood's
+  core minus that of the brain in a ring just outside it. The real-CT effects (inner-table band,
+  tangential partial volume) brighten blood and brain alike, and partial volume mixes brain into
+  a thin clot, so a series can be labelled bleeding while no slice shows its blood brighter than
+  the brain beside it (2026-12-05: run 7 missed a 15 mL epidural + subdural series whose clot
+  was 84 HU in brain of 105 HU on its largest slice). Such series bound what any model can
+  reach on a split.
 
     PYTHONPATH=. python bench/generator_labels.py --split test --count 64 [--rows 384]
 """
@@ -28,7 +35,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: F401  (puts the repo on sys.path)
 
-from ichnet_core.labels import SUBTYPES
+from ichnet_core.labels import BRAIN, HEMORRHAGE, SUBTYPES
 from ichnet_core.synthetic import SyntheticConfig, generate_case
 from training.data.splits import Split, synthetic_seeds
 
@@ -43,23 +50,49 @@ def core_area_mm2(mask: np.ndarray, pixel_spacing: tuple[float, float], core_mm:
     return float(core.sum(axis=(1, 2)).max()) * float(np.prod(pixel_spacing))
 
 
+def best_contrast_hu(
+    hu: np.ndarray, labels: np.ndarray, pixel_spacing: tuple[float, float], ring_mm: float
+) -> float:
+    """Highest, over the slices with blood, median HU of the blood core (eroded by one pixel;
+    the whole blood where that leaves nothing) minus the median HU of the brain (label 1) within
+    ``ring_mm`` outside the blood; NaN when no slice has brain beside its blood."""
+    steps = max(round(ring_mm / float(np.mean(pixel_spacing))), 1)
+    best = float("nan")
+    for k in np.flatnonzero((labels == HEMORRHAGE).any(axis=(1, 2))):
+        blood = labels[k] == HEMORRHAGE
+        ring = ndimage.binary_dilation(blood, iterations=steps) & (labels[k] == BRAIN)
+        if not ring.any():
+            continue
+        core = ndimage.binary_erosion(blood)
+        inside = hu[k][core] if core.any() else hu[k][blood]
+        contrast = float(np.median(inside) - np.median(hu[k][ring]))
+        best = contrast if np.isnan(best) else max(best, contrast)
+    return best
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", choices=[s.value for s in Split], default="test")
     parser.add_argument("--count", type=int, default=64)
     parser.add_argument("--rows", type=int, default=384, help="generator matrix (cpu_diag: 384)")
     parser.add_argument("--core-mm", type=float, default=1.0, help="in-plane erosion (mm)")
+    parser.add_argument("--ring-mm", type=float, default=3.0, help="brain ring width (mm)")
+    parser.add_argument(
+        "--faint-hu", type=float, default=20.0, help="list series whose best contrast is below"
+    )
     args = parser.parse_args(argv)
     config = SyntheticConfig(rows=args.rows, columns=args.rows)
     present = dict.fromkeys(SUBTYPES, 0)
     coreless: dict[str, list[int]] = {s: [] for s in SUBTYPES}
     areas: dict[str, list[float]] = {s: [] for s in SUBTYPES}
     volumes: list[float] = []
+    contrasts: dict[int, float] = {}
     for seed in synthetic_seeds(Split(args.split), args.count):
         case = generate_case(seed, config)
         if not case.subtype_masks.any():
             continue
         volumes.append(case.hemorrhage_volume_ml)
+        contrasts[seed] = best_contrast_hu(case.hu, case.labels, case.pixel_spacing, args.ring_mm)
         pixel_mm2 = float(np.prod(case.pixel_spacing))
         for subtype, mask in zip(SUBTYPES, case.subtype_masks, strict=True):
             if not mask.any():
@@ -77,6 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     quantiles = np.percentile(volumes, [0, 10, 25, 50, 75, 100]) if volumes else []
     print("hemorrhage mL at 0/10/25/50/75/100 %:", " ".join(f"{q:.2f}" for q in quantiles))
+    values = np.array(list(contrasts.values()))
+    if values.size:
+        print(
+            "best-slice contrast HU (blood core - brain ring) at 0/10/25/50 %:",
+            " ".join(f"{q:.0f}" for q in np.nanpercentile(values, [0, 10, 25, 50])),
+        )
+    faint = {seed: c for seed, c in contrasts.items() if not c >= args.faint_hu}
+    print(
+        f"series whose blood is nowhere {args.faint_hu:.0f} HU above the brain beside it:",
+        len(faint),
+        ", ".join(f"{seed} ({c:.0f})" for seed, c in sorted(faint.items())) or "-",
+    )
     return 0
 
 
