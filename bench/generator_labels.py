@@ -15,9 +15,10 @@ before and after a planner or label change, on the seeds of a split:
   core minus that of the brain in a ring just outside it. The real-CT effects (inner-table band,
   tangential partial volume) brighten blood and brain alike, and partial volume mixes brain into
   a thin clot, so a series can be labelled bleeding while no slice shows its blood brighter than
-  the brain beside it (2026-12-05: run 7 missed a 15 mL epidural + subdural series whose clot
-  was 84 HU in brain of 105 HU on its largest slice). Such series bound what any model can
-  reach on a split.
+  the brain beside it. Such series bound what any model can reach on a split (2026-12-05, test
+  split: one of 28, the 0.26 mL epidural sliver 2000035; the 15 mL series 2000022 that run 7
+  missed shows a clot of 84 HU in brain of 105 HU on its largest slice, but 50 HU above the
+  brain on four others, so that miss is the network's).
 
     PYTHONPATH=. python bench/generator_labels.py --split test --count 64 [--rows 384]
 """
