@@ -41,10 +41,15 @@ from ichnet_core.synthetic import SyntheticConfig, generate_case
 from training.data.splits import Split, synthetic_seeds
 
 
+def whole_pixels(mm: float, pixel_spacing: tuple[float, float]) -> int:
+    """``mm`` in whole in-plane pixels (rounded; may be 0)."""
+    return round(mm / float(np.mean(pixel_spacing)))
+
+
 def core_area_mm2(mask: np.ndarray, pixel_spacing: tuple[float, float], core_mm: float) -> float:
     """Largest area (mm^2) on one slice of ``mask`` eroded in-plane by ``core_mm`` (whole pixels;
     pixels coarser than ``2 * core_mm`` erode nothing: one of them is that thick already)."""
-    steps = round(core_mm / float(np.mean(pixel_spacing)))
+    steps = whole_pixels(core_mm, pixel_spacing)
     in_plane = np.zeros((1, 3, 3), dtype=bool)
     in_plane[0] = ndimage.generate_binary_structure(2, 1)
     core = ndimage.binary_erosion(mask, in_plane, iterations=steps) if steps else mask
@@ -57,7 +62,7 @@ def best_contrast_hu(
     """Highest, over the slices with blood, median HU of the blood core (eroded by one pixel;
     the whole blood where that leaves nothing) minus the median HU of the brain (label 1) within
     ``ring_mm`` outside the blood; NaN when no slice has brain beside its blood."""
-    steps = max(round(ring_mm / float(np.mean(pixel_spacing))), 1)
+    steps = max(whole_pixels(ring_mm, pixel_spacing), 1)
     best = float("nan")
     for k in np.flatnonzero((labels == HEMORRHAGE).any(axis=(1, 2))):
         blood = labels[k] == HEMORRHAGE
@@ -117,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "best-slice contrast HU (blood core - brain ring) at 0/10/25/50 %:",
             " ".join(f"{q:.0f}" for q in np.nanpercentile(values, [0, 10, 25, 50])),
         )
-    faint = {seed: c for seed, c in contrasts.items() if not c >= args.faint_hu}
+    faint = {s: c for s, c in contrasts.items() if np.isnan(c) or c < args.faint_hu}
     print(
         f"series whose blood is nowhere {args.faint_hu:.0f} HU above the brain beside it:",
         len(faint),
