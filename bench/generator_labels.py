@@ -8,7 +8,9 @@ pixel wide: a "finding" no reader could make and no model can learn (2026-12-05:
 before and after a planner or label change, on the seeds of a split:
 
 - per subtype: cases where it is present, how many of them have no *core* (the mask eroded
-  in-plane by ``--core-mm``; nothing left = nowhere that thick), the median largest-slice area;
+  in-plane by ``--core-mm``; nothing left = nowhere that thick), the median largest-slice area,
+  and the share of its labelled voxels (pooled) at most ``--shell-hu``: blood that reads as blood
+  beside brain, not blood lit up by the inner-table band's 0-2 mm shell (150-200 HU);
 - the hemorrhage volume quantiles (a fix that re-plans slivers larger must not empty the small
   end of the volume distribution, where the hardest and most important cases are);
 - per bleeding series, the *contrast* of its most conspicuous slice: median HU of the blood's
@@ -84,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--core-mm", type=float, default=1.0, help="in-plane erosion (mm)")
     parser.add_argument("--ring-mm", type=float, default=3.0, help="brain ring width (mm)")
     parser.add_argument(
+        "--shell-hu", type=float, default=140.0, help="blood brighter than this: band-lit"
+    )
+    parser.add_argument(
         "--faint-hu", type=float, default=20.0, help="list series whose best contrast is below"
     )
     args = parser.parse_args(argv)
@@ -91,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     present = dict.fromkeys(SUBTYPES, 0)
     coreless: dict[str, list[int]] = {s: [] for s in SUBTYPES}
     areas: dict[str, list[float]] = {s: [] for s in SUBTYPES}
+    below = dict.fromkeys(SUBTYPES, 0)
+    labelled = dict.fromkeys(SUBTYPES, 0)
     volumes: list[float] = []
     contrasts: dict[int, float] = {}
     for seed in synthetic_seeds(Split(args.split), args.count):
@@ -105,14 +112,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             present[subtype] += 1
             areas[subtype].append(float(mask.sum(axis=(1, 2)).max()) * pixel_mm2)
+            labelled[subtype] += int(mask.sum())
+            below[subtype] += int((case.hu[mask] <= args.shell_hu).sum())
             if core_area_mm2(mask, case.pixel_spacing, args.core_mm) == 0.0:
                 coreless[subtype].append(seed)
     print(f"{args.split}: {args.count} series, {len(volumes)} bleeding, {args.rows} px generator")
-    print("subtype | present | no core (seeds) | median largest-slice area mm^2")
+    print(
+        "subtype | present | no core (seeds) | median largest-slice area mm^2 | "
+        f"labelled voxels <= {args.shell_hu:.0f} HU"
+    )
     for subtype in SUBTYPES:
         median = f"{np.median(areas[subtype]):.0f}" if areas[subtype] else "-"
+        share = f"{below[subtype] / labelled[subtype]:.2f}" if labelled[subtype] else "-"
         print(
-            f"{subtype} | {present[subtype]} | {len(coreless[subtype])} {coreless[subtype]} | {median}"
+            f"{subtype} | {present[subtype]} | {len(coreless[subtype])} {coreless[subtype]} | "
+            f"{median} | {share}"
         )
     quantiles = np.percentile(volumes, [0, 10, 25, 50, 75, 100]) if volumes else []
     print("hemorrhage mL at 0/10/25/50/75/100 %:", " ".join(f"{q:.2f}" for q in quantiles))

@@ -149,7 +149,10 @@ def test_convexity_subdural_is_a_crescent_along_the_inner_table(
     assert _share_of_slices_against_the_table(case, mask) >= 0.8
     solidity, thickness, length = _largest_slice_shape(mask, case.pixel_spacing[0])
     assert thickness / length < 0.2, "a crescent is long and thin"
-    assert solidity < 0.8, "a crescent is concave towards the brain"
+    # At the 4 mm minimum (hemorrhage.MIN_CONVEXITY_SUBDURAL_MM) a small rim is short: 30 mm of
+    # a 65 mm inner table is an annular sector of solidity about 0.8 (seeds 0-5: 0.54-0.81), so
+    # the bound is 0.85; the thickness / length ratio above keeps it apart from a lens.
+    assert solidity < 0.85, "a crescent is concave towards the brain"
     # All of it within a few mm of the inner table.
     depth = ndimage.distance_transform_edt(
         twin.labels > NON_BRAIN, sampling=(1e3, *case.pixel_spacing)
