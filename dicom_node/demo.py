@@ -145,7 +145,7 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR) -> dict[str, object]:
     (workdir / "pacs").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     # With the generator's real-CT effects (bright inner-table band, tangential partial volume,
-    # calcifications): the bundled weights (0.4.0) were trained with them, and a real scanner's
+    # calcifications): the bundled weights were trained with them, and a real scanner's
     # study has them too.
     config = SyntheticConfig(rows=512, columns=512)
     case = generate_case(DEMO_SEED, config, hemorrhage=True)
