@@ -74,13 +74,12 @@ SHIFT_MAX_MM = 14.0
 #: Thinnest acute EDH and SDH (mm) at their thickest point: thinner ones are not seen on CT.
 MIN_EPIDURAL_MM = 4.0
 MIN_SUBDURAL_MM = 3.0
-#: Thinnest convexity SDH (mm): it lies under the inner-table band (``realism``: about +110 HU
-#: at 0-2 mm), where blood renders at 150-200 HU beside band-lit brain of 125-175 HU, so it is
-#: planned 1 mm thicker than :data:`MIN_SUBDURAL_MM`, leaving about 2 mm of it that reads as blood
-#: (60-130 HU) beside brain. At 3 mm (before the eleventh session, 2026-12-05) every convexity SDH
-#: under about 15 mL was a 3 mm film, 2 mm of it in the bright shell, and the trained network
-#: found 10 % of the subdural voxels of its own training series (CPH, IVH, EDH, SAH: 78-94 %;
-#: docs/results.md, "Thin subdural rims"). Falx and tentorial SDH lie away from the table.
+#: Thinnest convexity SDH (mm), 1 mm more than :data:`MIN_SUBDURAL_MM`. At 3 mm (before the
+#: eleventh session, 2026-12-05) every convexity SDH under about 15 mL was a 3 mm film: three
+#: model pixels at 1.0 mm at its thickest, and where the inner-table band (``realism``: about
+#: +110 HU at 0-2 mm) is strong, most of it lit to 150-200 HU beside band-lit brain. The trained
+#: network found 10 % of the subdural voxels of its own training series (CPH, IVH, EDH, SAH:
+#: 78-94 %; docs/results.md, "Thin subdural rims"). Falx and tentorial SDH lie away from the table.
 MIN_CONVEXITY_SUBDURAL_MM = 4.0
 #: Probability of a convexity, falx (interhemispheric) or tentorial SDH.
 SUBDURAL_KIND_P = (0.75, 0.15, 0.1)
