@@ -111,8 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not mask.any():
                 continue
             present[subtype] += 1
-            areas[subtype].append(float(mask.sum(axis=(1, 2)).max()) * pixel_mm2)
-            labelled[subtype] += int(mask.sum())
+            per_slice = mask.sum(axis=(1, 2))
+            areas[subtype].append(float(per_slice.max()) * pixel_mm2)
+            labelled[subtype] += int(per_slice.sum())
             below[subtype] += int((case.hu[mask] <= args.shell_hu).sum())
             if core_area_mm2(mask, case.pixel_spacing, args.core_mm) == 0.0:
                 coreless[subtype].append(seed)
