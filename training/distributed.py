@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from training.config import LossSection
 from training.data.dataset import ModelSample
-from training.losses import Term, UncertaintyWeighting, loss_terms
+from training.losses import Term, UncertaintyWeighting, compartment_weight_table, loss_terms
 from training.step import forward_batch
 
 #: Collectives wait this long: rank 0 validates alone while the others wait at the next step.
@@ -137,6 +137,11 @@ class StepObjective(nn.Module):
         self.weighting = weighting
         self.seg_ce_weight = loss.seg_ce_weight
         self.seg_ce_hemorrhage_weight = loss.seg_ce_hemorrhage_weight
+        self.seg_ce_compartment_weights = (
+            compartment_weight_table(loss.seg_ce_compartment_weights)
+            if loss.seg_ce_compartment_weights
+            else None
+        )
         self.amp_dtype = amp_dtype
         self.touch_all = touch_all
 
@@ -149,6 +154,7 @@ class StepObjective(nn.Module):
             batch,
             seg_ce_weight=self.seg_ce_weight,
             seg_ce_hemorrhage_weight=self.seg_ce_hemorrhage_weight,
+            seg_ce_compartment_weights=self.seg_ce_compartment_weights,
         )
         loss = self.weighting(terms)
         if self.touch_all:

@@ -33,7 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ichnet_core.labels import HEMORRHAGE, NO_COMPARTMENT, NUM_SEGMENTATION_CLASSES
+from ichnet_core.labels import (
+    HEMORRHAGE,
+    NO_COMPARTMENT,
+    NUM_COMPARTMENTS,
+    NUM_SEGMENTATION_CLASSES,
+    SUBTYPES,
+)
 from ichnet_core.models.ichnet import split_seg_channels
 from training.data.case import ANY_COLUMN, SUBTYPE_COLUMNS, SegKind
 
@@ -135,11 +141,10 @@ def generalized_dice_loss(probabilities: Tensor, targets: Tensor) -> Tensor:
     return 1.0 - numerator / (denominator + DICE_EPSILON)
 
 
-def _weighted_bce(probability: Tensor, target: Tensor, positive_weight: float) -> Tensor:
-    """BCE on probabilities, positives weighted ``positive_weight``; weighted mean (as CE's)."""
-    weights = torch.where(target > 0, positive_weight, 1.0)
-    bce = F.binary_cross_entropy(probability.clamp(1e-6, 1 - 1e-6), target, reduction="none")
-    return (weights * bce).sum() / weights.sum()
+def _weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
+    """Per-voxel losses averaged with per-voxel weights (what ``cross_entropy(weight=...)``
+    does with class weights, here also for weights that differ within a class)."""
+    return (weights * losses).sum() / weights.sum()
 
 
 def segmentation_loss(
@@ -149,6 +154,8 @@ def segmentation_loss(
     seg_kinds: Sequence[SegKind],
     ce_weight: float = 0.0,
     ce_hemorrhage_weight: float = 1.0,
+    compartments: Tensor | None = None,
+    ce_compartment_weights: Tensor | None = None,
 ) -> Tensor | None:
     """Generalised Dice over the slices with segmentation labels; ``None`` if none has.
 
@@ -156,7 +163,10 @@ def segmentation_loss(
     pools (their classes differ); the loss is the mean of the pools present. ``ce_weight`` > 0
     adds that much voxel-wise cross-entropy over the same known classes (3-class softmax CE, or
     binary CE on the hemorrhage probability for hemorrhage-only labels); in it a hemorrhage voxel
-    counts ``ce_hemorrhage_weight`` times as much as any other (weighted mean).
+    counts ``ce_hemorrhage_weight`` times as much as any other (weighted mean), and also
+    ``ce_compartment_weights[c]`` times where ``compartments`` (``[n, H, W]``, as the
+    compartment targets) says it is blood of compartment ``c`` (a ``[1 + NUM_COMPARTMENTS]``
+    tensor, 1 at :data:`NO_COMPARTMENT`).
     """
     kinds = list(seg_kinds)
     kind_of_slice = [kinds[int(i)] for i in slice_sample.tolist()]
@@ -169,12 +179,15 @@ def segmentation_loss(
         if not bool(rows.any()):
             continue
         probs, targets = probabilities[rows], seg_targets[rows]
+        weights = torch.where(targets == HEMORRHAGE, ce_hemorrhage_weight, 1.0)
+        if compartments is not None and ce_compartment_weights is not None:
+            weights = weights * ce_compartment_weights.to(weights)[compartments[rows]]
         if kind is SegKind.FULL:
             one_hot = F.one_hot(targets, NUM_SEGMENTATION_CLASSES).permute(0, 3, 1, 2).float()
-            class_weights = torch.ones(NUM_SEGMENTATION_CLASSES, device=seg_logits.device)
-            class_weights[HEMORRHAGE] = ce_hemorrhage_weight
             ce = (
-                F.cross_entropy(seg_logits[rows].float(), targets, weight=class_weights)
+                _weighted_mean(
+                    F.cross_entropy(seg_logits[rows].float(), targets, reduction="none"), weights
+                )
                 if ce_weight
                 else None
             )
@@ -182,7 +195,12 @@ def segmentation_loss(
             hemorrhage = (targets == HEMORRHAGE).float()
             one_hot = torch.stack([1.0 - hemorrhage, hemorrhage], dim=1)
             ce = (
-                _weighted_bce(probs[:, HEMORRHAGE], hemorrhage, ce_hemorrhage_weight)
+                _weighted_mean(
+                    F.binary_cross_entropy(
+                        probs[:, HEMORRHAGE].clamp(1e-6, 1 - 1e-6), hemorrhage, reduction="none"
+                    ),
+                    weights,
+                )
                 if ce_weight
                 else None
             )
@@ -207,8 +225,21 @@ def compartment_loss(compartment_logits: Tensor, targets: Tensor) -> Tensor | No
     return F.cross_entropy(logits, targets[known] - 1)
 
 
+def compartment_weight_table(weights: Mapping[str, float]) -> Tensor:
+    """``{subtype: factor}`` as the ``[1 + NUM_COMPARTMENTS]`` lookup :func:`segmentation_loss`
+    takes (index = compartment label, 1 where not named)."""
+    table = torch.ones(1 + NUM_COMPARTMENTS)
+    for name, factor in weights.items():
+        table[1 + SUBTYPES.index(name)] = factor
+    return table
+
+
 def loss_terms(
-    batch: FlatBatch, *, seg_ce_weight: float = 0.0, seg_ce_hemorrhage_weight: float = 1.0
+    batch: FlatBatch,
+    *,
+    seg_ce_weight: float = 0.0,
+    seg_ce_hemorrhage_weight: float = 1.0,
+    seg_ce_compartment_weights: Tensor | None = None,
 ) -> dict[Term, Tensor]:
     """Every term the batch has labels and outputs for (absent terms are left out)."""
     terms: dict[Term, Tensor | None] = {}
@@ -225,6 +256,8 @@ def loss_terms(
             batch.seg_kinds,
             ce_weight=seg_ce_weight,
             ce_hemorrhage_weight=seg_ce_hemorrhage_weight,
+            compartments=batch.compartment_targets,
+            ce_compartment_weights=seg_ce_compartment_weights,
         )
     for logits, targets, known, any_term, subtype_term in (
         (

@@ -66,3 +66,16 @@ def test_hash_changes_with_results_not_with_run_length() -> None:
     )
     assert config_hash(base) != config_hash(parse_config({"optim": {"lr": 1e-4}}))
     assert config_hash(base) != config_hash(parse_config({"seed": 1}))
+
+
+def test_compartment_weights_name_known_compartments_and_enter_the_hash_only_when_set() -> None:
+    with pytest.raises(ConfigError, match=r"unknown compartment\(s\) \['SDHX'\]"):
+        parse_config({"loss": {"seg_ce_compartment_weights": {"SDHX": 2.0}}})
+    base = parse_config({})
+    # Empty = the key did not exist: older configs and their checkpoints keep their hash.
+    assert config_hash(base) == config_hash(
+        parse_config({"loss": {"seg_ce_compartment_weights": {}}})
+    )
+    assert config_hash(base) != config_hash(
+        parse_config({"loss": {"seg_ce_compartment_weights": {"SDH": 4.0}}})
+    )

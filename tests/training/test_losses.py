@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ichnet_core.imaging.model_grid import ModelGrid
-from ichnet_core.labels import HEMORRHAGE
+from ichnet_core.labels import HEMORRHAGE, NO_COMPARTMENT, SUBTYPES
 from ichnet_core.models import create_model
 from training.data.case import SegKind
 from training.data.dataset import ModelSample, make_sample, prepare_case
@@ -19,6 +19,7 @@ from training.losses import (
     Term,
     UncertaintyWeighting,
     compartment_loss,
+    compartment_weight_table,
     generalized_dice_loss,
     loss_terms,
     masked_bce,
@@ -249,6 +250,47 @@ def test_hemorrhage_weight_applies_to_hemorrhage_only_labels() -> None:
     weights = torch.where(blood, 3.0, 1.0)
     expected = dice_only + (weights * per_voxel).sum() / weights.sum()
     assert weighted.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_compartment_weights_scale_the_blood_of_their_compartment_only() -> None:
+    torch.manual_seed(6)
+    logits = torch.randn(2, 3, 6, 6)
+    targets = torch.randint(0, 2, (2, 6, 6))
+    targets[0, 1:3, 1:3] = HEMORRHAGE
+    targets[1, 4:6, 0:3] = HEMORRHAGE
+    compartments = torch.zeros_like(targets)
+    compartments[0, 1:3, 1:3] = 1 + SUBTYPES.index("SDH")
+    compartments[1, 4:6, 0:3] = 1 + SUBTYPES.index("CPH")
+    samples = torch.tensor([0, 1])
+    kinds = [SegKind.FULL, SegKind.FULL]
+    table = compartment_weight_table({"SDH": 4.0})
+    weighted = segmentation_loss(
+        logits,
+        targets,
+        samples,
+        kinds,
+        ce_weight=1.0,
+        ce_hemorrhage_weight=10.0,
+        compartments=compartments,
+        ce_compartment_weights=table,
+    )
+    dice_only = segmentation_loss(logits, targets, samples, kinds)
+    per_voxel = -torch.log_softmax(logits, dim=1).gather(1, targets[:, None])[:, 0]
+    weights = torch.where(targets == HEMORRHAGE, 10.0, 1.0)
+    weights[0, 1:3, 1:3] = 40.0  # subdural blood: 10 x 4; intraparenchymal keeps 10
+    expected = dice_only + (weights * per_voxel).sum() / weights.sum()
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-5)
+    unweighted = segmentation_loss(
+        logits, targets, samples, kinds, ce_weight=1.0, ce_hemorrhage_weight=10.0
+    )
+    assert weighted.item() != pytest.approx(unweighted.item(), rel=1e-3)
+
+
+def test_compartment_weight_table_is_one_where_not_named() -> None:
+    table = compartment_weight_table({"EDH": 2.0, "SAH": 3.0})
+    assert table[NO_COMPARTMENT].item() == 1.0
+    by_name = {name: table[1 + i].item() for i, name in enumerate(SUBTYPES)}
+    assert by_name == {"CPH": 1.0, "IVH": 1.0, "EDH": 2.0, "SDH": 1.0, "SAH": 3.0}
 
 
 def test_compartment_loss_is_the_cross_entropy_of_known_blood_voxels() -> None:
