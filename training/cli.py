@@ -80,7 +80,7 @@ def _load(
     return config.model_copy(update=update) if update else config
 
 
-def _with_synthetic_cases(config: TrainConfig, split: Split, count: int) -> TrainConfig:
+def with_synthetic_cases(config: TrainConfig, split: Split, count: int) -> TrainConfig:
     """``config`` with ``count`` synthetic cases in ``split`` (seeds of the split's own block)."""
     synthetic = config.data.synthetic
     if synthetic is None or count < 1:
@@ -333,7 +333,7 @@ def _operating_points(argv: Sequence[str]) -> int:
     model, grid, _ = load_trained_model(checkpoint, device)
     split = Split(args.split)
     if args.cases is not None:
-        config = _with_synthetic_cases(config, split, args.cases)
+        config = with_synthetic_cases(config, split, args.cases)
     cases = build_split(config, split)
     if len(cases) == 0:
         raise ValueError(f"the {split.value} split of {args.config} holds no cases")
@@ -467,7 +467,7 @@ def _evaluate(argv: Sequence[str]) -> int:
         what = str(checkpoint)
     split = Split(args.split)
     if args.cases is not None:
-        config = _with_synthetic_cases(config, split, args.cases)
+        config = with_synthetic_cases(config, split, args.cases)
     cases = build_split(config, split)
     if len(cases) == 0:
         raise ValueError(f"the {split.value} split of {args.config} holds no cases")
