@@ -37,7 +37,8 @@ from training.data.splits import Split
 from training.networks import grid_of
 from training.step import forward_batch
 
-#: Decision on the hemorrhage probability (the node's own default).
+#: Hemorrhage probability counted as found: a majority of the three classes, which the node's
+#: argmax decision always agrees with.
 THRESHOLD = 0.5
 
 
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     label = 1 + SUBTYPES.index(args.compartment)
     found = total = other_found = other_total = false_pixels = 0
     probability_sum = 0.0
-    per_series: list[str] = []
+    per_series: dict[int, float] = {}
     source = build_split(config, Split.TRAIN)
     for index in range(len(source)):
         prepared = prepare_case(source[index], grid)
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         other_found += int((blood[other] > THRESHOLD).sum())
         other_total += int(other.sum())
         false_pixels += int((blood[targets != HEMORRHAGE] > THRESHOLD).sum())
-        per_series.append(f"{index}:{(blood[inside] > THRESHOLD).mean():.2f}")
+        per_series[index] = float((blood[inside] > THRESHOLD).mean())
     if not total:
         print(f"no training series holds {args.compartment}")
         return 1
@@ -88,8 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"mean probability {probability_sum / total:.3f}; other blood found "
         f"{other_found / max(other_total, 1):.3f}; false blood pixels {false_pixels}"
     )
-    print("per series (index:share found):", " ".join(per_series))
-    missed = sum(1 for item in per_series if float(item.split(":")[1]) < 0.05)
+    shares = " ".join(f"{index}:{share:.2f}" for index, share in per_series.items())
+    print("per series (index:share found):", shares)
+    missed = sum(share < 0.05 for share in per_series.values())
     print(f"series with under 5 % found: {missed} of {len(per_series)}")
     return 0
 
