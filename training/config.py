@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -324,6 +324,14 @@ def load_config(path: Path) -> TrainConfig:
     return parse_config(read_yaml(path))
 
 
+#: Settings added after runs had been started, as (section, field): left out of the hash while
+#: at their default, so configs (and checkpoints) from before a setting existed keep their hash.
+_ADDED_LATER: Final[tuple[tuple[str, str], ...]] = (
+    ("optim", "micro_batch_size"),
+    ("loss", "seg_ce_compartment_weights"),
+)
+
+
 def config_hash(config: TrainConfig) -> str:
     """sha256 of the settings that change what a run computes (see the module docstring)."""
     excluded: dict[str, Any] = {
@@ -333,10 +341,7 @@ def config_hash(config: TrainConfig) -> str:
         # kernels there) is still the same run.
         "device": True,
         "deterministic": True,
-        # micro_batch_size left out while unset: configs (and checkpoints) from before it
-        # existed keep their hash.
-        "optim": {"epochs", "ema_decay", "cpu_bf16"}
-        | ({"micro_batch_size"} if config.optim.micro_batch_size is None else set()),
+        "optim": {"epochs", "ema_decay", "cpu_bf16"},
         "data": {
             "num_workers": True,
             "prepare_workers": True,
@@ -351,8 +356,9 @@ def config_hash(config: TrainConfig) -> str:
         "logging": True,
         "checkpoint": True,
     }
-    if not config.loss.seg_ce_compartment_weights:
-        # Left out while empty: configs (and checkpoints) from before it existed keep their hash.
-        excluded["loss"] = {"seg_ce_compartment_weights"}
+    for section_name, field in _ADDED_LATER:
+        section = getattr(config, section_name)
+        if getattr(section, field) == type(section).model_fields[field].default:
+            excluded[section_name] = set(excluded.get(section_name, set())) | {field}
     data = config.model_dump(mode="json", exclude=excluded)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

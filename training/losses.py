@@ -141,12 +141,6 @@ def generalized_dice_loss(probabilities: Tensor, targets: Tensor) -> Tensor:
     return 1.0 - numerator / (denominator + DICE_EPSILON)
 
 
-def _weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
-    """Per-voxel losses averaged with per-voxel weights (what ``cross_entropy(weight=...)``
-    does with class weights, here also for weights that differ within a class)."""
-    return (weights * losses).sum() / weights.sum()
-
-
 def segmentation_loss(
     seg_logits: Tensor,
     seg_targets: Tensor,
@@ -179,32 +173,30 @@ def segmentation_loss(
         if not bool(rows.any()):
             continue
         probs, targets = probabilities[rows], seg_targets[rows]
-        weights = torch.where(targets == HEMORRHAGE, ce_hemorrhage_weight, 1.0)
-        if compartments is not None and ce_compartment_weights is not None:
-            weights = weights * ce_compartment_weights.to(weights)[compartments[rows]]
         if kind is SegKind.FULL:
             one_hot = F.one_hot(targets, NUM_SEGMENTATION_CLASSES).permute(0, 3, 1, 2).float()
-            ce = (
-                _weighted_mean(
-                    F.cross_entropy(seg_logits[rows].float(), targets, reduction="none"), weights
-                )
+            per_voxel = (
+                F.cross_entropy(seg_logits[rows].float(), targets, reduction="none")
                 if ce_weight
                 else None
             )
         else:
             hemorrhage = (targets == HEMORRHAGE).float()
             one_hot = torch.stack([1.0 - hemorrhage, hemorrhage], dim=1)
-            ce = (
-                _weighted_mean(
-                    F.binary_cross_entropy(
-                        probs[:, HEMORRHAGE].clamp(1e-6, 1 - 1e-6), hemorrhage, reduction="none"
-                    ),
-                    weights,
+            per_voxel = (
+                F.binary_cross_entropy(
+                    probs[:, HEMORRHAGE].clamp(1e-6, 1 - 1e-6), hemorrhage, reduction="none"
                 )
                 if ce_weight
                 else None
             )
             probs = torch.stack([1.0 - probs[:, HEMORRHAGE], probs[:, HEMORRHAGE]], dim=1)
+        ce = None
+        if per_voxel is not None:
+            weights = torch.where(targets == HEMORRHAGE, ce_hemorrhage_weight, 1.0)
+            if compartments is not None and ce_compartment_weights is not None:
+                weights = weights * ce_compartment_weights.to(weights)[compartments[rows]]
+            ce = (weights * per_voxel).sum() / weights.sum()
         loss = generalized_dice_loss(probs, one_hot)
         losses.append(loss if ce is None else loss + ce_weight * ce)
     if not losses:
