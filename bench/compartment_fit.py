@@ -7,7 +7,9 @@ two training arms at equal steps. This one runs the network on the model grid (n
 whole series) over every training series that holds the compartment, and prints the pooled share
 of its labelled voxels with hemorrhage probability > 0.5, their mean probability, the share found
 of the other blood in the same series, the false blood pixels, and the share found per series
-(which series the network misses entirely).
+(which series the network misses entirely) with the planned shape of each of its lesions of that
+compartment (kind and thickness: 2026-12-05, every missed subdural series held a convexity SDH
+at or near the generator's 4 mm floor).
 
     PYTHONPATH=. python bench/compartment_fit.py --checkpoint training/checkpoints/cpu_diag.pt \
         [--config training/configs/cpu_diag.yaml] [--compartment SDH] [--count 240]
@@ -19,15 +21,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: F401  (puts the repo on sys.path)
 
+import ichnet_core.synthetic.case as synthetic_case
 from ichnet_core.labels import HEMORRHAGE, SUBTYPES
 from ichnet_core.models.ichnet import seg_probabilities
 from ichnet_core.models.registry import create_model
+from ichnet_core.synthetic.lesions import HemorrhagePlan
 from training.checkpoint import load_checkpoint, trained_weights
 from training.cli import with_synthetic_cases
 from training.config import load_config
@@ -40,6 +45,33 @@ from training.step import forward_batch
 #: Hemorrhage probability counted as found: a majority of the three classes, which the node's
 #: argmax decision always agrees with.
 THRESHOLD = 0.5
+
+
+class PlanRecorder:
+    """Keeps the lesion plan of the case generated last.
+
+    Why a wrapper: a generated case does not carry its plan, and the generator's source must not
+    change for a probe (its hash keys every prepared-case cache and the comparison's data
+    fingerprint). Cases read from a case cache are not generated, so they have no plan.
+    """
+
+    def __init__(self) -> None:
+        self.plan: HemorrhagePlan | None = None
+        self._planner = synthetic_case.plan_hemorrhages
+
+    def __call__(self, *args: Any, **kwargs: Any) -> HemorrhagePlan:
+        self.plan = self._planner(*args, **kwargs)
+        return self.plan
+
+    def shapes(self, subtype: str) -> str:
+        """Kind and thickness (mm) of each lesion of ``subtype`` in the last plan."""
+        if self.plan is None:
+            return "plan n/a"
+        return ", ".join(
+            f"{lesion.shape.kind.value} {getattr(lesion.shape, 'thickness', float('nan')):.1f} mm"
+            for lesion in self.plan.lesions
+            if lesion.subtype == subtype
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,8 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = total = other_found = other_total = false_pixels = 0
     probability_sum = 0.0
     per_series: dict[int, float] = {}
+    shapes: dict[int, str] = {}
+    recorder = PlanRecorder()
+    synthetic_case.plan_hemorrhages = recorder
     source = build_split(config, Split.TRAIN)
     for index in range(len(source)):
+        recorder.plan = None
         prepared = prepare_case(source[index], grid)
         if prepared.compartments is None or not (prepared.compartments == label).any():
             continue
@@ -80,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         other_total += int(other.sum())
         false_pixels += int((blood[targets != HEMORRHAGE] > THRESHOLD).sum())
         per_series[index] = float((blood[inside] > THRESHOLD).mean())
+        shapes[index] = recorder.shapes(args.compartment)
     if not total:
         print(f"no training series holds {args.compartment}")
         return 1
@@ -89,8 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"mean probability {probability_sum / total:.3f}; other blood found "
         f"{other_found / max(other_total, 1):.3f}; false blood pixels {false_pixels}"
     )
-    shares = " ".join(f"{index}:{share:.2f}" for index, share in per_series.items())
-    print("per series (index:share found):", shares)
+    print("per series: index, share found, planned lesions")
+    for index, share in per_series.items():
+        print(f"  {index:5d}  {share:.2f}  {shapes[index]}")
     missed = sum(share < 0.05 for share in per_series.values())
     print(f"series with under 5 % found: {missed} of {len(per_series)}")
     return 0
