@@ -159,6 +159,10 @@ class OptimSection(_Section):
     #: Like ``device`` it says how a run computes, not what (a CPU run continued on a GPU runs
     #: under autocast too), so it is not part of the config hash and a running run can switch.
     cpu_bf16: bool = False
+    #: Train on a CPU with the convolutions in channels-last layout (oneDNN's faster kernels for
+    #: it; see :func:`training.device.use_channels_last`). The step computes the same function
+    #: (sums in another order), so like ``cpu_bf16`` it is not part of the config hash.
+    cpu_channels_last: bool = False
     #: Decay of an exponential moving average of the weights (e.g. 0.999: about the last 1000
     #: steps), kept beside the trained weights; validation, evaluation and export then use the
     #: average. With a constant learning rate and batches of two series the raw weights jump
@@ -341,7 +345,7 @@ def config_hash(config: TrainConfig) -> str:
         # kernels there) is still the same run.
         "device": True,
         "deterministic": True,
-        "optim": {"epochs", "ema_decay", "cpu_bf16"},
+        "optim": {"epochs", "ema_decay", "cpu_bf16", "cpu_channels_last"},
         "data": {
             "num_workers": True,
             "prepare_workers": True,

@@ -48,7 +48,7 @@ from training.config import TrainConfig, config_hash
 from training.data.build import build_split
 from training.data.dataset import collate_samples, prepare_all
 from training.data.splits import Split
-from training.device import autocast_dtype, resolve_device, seed_everything
+from training.device import autocast_dtype, resolve_device, seed_everything, use_channels_last
 from training.distributed import Distributed, StepObjective, accumulate, groups
 from training.evaluate import EvalResult, evaluate_model, total_loss
 from training.losses import Term, UncertaintyWeighting
@@ -144,6 +144,8 @@ class Trainer:
             torch.set_num_threads(config.cpu_threads)
         seed_everything(config.seed, config.deterministic)
         self.model = build_network(config.model).to(self.device)
+        if self.device.type == "cpu" and config.optim.cpu_channels_last:
+            use_channels_last(self.model)
         self.grid = grid_of(self.model)
         self.weighting = UncertaintyWeighting(config.loss.uncertainty_weighting).to(self.device)
         optim = config.optim

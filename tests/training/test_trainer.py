@@ -350,3 +350,30 @@ def test_cpu_bf16_trains_under_bfloat16_and_validates_in_float32(
     )
     [epoch] = _rows(tmp_path / "run" / "metrics.csv")
     assert np.isfinite(float(epoch["train_loss"])) and float(epoch["val_loss"]) > 0
+
+
+def test_cpu_channels_last_trains_resumes_and_keeps_the_hash(
+    tmp_path: Path, tiny_overrides: dict[str, Any]
+) -> None:
+    """``optim.cpu_channels_last``: the network trains in channels-last layout, keeps the hash
+    of the default run (a running run can switch), and an interrupted run resumes exactly."""
+    optim = {"lr": 1e-3, "batch_size": 1, "epochs": 2, "cpu_channels_last": True}
+    config = tiny_config(tmp_path, tiny_overrides, optim=optim)
+    assert config_hash(config) == config_hash(tiny_config(tmp_path, tiny_overrides))
+    trainer = Trainer(config, max_steps=3)
+    convs = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    trainer.fit()
+    resumed = Trainer(config)
+    assert resumed.step == 3
+    summary = resumed.fit()
+    assert summary.steps == 4
+    assert all(
+        np.isfinite(float(row["train_loss"])) for row in _rows(tmp_path / "run" / "metrics.csv")
+    )
+    straight = tiny_config(tmp_path, tiny_overrides, output_dir=str(tmp_path / "s"), optim=optim)
+    Trainer(straight).fit()
+    a = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "s" / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
