@@ -61,7 +61,7 @@ def use_channels_last(model: nn.Module) -> None:
     """Put ``model``'s convolutions in channels-last layout for a CPU training step, in place.
 
     Why: oneDNN's channels-last kernels run the cpu_diag training step (2 x 8 slices of 128 px
-    crops, bfloat16) at about 1.2x the steps per hour of the default layout on one core (``python
+    crops, bfloat16) at 1.30x the steps per hour of the default layout on an idle core (``python
     bench/train_step.py``). But its backward pass of a 1x1 convolution with stride 2 over
     channels-last input with fewer channels than its register block (the 12 -> 24 projection
     shortcut of ICHNet's second level) writes past its workspace and kills the process (torch
