@@ -245,12 +245,10 @@ class Evaluator:
         row |= {"true_ml": true_ml, "segmented_ml": predicted_ml}
         if case.compartments is not None and prediction.compartments is not None:
             for index, name in enumerate(SUBTYPES, start=1):
-                self.compartment_volumes[name].append(
-                    (
-                        label_volume_ml(prediction.compartments, index, voxel_ml),
-                        label_volume_ml(case.compartments, index, voxel_ml),
-                    )
-                )
+                segmented = label_volume_ml(prediction.compartments, index, voxel_ml)
+                labelled_ml = label_volume_ml(case.compartments, index, voxel_ml)
+                self.compartment_volumes[name].append((segmented, labelled_ml))
+                row |= {f"true_ml_{name}": labelled_ml, f"segmented_ml_{name}": segmented}
                 labelled = case.compartments == index
                 counts = self.compartment_voxels[name]
                 counts[0] += int(np.count_nonzero(labelled & predicted_hemorrhage))
@@ -273,7 +271,8 @@ class Evaluator:
 
         ``max_slice_any`` is the highest slice ``any`` probability, the evidence a subject
         decision could also be taken from; :meth:`add` fills in the volumes (mL at source
-        resolution) and the hemorrhage Dice.
+        resolution; per compartment where truth and prediction have compartments, the
+        evidence a subtype decision could be checked against) and the hemorrhage Dice.
         """
         row: dict[str, Any] = {"case_id": case.case_id}
         for column, name in enumerate(CLASS_NAMES):
@@ -284,6 +283,8 @@ class Evaluator:
         slices = prediction.slice_probabilities
         row["max_slice_any"] = None if slices is None else float(slices[:, 0].max())
         row |= {"true_ml": None, "segmented_ml": None, "dice_hemorrhage": None}
+        for name in SUBTYPES:
+            row |= {f"true_ml_{name}": None, f"segmented_ml_{name}": None}
         return row
 
     def threshold_of(self, level: str, name: str) -> float:

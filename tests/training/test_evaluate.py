@@ -235,6 +235,14 @@ def test_compartment_volumes_and_bootstrap_intervals() -> None:
     assert set(data["intervals_95"]) >= {"subject_auc_any", "slice_auc_any", "dice_hemorrhage"}
     assert "95 % intervals" in format_markdown(result)
     assert "| SDH | 2 |" in format_markdown(result)
+    # Per case: each compartment's labelled and segmented mL (empty where unknown).
+    first, _, unknown = result.cases
+    assert first["true_ml_SDH"] == pytest.approx(first["true_ml"])
+    assert first["segmented_ml_SDH"] + first["segmented_ml_SAH"] == pytest.approx(
+        first["segmented_ml"]
+    )
+    assert 0 < first["segmented_ml_SAH"] < first["true_ml"] and first["true_ml_SAH"] == 0.0
+    assert unknown["true_ml_SDH"] is None and unknown["segmented_ml_SDH"] is None
 
 
 def test_found_is_the_share_of_each_compartments_voxels_segmented_as_blood() -> None:
