@@ -11,8 +11,8 @@ result.json is compared with ``RESULT_FILE`` key by key: every string, flag and 
 every number to within ``FLOAT_TOLERANCE``. Its probabilities keep all the digits of float32,
 whose last ones depend on the CPU's convolution kernels (oneDNN picks them per instruction set:
 a machine with other AVX-512 extensions gave another digest of the same code, 2026-12-06); the SR
-keeps 3 decimals, so its digest holds across machines. ``RESULT_FILE`` was written by the code
-at 322cc6b, whose SEG and SR digests are main's.
+keeps 3 decimals, so its digest holds across machines. ``RESULT_FILE`` was written on
+2026-12-06 by the node code of 322cc6b (unchanged since), whose SEG and SR digests are main's.
 
 A deliberate change of the results (a new result.json key, new UIDs, another segment layout)
 changes the digests: recompute them on the new code with :func:`result_digests` and say why in
