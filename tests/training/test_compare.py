@@ -71,6 +71,23 @@ def test_the_diagnostic_resolution_comparison_runs_every_model_on_one_grid() -> 
     }
 
 
+def test_the_committed_comparison_reports_match_the_current_configuration() -> None:
+    """A change to cpu_diag.yaml (its base) must not silently invalidate the finished
+    comparison runs, which cost hours each: run 11's 720 training series did until
+    compare_diag pinned the 240 its reports were made on. Every committed report's config hash
+    is the one its run has today (the data fingerprint is checked by ``finished_record``)."""
+    compare, base = load_compare_config(CONFIGS / "compare_diag.yaml")
+    records = {
+        run.name: CONFIGS.parents[1] / report_dir(compare, run) / RUN_RECORD for run in compare.runs
+    }
+    committed = [run for run in compare.runs if records[run.name].is_file()]
+    if not committed:
+        pytest.skip("no comparison report committed yet")
+    for run in committed:
+        record = json.loads(records[run.name].read_text(encoding="utf-8"))
+        assert record["config_hash"] == config_hash(run_config(compare, base, run)), run.name
+
+
 def _compare_files(tmp_path: Path) -> Path:
     """A two-run compare config (tiny synthetic split) with its reports in ``tmp_path``."""
     (tmp_path / "base.yaml").write_text(
