@@ -249,7 +249,10 @@ def _results_markdown(
     details: list[str],
     n_cases: int | None,
 ) -> str:
-    synthetic = (base.get("data") or {}).get("synthetic") or {}
+    # The data every run shares: the base config under the comparison's own overrides (which
+    # may pin another number of training series than the base, as compare_diag.yaml does).
+    data = _merge(base, compare.overrides).get("data") or {}
+    synthetic = data.get("synthetic") or {}
     device = "CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     lines = [
         "# Results: ICHNet, ablations and baselines",
@@ -260,7 +263,7 @@ def _results_markdown(
         "",
         f"Evaluated on the **{compare.split}** split: {n_cases} cases. Training data: "
         f"{synthetic.get('train_cases', 'no')} synthetic cases (seed block 'train'), "
-        f"{len((base.get('data') or {}).get('datasets') or [])} public dataset(s). Validation and "
+        f"{len(data.get('datasets') or [])} public dataset(s). Validation and "
         "test cases come from disjoint seed blocks / patients.",
         "",
         "These numbers describe this configuration on this data only. Synthetic data is not "

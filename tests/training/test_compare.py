@@ -90,13 +90,13 @@ def test_the_committed_comparison_reports_match_the_current_configuration() -> N
 def _compare_files(tmp_path: Path) -> Path:
     """A two-run compare config (tiny synthetic split) with its reports in ``tmp_path``."""
     (tmp_path / "base.yaml").write_text(
-        "data:\n  synthetic: {train_cases: 2, val_cases: 1, test_cases: 3}\n", encoding="utf-8"
+        "data:\n  synthetic: {train_cases: 5, val_cases: 1, test_cases: 3}\n", encoding="utf-8"
     )
     path = tmp_path / "compare.yaml"
     path.write_text(
         f"base: base.yaml\noutput_dir: {tmp_path / 'runs'}\n"
         f"results_md: {tmp_path / 'table.md'}\nreports_dir: {tmp_path / 'reports'}\n"
-        "overrides: {optim: {epochs: 2}}\n"
+        "overrides: {optim: {epochs: 2}, data: {synthetic: {train_cases: 2}}}\n"
         "runs:\n  - {name: A, model: {name: ichnet}}\n  - {name: B, model: {name: resnet2d}}\n",
         encoding="utf-8",
     )
@@ -173,6 +173,8 @@ def test_a_finished_run_is_reused_only_when_its_record_matches(
     assert [row.split(" | ")[0] for row in rows] == ["| A", "| B"]
     assert all(row.endswith("| 1.000 | 1.000 | 0.00 | 2.5 |") for row in rows), rows
     assert "step 40" in table
+    # The series the runs were trained on: the comparison's override, not the base's 5.
+    assert "Training data: 2 synthetic cases" in table
     trained.clear()
     run_compare(path)
     assert trained == []  # B's new report matches now
