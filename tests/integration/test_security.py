@@ -36,7 +36,7 @@ from tests.dicom_node.certificates import Pki, make_pki
 from tests.dicom_node.dcmtk import echoscu, require_tool, storescu
 from tests.dicom_node.instances import ct_slice, encode_dataset
 from tests.integration.conftest import NODE_AE, PACS_AE, failed_so_far
-from tests.integration.node_process import NodeProcess, reserve_ports, wait_until
+from tests.integration.node_process import NodeProcess, reserve_ports
 
 pytestmark = pytest.mark.integration
 
@@ -260,16 +260,14 @@ def test_tls_both_ways_with_the_real_serve_process(
         run = storescu(node.port, sources, PACS_AE, NODE_AE, *peer_tls)
         assert run.returncode == 0, run
 
-        def results() -> list[str] | None:
-            files = [p for p in received.iterdir() if p.is_file()]
-            classes = sorted(str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in files)
-            wanted = {SegmentationStorage, Comprehensive3DSRStorage}
-            return classes if wanted <= set(classes) else None
-
-        wait_until(results, RESULTS_TIMEOUT_S, "SEG and SR at the TLS PACS")
+        # The node logs this once storescp has answered both C-STOREs, i.e. after it wrote both
+        # files: reading the folder earlier can meet a file storescp is still writing.
         node.wait_for_log(
-            r"sent 2 of 2 result file\(s\) .* to peer PACS at 127\.0\.0\.1:\d+ \(TLS\)", 30
+            r"sent 2 of 2 result file\(s\) .* to peer PACS at 127\.0\.0\.1:\d+ \(TLS\)",
+            RESULTS_TIMEOUT_S,
         )
+        classes = {str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in received.iterdir()}
+        assert {SegmentationStorage, Comprehensive3DSRStorage} <= classes, classes
         status, report = _healthz(node)
         assert status == 200, report
     finally:
