@@ -177,12 +177,18 @@ def test_unknown_ae_titles_are_rejected_with_the_standard_reason(
     reason: ServiceUserRejectReason,
     dcmtk_reason: str,
 ) -> None:
+    def rejections() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "rejected association" in r.getMessage()]
+
     with caplog.at_level(logging.WARNING, logger="dicom_node.associations"):
         run = echoscu(node.port, calling, called)
+        # EVT_REJECTED runs on the node's association thread after the A-ASSOCIATE-RJ is on
+        # the wire, so echoscu may exit before the node has logged and counted it.
+        _wait_until(lambda: bool(rejections()))
     assert run.returncode != 0, run
     assert "Result: Rejected Permanent, Source: Service User" in run.output, run
     assert f"Reason: {dcmtk_reason}" in run.output, run
-    [line] = [r.getMessage() for r in caplog.records if "rejected association" in r.getMessage()]
+    [line] = rejections()
     assert f"calling AE {calling!r}" in line and f"called AE {called!r}" in line
     assert "127.0.0.1:" in line and reason.name.lower() in line
     rejected = node.metrics.registry.get_sample_value(
