@@ -89,6 +89,7 @@ class TritonEngine(PipelineEngine):
         self._grpc, self._server_error = _tritonclient()
         self.settings = settings
         self.weights_sha256 = weights.sha256
+        self.hemorrhage_threshold = weights.operating_points.hemorrhage_voxel
         self._grid = weights.config.grid
         self._seg_channels = weights.config.seg_channels
         self._client = self._grpc.InferenceServerClient(settings.url)

@@ -40,6 +40,7 @@ from training.evaluate import evaluate_model, format_markdown, write_cases, writ
 from training.export import OPERATING_POINTS_FORMAT, file_sha256
 from training.operating_points import (
     ANY_MIN_SENSITIVITY,
+    VOXEL_SWEEP,
     format_operating_points,
     select_operating_points,
 )
@@ -302,7 +303,8 @@ def _operating_points(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="ichnet-train operating-points",
         description="Choose per-output decision thresholds on the validation split "
-        "(any: highest specificity with sensitivity >= 0.95; subtypes: Youden's J) and write "
+        "(any: highest specificity with sensitivity >= 0.95; subtypes: Youden's J; hemorrhage "
+        "voxels: the probability whose median volume error is closest to zero) and write "
         "them for `ichnet-train export --operating-points`.",
     )
     _common(parser)
@@ -350,6 +352,7 @@ def _operating_points(argv: Sequence[str]) -> int:
             autocast_dtype=autocast_dtype(config.optim.amp, device),
             progress=config.logging.progress_bar,
             description="operating points",
+            voxel_sweep=VOXEL_SWEEP,
         )
     sha256 = file_sha256(checkpoint)
     source = (
@@ -357,7 +360,10 @@ def _operating_points(argv: Sequence[str]) -> int:
         f"checkpoint sha256 {sha256[:12]}"
     )
     selection = select_operating_points(
-        result.scores, source=source, any_min_sensitivity=args.any_min_sensitivity
+        result.scores,
+        source=source,
+        any_min_sensitivity=args.any_min_sensitivity,
+        voxel_sweep=result.voxel_sweep,
     )
     points = selection.operating_points()
     payload = {

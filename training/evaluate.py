@@ -13,6 +13,10 @@ argmax, so Dice and volumes are measured at source resolution with the case's ow
   chosen on a validation split by :mod:`training.operating_points`.
 * Per case (``cases.csv``): truths, scores and volumes of every case, so the cases that set an
   operating point or that a model misses can be named without running the model again.
+* Voxel threshold sweep (``evaluate_model(voxel_sweep=...)``): segmented volume and Dice of
+  every case at each candidate hemorrhage-probability threshold, from which
+  :mod:`training.operating_points` chooses the weights' voxel operating point; with operating
+  points that carry one, the labels are decided at it, as the node decides them.
 
 A model without a subject head (2-D ResNet18) gets subject probabilities as the maximum of its
 slice probabilities; the report says so (``subject_source``).
@@ -24,7 +28,7 @@ import csv
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -82,6 +86,18 @@ class CasePrediction:
     compartments: np.ndarray | None = None
     subject_source: str = SUBJECT_FROM_MODEL
     loss_terms: dict[str, float] = field(default_factory=dict)
+    #: Per swept hemorrhage threshold: segmented hemorrhage mL and Dice (``None`` without a
+    #: labelled bleed) at source resolution.
+    swept: dict[float, tuple[float, float | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepCase:
+    """One case with a segmentation at one swept hemorrhage threshold."""
+
+    segmented_ml: float
+    true_ml: float
+    dice: float | None
 
 
 def predict_case(
@@ -90,12 +106,17 @@ def predict_case(
     grid: ModelGrid,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
+    *,
+    hemorrhage_threshold: float | None = None,
+    voxel_sweep: Sequence[float] = (),
 ) -> CasePrediction:
     """Run ``model`` on the whole of ``case`` and compute its loss terms on the known labels.
 
     Segmentation labels come from the node's own post-processing
     (``ichnet_core.inference.pipeline.labels_at_source``): probabilities back onto the source
-    matrix, then the decision.
+    matrix, then the decision (at ``hemorrhage_threshold``, the voxel operating point, when
+    given). For each of ``voxel_sweep`` the hemorrhage volume and Dice the decision at that
+    threshold would give are kept too (cases with a segmentation only).
     """
     prepared = prepare_case(case, grid)
     sample = make_sample(prepared)
@@ -119,9 +140,16 @@ def predict_case(
     else:
         subject_probabilities = None
     labels = compartments = None
+    swept: dict[float, tuple[float, float | None]] = {}
     if batch.seg_logits is not None:
         probabilities = seg_probabilities(batch.seg_logits.float()).cpu().numpy()
-        labels, compartments = labels_at_source(probabilities, prepared.mapping)
+        labels, compartments = labels_at_source(
+            probabilities, prepared.mapping, hemorrhage_threshold
+        )
+        if voxel_sweep and case.seg is not None:
+            swept = sweep_hemorrhage_thresholds(
+                prepared.mapping.to_source(probabilities[:, HEMORRHAGE]), case, voxel_sweep
+            )
     return CasePrediction(
         case_id=case.case_id,
         subject_probabilities=subject_probabilities,
@@ -130,7 +158,26 @@ def predict_case(
         compartments=compartments,
         subject_source=subject_source,
         loss_terms=terms,
+        swept=swept,
     )
+
+
+def sweep_hemorrhage_thresholds(
+    hemorrhage: np.ndarray, case: LabelledCase, thresholds: Sequence[float]
+) -> dict[float, tuple[float, float | None]]:
+    """Segmented hemorrhage mL and Dice of ``case`` at each threshold of the source-resolution
+    hemorrhage probabilities ``hemorrhage`` (``[S, rows, columns]``; the decision of
+    :func:`ichnet_core.inference.pipeline.decide_classes`)."""
+    if case.seg is None:
+        raise ValueError(f"case {case.case_id} has no segmentation to sweep thresholds against")
+    truth = case.seg == HEMORRHAGE
+    voxel_ml = case.voxel_volumes_ml()
+    out: dict[float, tuple[float, float | None]] = {}
+    for threshold in thresholds:
+        predicted = hemorrhage >= threshold
+        segmented = float(np.count_nonzero(predicted, axis=(1, 2)) @ voxel_ml)
+        out[float(threshold)] = (segmented, dice(predicted, truth) if truth.any() else None)
+    return out
 
 
 @dataclass
@@ -173,6 +220,9 @@ class EvalResult:
     compartment_volume: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: One row per case (:meth:`Evaluator.case_row`), in the order evaluated; ``cases.csv``.
     cases: list[dict[str, Any]] = field(default_factory=list)
+    #: Per swept hemorrhage threshold, the cases with a segmentation (voxel operating point
+    #: selection); not in JSON.
+    voxel_sweep: dict[float, list[SweepCase]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -216,6 +266,7 @@ class Evaluator:
         self.subject_source: str | None = None
         self.terms: dict[str, list[float]] = {}
         self.cases: list[dict[str, Any]] = []
+        self.voxel_sweep: dict[float, list[SweepCase]] = {}
 
     def add(self, case: LabelledCase, prediction: CasePrediction) -> None:
         """Score one case."""
@@ -243,6 +294,10 @@ class Evaluator:
         predicted_ml = label_volume_ml(prediction.labels, HEMORRHAGE, voxel_ml)
         self.volumes.append((predicted_ml, true_ml))
         row |= {"true_ml": true_ml, "segmented_ml": predicted_ml}
+        for threshold, (swept_ml, swept_dice) in prediction.swept.items():
+            self.voxel_sweep.setdefault(threshold, []).append(
+                SweepCase(swept_ml, true_ml, swept_dice)
+            )
         if case.compartments is not None and prediction.compartments is not None:
             for index, name in enumerate(SUBTYPES, start=1):
                 segmented = label_volume_ml(prediction.compartments, index, voxel_ml)
@@ -386,6 +441,7 @@ class Evaluator:
                 if pairs
             },
             cases=list(self.cases),
+            voxel_sweep={t: list(rows) for t, rows in self.voxel_sweep.items()},
         )
 
 
@@ -401,18 +457,32 @@ def evaluate_model(
     progress: bool = True,
     description: str = "eval",
     bootstrap_replicates: int = 0,
+    voxel_sweep: Sequence[float] = (),
 ) -> EvalResult:
     """Evaluate ``model`` (put in eval mode) on every case of ``cases``.
 
-    Table 2 is computed at ``operating_points`` (per output) when given, else at ``threshold``.
+    Table 2 is computed at ``operating_points`` (per output) when given, else at ``threshold``;
+    segmentations are decided at their voxel operating point when they carry one, else by the
+    most probable class. ``voxel_sweep``: hemorrhage thresholds to measure volumes and Dice at
+    (:attr:`EvalResult.voxel_sweep`).
     """
     was_training = model.training
     model.eval()
     evaluator = Evaluator(threshold, operating_points)
+    hemorrhage_threshold = None if operating_points is None else operating_points.hemorrhage_voxel
     total = len(cases) if isinstance(cases, CaseSource) else None
     try:
         for case in tqdm(cases, total=total, desc=description, disable=not progress, leave=False):
-            evaluator.add(case, predict_case(model, case, grid, device, autocast_dtype))
+            prediction = predict_case(
+                model,
+                case,
+                grid,
+                device,
+                autocast_dtype,
+                hemorrhage_threshold=hemorrhage_threshold,
+                voxel_sweep=voxel_sweep,
+            )
+            evaluator.add(case, prediction)
     finally:
         model.train(was_training)
     return evaluator.result(bootstrap_replicates)

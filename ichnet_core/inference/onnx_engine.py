@@ -174,6 +174,7 @@ class OnnxRuntimeEngine(PipelineEngine):
             )
         self.exported = exported
         self.weights = weights
+        self.hemorrhage_threshold = weights.operating_points.hemorrhage_voxel
         self.chunk_slices = chunk_slices
         self.skip_cache_bytes = skip_cache_bytes
         self.providers = list(providers) if providers is not None else default_providers()

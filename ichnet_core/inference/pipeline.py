@@ -24,6 +24,7 @@ from ichnet_core.imaging.model_grid import ModelGrid, PlaneMapping, foreground_m
 from ichnet_core.imaging.windowing import NUM_WINDOWS, window_stack
 from ichnet_core.inference.staged import ChunkSink, NetworkOutput
 from ichnet_core.labels import (
+    BRAIN,
     HEMORRHAGE,
     NO_COMPARTMENT,
     NON_BRAIN,
@@ -91,6 +92,22 @@ def channel_argmax(planes: np.ndarray) -> np.ndarray:
     return index
 
 
+def decide_classes(planes: np.ndarray, hemorrhage_threshold: float | None) -> np.ndarray:
+    """Class labels (uint8) of ``[S, 3, h, w]`` softmax planes.
+
+    Without ``hemorrhage_threshold``: the most probable class. With it (the weights'
+    ``operating_points.voxel.hemorrhage``, see :mod:`ichnet_core.operating_points`): hemorrhage
+    wherever its probability is at least the threshold, elsewhere the more probable of non-brain
+    and brain, so the segmented volume follows a threshold chosen on validation cases.
+    """
+    if hemorrhage_threshold is None:
+        return channel_argmax(planes)
+    others = (NON_BRAIN, BRAIN)
+    labels = np.asarray(others, dtype=np.uint8)[channel_argmax(planes[:, list(others)])]
+    labels[planes[:, HEMORRHAGE] >= hemorrhage_threshold] = HEMORRHAGE
+    return labels
+
+
 class SourceLabels:
     """Class labels (and compartments) at source resolution, filled a chunk of slices at a time.
 
@@ -106,11 +123,17 @@ class SourceLabels:
         Slices of the series.
     mapping:
         Model window on the source slices.
+    hemorrhage_threshold:
+        The weights' voxel operating point (:func:`decide_classes`); ``None``: the most
+        probable class.
     """
 
-    def __init__(self, slices: int, mapping: PlaneMapping) -> None:
+    def __init__(
+        self, slices: int, mapping: PlaneMapping, hemorrhage_threshold: float | None = None
+    ) -> None:
         self.slices = slices
         self.mapping = mapping
+        self.hemorrhage_threshold = hemorrhage_threshold
         self.labels = np.empty((slices, *mapping.source_shape), dtype=np.uint8)
         self.compartments: np.ndarray | None = None
         self._filled = 0
@@ -144,8 +167,9 @@ class SourceLabels:
             chunk = seg_probs[offset : offset + PROCESSING_CHUNK_SLICES]
             first = start + offset
             last = first + chunk.shape[0]
-            classes = channel_argmax(
-                self.mapping.to_source(chunk[:, :NUM_SEGMENTATION_CLASSES], self._class_fill)
+            classes = decide_classes(
+                self.mapping.to_source(chunk[:, :NUM_SEGMENTATION_CLASSES], self._class_fill),
+                self.hemorrhage_threshold,
             )
             self.labels[first:last] = classes
             if self.compartments is None:
@@ -173,11 +197,11 @@ class SourceLabels:
 
 
 def labels_at_source(
-    seg_probs: np.ndarray, mapping: PlaneMapping
+    seg_probs: np.ndarray, mapping: PlaneMapping, hemorrhage_threshold: float | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Class labels (and compartments) at source resolution from model-resolution probabilities
     ``[S, 3 (+5), h, w]`` (see :class:`SourceLabels`)."""
-    labels = SourceLabels(seg_probs.shape[0], mapping)
+    labels = SourceLabels(seg_probs.shape[0], mapping, hemorrhage_threshold)
     labels.add(0, seg_probs.shape[0], seg_probs)
     return labels.result()
 
@@ -202,6 +226,7 @@ def finalize(
     subject_logits: np.ndarray,
     *,
     keep_probabilities: bool,
+    hemorrhage_threshold: float | None = None,
 ) -> Prediction:
     """Turn network outputs into a :class:`Prediction` at the source resolution.
 
@@ -219,6 +244,8 @@ def finalize(
         ``[6]`` subject-level logits.
     keep_probabilities:
         Keep ``seg_probs`` in the prediction (engine parity checks); otherwise drop them.
+    hemorrhage_threshold:
+        The weights' voxel operating point (:func:`decide_classes`).
 
     Returns
     -------
@@ -242,7 +269,7 @@ def finalize(
             f"{channels[1]}, h, w] for this volume, got {seg_probs.shape}"
         )
     _check_logits(slices, slice_logits, subject_logits)
-    labels, compartments = labels_at_source(seg_probs, mapping)
+    labels, compartments = labels_at_source(seg_probs, mapping, hemorrhage_threshold)
     return _prediction(
         labels,
         compartments,
@@ -277,6 +304,7 @@ def run_pipeline(
     grid: ModelGrid,
     *,
     keep_probabilities: bool,
+    hemorrhage_threshold: float | None = None,
 ) -> Prediction:
     """:func:`prepare_input`, the engine's network, then the labels: every engine's predict.
 
@@ -296,6 +324,8 @@ def run_pipeline(
         The model's input geometry.
     keep_probabilities:
         Keep the model-resolution softmax in the prediction.
+    hemorrhage_threshold:
+        The weights' voxel operating point (:func:`decide_classes`).
     """
     x, mapping = prepare_input(volume, grid)
     if keep_probabilities:
@@ -308,8 +338,9 @@ def run_pipeline(
             output.slice_logits,
             output.subject_logits,
             keep_probabilities=True,
+            hemorrhage_threshold=hemorrhage_threshold,
         )
-    decided = SourceLabels(volume.num_slices, mapping)
+    decided = SourceLabels(volume.num_slices, mapping, hemorrhage_threshold)
     output = run_network(x, decided.add)
     del x
     _check_logits(volume.num_slices, output.slice_logits, output.subject_logits)
@@ -320,9 +351,13 @@ def run_pipeline(
 class PipelineEngine:
     """Base of the staged engines: ``predict`` = :func:`run_pipeline` around ``run_network``.
 
-    Subclasses provide ``run_network``, ``grid`` and ``description``; only how the network
+    Subclasses provide ``run_network``, ``grid`` and ``description`` and set
+    ``hemorrhage_threshold`` from their weights' operating points; only how the network
     executes differs between engines, never the pre- and post-processing.
     """
+
+    #: The weights' voxel operating point (:func:`decide_classes`); ``None``: argmax.
+    hemorrhage_threshold: float | None = None
 
     @property
     def description(self) -> str:
@@ -344,7 +379,11 @@ class PipelineEngine:
         """Segmentation and classification of ``volume`` (see ``InferenceEngine``)."""
         started = time.perf_counter()
         prediction = run_pipeline(
-            volume, self.run_network, self.grid, keep_probabilities=keep_probabilities
+            volume,
+            self.run_network,
+            self.grid,
+            keep_probabilities=keep_probabilities,
+            hemorrhage_threshold=self.hemorrhage_threshold,
         )
         logger.info(
             "%s: series %s, %d slices in %.2f s",

@@ -291,6 +291,7 @@ class TensorRTEngine(PipelineEngine):
         self.cache_dir = Path(cache_dir)
         self.exported = exported if exported is not None else cached_export(weights, self.cache_dir)
         self.weights = weights
+        self.hemorrhage_threshold = weights.operating_points.hemorrhage_voxel
         self.chunk_slices = chunk_slices
         self.max_slices = max_slices
         self.skip_cache_bytes = skip_cache_bytes

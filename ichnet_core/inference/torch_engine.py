@@ -374,6 +374,7 @@ class TorchEngine(PipelineEngine):
         self.chunk_slices = chunk_slices
         self.skip_cache_bytes = skip_cache_bytes
         self.weights = weights
+        self.hemorrhage_threshold = weights.operating_points.hemorrhage_voxel
         #: The float32 reference network (the recurrent stage always runs on it).
         self.model = build_model(weights).to(self.device)
         self._runner = _TorchRunner(self.model, self.device, self.settings, chunk_slices)

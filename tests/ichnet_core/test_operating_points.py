@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ichnet_core.inference.torch_engine import TorchEngine
 from ichnet_core.labels import CLASS_NAMES
 from ichnet_core.models.registry import create_model
 from ichnet_core.models.weights import WeightsError, load_weights, save_weights
@@ -62,6 +63,18 @@ def test_metadata_round_trip_keeps_levels_rules_and_source() -> None:
 
     assert again == points and not again.is_default
     assert "any 0.31" in again.describe() and "(val split)" in again.describe()
+    assert again.hemorrhage_voxel is None and "voxel" not in points.to_metadata()
+
+
+def test_the_voxel_threshold_round_trips_and_is_described() -> None:
+    points = OperatingPoints(subject=THRESHOLDS, source="val split", hemorrhage_voxel=0.3)
+
+    entry = points.to_metadata()
+    again = OperatingPoints.from_metadata({METADATA_KEY: entry})
+
+    assert entry["voxel"] == {"hemorrhage": 0.3}
+    assert again == points and again.hemorrhage_voxel == 0.3
+    assert "hemorrhage voxels from 0.3" in again.describe()
 
 
 @pytest.mark.parametrize(
@@ -74,6 +87,9 @@ def test_metadata_round_trip_keeps_levels_rules_and_source() -> None:
         ({"subject": {**THRESHOLDS, "any": "0.3"}}, "must be a number"),
         ({"slice": THRESHOLDS}, "lacks the subject-level"),
         ({"subject": THRESHOLDS, "colour": 1}, "unknown keys"),
+        ({"subject": THRESHOLDS, "voxel": {"hemorrhage": 1.5}}, r"hemorrhage must be in \(0, 1\]"),
+        ({"subject": THRESHOLDS, "voxel": {"brain": 0.5}}, "at most 'hemorrhage'"),
+        ({"subject": THRESHOLDS, "voxel": 0.3}, "voxel must be a mapping"),
     ],
 )
 def test_malformed_points_are_refused(entry: dict[str, object], message: str) -> None:
@@ -91,13 +107,17 @@ def _tiny_model() -> torch.nn.Module:
 
 def test_weights_carry_their_points_and_refuse_malformed_ones(tmp_path: Path) -> None:
     model = _tiny_model()
-    points = OperatingPoints(subject=THRESHOLDS, source="val split of a test")
+    points = OperatingPoints(
+        subject=THRESHOLDS, source="val split of a test", hemorrhage_voxel=0.35
+    )
     path = tmp_path / "with.pt"
     sha = save_weights(
         model, path, name="ichnet", metadata={**METADATA, METADATA_KEY: points.to_metadata()}
     )
 
-    assert load_weights(path, expected_sha256=sha).operating_points == points
+    weights = load_weights(path, expected_sha256=sha)
+    assert weights.operating_points == points
+    assert TorchEngine(weights, device="cpu").hemorrhage_threshold == 0.35
 
     bad = tmp_path / "bad.pt"
     save_weights(

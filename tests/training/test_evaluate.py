@@ -265,3 +265,29 @@ def test_found_is_the_share_of_each_compartments_voxels_segmented_as_blood() -> 
     assert result.compartment_volume["SDH"]["found"] == pytest.approx(expected)
     assert result.compartment_volume["CPH"]["found"] is None
     assert "labelled voxels found" in format_markdown(result)
+
+
+def test_the_voxel_sweep_measures_what_deciding_at_each_threshold_gives(
+    tiny_overrides: dict[str, Any],
+) -> None:
+    """Each swept volume and Dice is the one the labels decided at that threshold have, and a
+    higher threshold never segments more."""
+    case = make_phantom_case(size=40, bleed_slices=(1, 2))
+    model = create_model("ichnet", **tiny_overrides).eval()
+    sweep = (0.2, 0.34, 0.5)
+    swept = predict_case(model, case, ModelGrid(32), torch.device("cpu"), voxel_sweep=sweep).swept
+    assert list(swept) == list(sweep)
+    volumes = [swept[t][0] for t in sweep]
+    assert volumes == sorted(volumes, reverse=True) and volumes[0] > 0
+    evaluator = Evaluator()
+    for threshold in sweep:
+        decided = predict_case(
+            model, case, ModelGrid(32), torch.device("cpu"), hemorrhage_threshold=threshold
+        )
+        evaluator.add(case, decided)
+        assert decided.labels is not None
+        row = evaluator.cases[-1]
+        assert row["segmented_ml"] == pytest.approx(swept[threshold][0])
+        assert row["dice_hemorrhage"] == pytest.approx(swept[threshold][1])
+    plain = predict_case(model, case, ModelGrid(32), torch.device("cpu"))
+    assert plain.swept == {}

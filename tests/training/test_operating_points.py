@@ -13,11 +13,17 @@ import yaml
 from ichnet_core.labels import CLASS_NAMES, SUBTYPES
 from ichnet_core.models.weights import load_weights
 from training.cli import EXIT_FAILURE, EXIT_OK, eval_main, train_main
+from training.evaluate import SweepCase
 from training.metrics import binary_metrics
 from training.operating_points import (
+    RULE_VOXEL,
     RULE_YOUDEN,
+    VOXEL_SWEEP,
+    VoxelChoice,
+    format_operating_points,
     select_operating_points,
     select_threshold,
+    select_voxel_threshold,
 )
 
 from .test_trainer import tiny_config
@@ -124,6 +130,58 @@ def test_selection_uses_the_sensitivity_rule_for_any_and_youden_for_subtypes() -
         select_operating_points({"slice": subject}, source="x")
 
 
+def _sweep_rows(errors: list[float], dice: float, false_ml: float) -> list[SweepCase]:
+    """Three bleeding cases of 10 mL with these volume errors, and one negative case."""
+    bleeding = [SweepCase(10.0 + e, 10.0, dice) for e in errors]
+    return [*bleeding, SweepCase(false_ml, 0.0, None)]
+
+
+def test_the_voxel_threshold_gives_the_least_biased_volumes() -> None:
+    sweep = {
+        0.2: _sweep_rows([0.5, 3.0, 4.0], dice=0.7, false_ml=0.4),  # median error +3.0
+        0.3: _sweep_rows([-0.5, 0.8, -3.0], dice=0.72, false_ml=0.1),  # -0.5
+        0.4: _sweep_rows([-1.5, -2.0, -6.0], dice=0.74, false_ml=0.0),  # -2.0
+    }
+
+    choice = select_voxel_threshold(sweep)
+
+    assert choice is not None and choice.threshold == 0.3 and choice.rule == RULE_VOXEL
+    assert choice.median_abs_volume_error_ml == pytest.approx(0.8)
+    assert choice.median_volume_error_ml == pytest.approx(-0.5)
+    assert (choice.mean_dice, choice.false_ml_per_negative) == (pytest.approx(0.72), 0.1)
+    assert (choice.bleeding_cases, choice.negative_cases) == (3, 1)
+    # A tie on the volume error goes to the higher Dice, then to the higher threshold.
+    errors = [0.8, -0.8, 1.0]
+    tied = {t: _sweep_rows(errors, dice=d, false_ml=0.0) for t, d in ((0.2, 0.6), (0.3, 0.8))}
+    assert _threshold(select_voxel_threshold(tied)) == 0.3
+    same = {0.2: sweep[0.3], 0.35: sweep[0.3]}
+    assert _threshold(select_voxel_threshold(same)) == 0.35
+    # Without a bleeding case there is nothing to calibrate on.
+    assert select_voxel_threshold({0.3: [SweepCase(0.2, 0.0, None)]}) is None
+    assert select_voxel_threshold({}) is None
+
+
+def _threshold(choice: VoxelChoice | None) -> float:
+    assert choice is not None
+    return choice.threshold
+
+
+def test_the_selection_stores_the_voxel_threshold_with_its_rule() -> None:
+    subject = {name: (TRUTH, SCORES) for name in CLASS_NAMES}
+    sweep = {0.25: _sweep_rows([0.1, -0.2, 0.3], dice=0.8, false_ml=0.05)}
+
+    selection = select_operating_points({"subject": subject}, source="x", voxel_sweep=sweep)
+    points = selection.operating_points()
+
+    assert points.hemorrhage_voxel == 0.25
+    assert points.rules["voxel.hemorrhage"] == RULE_VOXEL
+    assert selection.to_dict()["voxel"]["hemorrhage"]["threshold"] == 0.25
+    assert "Hemorrhage voxels from probability 0.25" in format_operating_points(selection)
+    plain = select_operating_points({"subject": subject}, source="x").operating_points()
+    assert plain.hemorrhage_voxel is None and "voxel.hemorrhage" not in plain.rules
+    assert VOXEL_SWEEP[0] == 0.1 and VOXEL_SWEEP[-1] == 0.5 and len(VOXEL_SWEEP) == 9
+
+
 @pytest.fixture
 def config_file(tmp_path: Path, tiny_overrides: dict[str, Any]) -> Path:
     synthetic = {
@@ -153,7 +211,9 @@ def test_operating_points_travel_from_the_val_split_into_the_weights(
     assert written["checkpoint"]["path"] == checkpoint
     subject = written["operating_points"]["subject"]
     assert set(subject) == set(CLASS_NAMES) and all(0 < t <= 1 for t in subject.values())
-    assert set(written["selection"]) == {"subject", "slice"}
+    assert set(written["selection"]) == {"subject", "slice", "voxel"}
+    voxel = written["operating_points"]["voxel"]["hemorrhage"]
+    assert voxel in VOXEL_SWEEP
 
     # More seeds of the val block than the run validates on.
     more = tmp_path / "more_points.json"
@@ -169,6 +229,7 @@ def test_operating_points_travel_from_the_val_split_into_the_weights(
     loaded = load_weights(weights, expected_sha256=json.loads(capsys.readouterr().out)["sha256"])
     assert not loaded.operating_points.is_default
     assert dict(loaded.operating_points.subject) == subject
+    assert loaded.operating_points.hemorrhage_voxel == voxel
     assert loaded.operating_points.slice is not None
 
     # Table 2 at the weights' own thresholds.

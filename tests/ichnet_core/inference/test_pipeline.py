@@ -15,6 +15,7 @@ from ichnet_core.inference.pipeline import (
     PROCESSING_CHUNK_SLICES,
     SourceLabels,
     channel_argmax,
+    decide_classes,
     finalize,
     hemorrhage_volume_ml,
     labels_at_source,
@@ -182,3 +183,59 @@ def test_channel_argmax_equals_numpys_including_ties() -> None:
     found = channel_argmax(planes)
     assert found.dtype == np.uint8
     np.testing.assert_array_equal(found, planes.argmax(axis=1))
+
+
+def test_a_voxel_threshold_calls_hemorrhage_from_its_probability_and_the_rest_by_argmax() -> None:
+    """Softmax triples (non-brain, brain, hemorrhage) per pixel, and what each decision gives."""
+    planes = np.array(
+        [
+            [0.5, 0.2, 0.3],  # hemorrhage at 0.3 but not the most probable
+            [0.1, 0.6, 0.3],
+            [0.1, 0.7, 0.2],  # below the threshold: brain
+            [0.2, 0.2, 0.6],  # argmax and threshold agree
+            [0.45, 0.1, 0.45],  # a tie: argmax takes non-brain, the threshold hemorrhage
+        ],
+        dtype=np.float32,
+    ).T.reshape(1, 3, 1, 5)
+    np.testing.assert_array_equal(
+        decide_classes(planes, None)[0, 0], [NON_BRAIN, BRAIN, BRAIN, HEMORRHAGE, NON_BRAIN]
+    )
+    np.testing.assert_array_equal(
+        decide_classes(planes, 0.3)[0, 0],
+        [HEMORRHAGE, HEMORRHAGE, BRAIN, HEMORRHAGE, HEMORRHAGE],
+    )
+    np.testing.assert_array_equal(  # a threshold above every hemorrhage probability
+        decide_classes(planes, 0.7)[0, 0], [NON_BRAIN, BRAIN, BRAIN, NON_BRAIN, NON_BRAIN]
+    )
+
+
+def test_a_lower_voxel_threshold_segments_more_blood_in_every_path(
+    make_volume: VolumeFactory,
+) -> None:
+    """The threshold reaches the chunked sink and ``finalize`` alike, and compartments follow
+    the blood it calls."""
+    volume = make_volume(slices=4, rows=64, columns=96)
+    rng = np.random.default_rng(5)
+    probs = rng.random((4, 3 + NUM_COMPARTMENTS, 32, 32), dtype=np.float32)
+    probs[:, :3] /= probs[:, :3].sum(axis=1, keepdims=True)
+    mapping = _mapping(volume, 32)
+    argmax_labels, _ = labels_at_source(probs, mapping)
+    labels, compartments = labels_at_source(probs, mapping, hemorrhage_threshold=0.25)
+    assert compartments is not None
+    blood, argmax_blood = labels == HEMORRHAGE, argmax_labels == HEMORRHAGE
+    assert np.all(blood[argmax_blood]) and blood.sum() > argmax_blood.sum()
+    assert np.all((compartments > 0) == blood)
+    decided = SourceLabels(4, mapping, hemorrhage_threshold=0.25)
+    decided.add(0, 3, probs[:3])
+    decided.add(3, 4, probs[3:])
+    np.testing.assert_array_equal(decided.result()[0], labels)
+    kept = finalize(
+        volume,
+        mapping,
+        probs,
+        np.zeros((4, 6)),
+        np.zeros(6),
+        keep_probabilities=True,
+        hemorrhage_threshold=0.25,
+    )
+    np.testing.assert_array_equal(kept.labels, labels)
