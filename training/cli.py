@@ -36,7 +36,8 @@ from training.data.series_cache import SeriesCacheSource, cache_folder, fill_cac
 from training.data.splits import Split
 from training.device import autocast_dtype, resolve_device
 from training.distributed import Distributed, from_environment, shutdown
-from training.evaluate import evaluate_model, format_markdown, write_cases, write_report
+from training.eval_report import format_markdown, write_cases, write_report
+from training.evaluate import evaluate_model
 from training.export import OPERATING_POINTS_FORMAT, file_sha256
 from training.operating_points import (
     ANY_MIN_SENSITIVITY,

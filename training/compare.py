@@ -39,7 +39,8 @@ from training.config import (
 from training.data.build import build_split
 from training.data.source import CaseSource
 from training.data.splits import Split
-from training.evaluate import evaluate_model, write_report
+from training.eval_report import write_report
+from training.evaluate import evaluate_model
 from training.metrics import format_metric
 from training.runlog import read_csv
 from training.trainer import Trainer, load_trained_model

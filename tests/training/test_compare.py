@@ -20,7 +20,8 @@ from training.compare import (
     run_config,
 )
 from training.config import TrainConfig, config_hash, parse_compare_config
-from training.evaluate import CasePrediction, Evaluator, write_report
+from training.eval_report import write_report
+from training.evaluate import CasePrediction, Evaluator
 from training.networks import build_network, grid_of
 
 from .conftest import make_phantom_case

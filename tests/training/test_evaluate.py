@@ -17,13 +17,12 @@ from ichnet_core.labels import BRAIN, HEMORRHAGE, NON_BRAIN
 from ichnet_core.models import create_model
 from training.baselines import create_baseline
 from training.data.case import SegKind
+from training.eval_report import format_markdown, write_report
 from training.evaluate import (
     SUBJECT_FROM_SLICES,
     CasePrediction,
     Evaluator,
-    format_markdown,
     predict_case,
-    write_report,
 )
 
 from .conftest import make_phantom_case
