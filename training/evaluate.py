@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ichnet_core.imaging.measure import label_volume_ml
+from ichnet_core.imaging.measure import label_volume_ml, mask_volume_ml
 from ichnet_core.imaging.model_grid import ModelGrid
 from ichnet_core.inference.pipeline import labels_at_source
 from ichnet_core.labels import (
@@ -173,7 +173,7 @@ def sweep_hemorrhage_thresholds(
     out: dict[float, tuple[float, float | None]] = {}
     for threshold in thresholds:
         predicted = hemorrhage >= threshold
-        segmented = float(np.count_nonzero(predicted, axis=(1, 2)) @ voxel_ml)
+        segmented = mask_volume_ml(predicted, voxel_ml)
         out[float(threshold)] = (segmented, dice(predicted, truth) if truth.any() else None)
     return out
 
@@ -490,6 +490,3 @@ def total_loss(loss: dict[str, float]) -> float | None:
     """Sum of the mean raw loss terms (model selection; independent of learned weights)."""
     known = [loss[term.value] for term in Term if term.value in loss]
     return float(sum(known)) if known else None
-
-
-# --------------------------------------------------------------------------- report

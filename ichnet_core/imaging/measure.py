@@ -42,18 +42,24 @@ def voxel_volumes_ml(pixel_spacing: Sequence[float], extents_mm: np.ndarray) -> 
     return np.asarray(extents_mm, dtype=np.float64) * area * ML_PER_MM3
 
 
-def label_volume_ml(labels: np.ndarray, value: int, voxel_ml: np.ndarray) -> float:
-    """Volume in mL of the voxels of ``labels`` ``(S, rows, columns)`` equal to ``value``.
+def mask_volume_ml(mask: np.ndarray, voxel_ml: np.ndarray) -> float:
+    """Volume in mL of the true voxels of ``mask`` ``(S, rows, columns)``.
 
     Raises
     ------
     ValueError
-        When ``voxel_ml`` does not hold one volume per slice of ``labels``.
+        When ``voxel_ml`` does not hold one volume per slice of ``mask``.
     """
-    if labels.ndim != 3 or np.shape(voxel_ml) != (labels.shape[0],):
+    if mask.ndim != 3 or np.shape(voxel_ml) != (mask.shape[0],):
         raise ValueError(
-            f"labels {labels.shape} and {np.shape(voxel_ml)} voxel volumes do not match "
+            f"labels {mask.shape} and {np.shape(voxel_ml)} voxel volumes do not match "
             "(one voxel volume per slice expected)"
         )
-    per_slice = np.count_nonzero(labels == value, axis=(1, 2))
+    per_slice = np.count_nonzero(mask, axis=(1, 2))
     return float(np.dot(per_slice, voxel_ml))
+
+
+def label_volume_ml(labels: np.ndarray, value: int, voxel_ml: np.ndarray) -> float:
+    """Volume in mL of the voxels of ``labels`` ``(S, rows, columns)`` equal to ``value``
+    (:func:`mask_volume_ml`)."""
+    return mask_volume_ml(labels == value, voxel_ml)
