@@ -165,3 +165,59 @@ def warm_start(
         ):
             weighting.load_state_dict(learned)
     return int(payload["step"]), sorted(set(own) - set(taken))
+
+
+#: Key under which an averaged checkpoint names the checkpoints it was averaged from.
+AVERAGED_FROM: Final[str] = "averaged_from"
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
+    """The uniform mean of the trained weights (:func:`trained_weights`) of checkpoints of one run.
+
+    Why: run 11's moving averages at steps a few thousand apart trade the headline figures
+    against each other (one has the better slice AUC, a later one the better Dice) while the
+    learning rate stays constant; the mean of several such snapshots of one basin (Izmailov et
+    al. 2018, stochastic weight averaging) is a candidate that costs no training step. BatchNorm
+    running statistics are averaged like the weights (each snapshot's are the moving average of
+    its own), integer buffers are the newest snapshot's.
+
+    The result is for evaluation, operating points and export only: it carries the newest
+    checkpoint's config, epoch and step, the averaged weights as ``model``, no moving average,
+    optimiser or RNG state, and ``averaged_from`` (path and step of each); :meth:`Trainer.load`
+    refuses to resume from it.
+
+    Raises
+    ------
+    CheckpointError
+        Fewer than two checkpoints, or checkpoints of different configs (config hash).
+    """
+    if len(paths) < 2:
+        raise CheckpointError(f"averaging needs at least two checkpoints, got {len(paths)}")
+    payloads = sorted(
+        (load_checkpoint(path) | {"path": str(path)} for path in paths),
+        key=lambda payload: int(payload["step"]),
+    )
+    hashes = {payload["config_hash"] for payload in payloads}
+    if len(hashes) != 1:
+        found = ", ".join(f"{p['path']}: {p['config_hash'][:12]}" for p in payloads)
+        raise CheckpointError(f"checkpoints of different configs cannot be averaged ({found})")
+    states = [trained_weights(payload) for payload in payloads]
+    newest = payloads[-1]
+    averaged = {
+        key: (
+            torch.stack([state[key].float() for state in states]).mean(0).to(value.dtype)
+            if value.is_floating_point()
+            else value.clone()
+        )
+        for key, value in states[-1].items()
+    }
+    return {
+        **{key: newest[key] for key in ("epoch", "step", "config_hash", "config", "model_name")},
+        "model_overrides": newest.get("model_overrides"),
+        "model": averaged,
+        "ema": None,
+        "loss_weighting": newest["loss_weighting"],
+        "best_val_loss": newest.get("best_val_loss"),
+        "torch_version": str(torch.__version__),
+        AVERAGED_FROM: [{"path": p["path"], "step": int(p["step"])} for p in payloads],
+    }

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from ichnet_core.operating_points import OperatingPoints
+from training.checkpoint import AVERAGED_FROM, average_checkpoints, save_checkpoint
 from training.config import ConfigError, TrainConfig, load_config
 from training.data.build import build_split, open_dataset
 from training.data.series_cache import SeriesCacheSource, cache_folder, fill_cache
@@ -59,6 +60,7 @@ SUBCOMMANDS: Final[tuple[str, ...]] = (
     "prepare",
     "export",
     "operating-points",
+    "average",
 )
 #: Default file name of ``ichnet-train operating-points`` under the run's output_dir.
 OPERATING_POINTS_FILE: Final[str] = "operating_points.json"
@@ -249,6 +251,22 @@ def _cache(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def _average(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ichnet-train average",
+        description="Average the (moving-average) weights of checkpoints of one run into a "
+        "checkpoint for operating-points, ichnet-eval and export (not for resuming).",
+    )
+    parser.add_argument("checkpoints", type=Path, nargs="+", help="two or more, one config")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    args = parser.parse_args(argv)
+    payload = average_checkpoints(list(args.checkpoints))
+    save_checkpoint(args.out, payload)
+    steps = ", ".join(str(entry["step"]) for entry in payload[AVERAGED_FROM])
+    print(f"{args.out}: mean of the weights at steps {steps}")
+    return EXIT_OK
+
+
 def _export(argv: Sequence[str]) -> int:
     from training.export import export_checkpoint
 
@@ -400,7 +418,7 @@ def _run(handler: Handler, argv: Sequence[str]) -> int:
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """``ichnet-train`` [compare|prepare|export|operating-points] ..."""
+    """``ichnet-train`` [compare|prepare|export|operating-points|average] ..."""
     args = list(sys.argv[1:] if argv is None else argv)
     handlers: dict[str, Handler] = {
         "train": _fit,
@@ -409,6 +427,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         "prepare": _prepare,
         "export": _export,
         "operating-points": _operating_points,
+        "average": _average,
     }
     if args and args[0] in SUBCOMMANDS:
         return _run(handlers[args[0]], args[1:])

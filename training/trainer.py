@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from ichnet_core.imaging.model_grid import ModelGrid
 from training.checkpoint import (
+    AVERAGED_FROM,
     CheckpointError,
     capture_rng,
     load_checkpoint,
@@ -353,6 +354,11 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Restore a run saved by :meth:`save_checkpoint` (same config hash required)."""
         payload = load_checkpoint(path)
+        if AVERAGED_FROM in payload:
+            raise CheckpointError(
+                f"{path} is an average of checkpoints (ichnet-train average) without optimiser "
+                "or RNG state: a run cannot resume from it; start one with --warm-start"
+            )
         self._ema_state = payload.get("ema")
         if payload["config_hash"] != self.hash:
             raise CheckpointError(

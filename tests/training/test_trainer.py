@@ -377,3 +377,58 @@ def test_cpu_channels_last_trains_resumes_and_keeps_the_hash(
     b = load_checkpoint(tmp_path / "s" / "checkpoints" / "last.pt")["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
+
+
+def test_average_of_checkpoints_is_their_mean_exports_and_never_resumes(
+    tmp_path: Path, tiny_overrides: dict[str, Any]
+) -> None:
+    """``ichnet-train average``: the mean of the moving averages of two checkpoints of one run
+    (integer buffers from the newest), usable by evaluation and export (which records the
+    steps), refused as a run to resume and when the configs differ."""
+    from ichnet_core.models.weights import load_weights
+    from training.checkpoint import AVERAGED_FROM, trained_weights
+    from training.cli import train_main
+    from training.export import export_checkpoint
+    from training.trainer import load_trained_model
+
+    optim = {"lr": 1e-2, "batch_size": 1, "epochs": 2, "ema_decay": 0.5}
+    config = tiny_config(tmp_path, tiny_overrides, optim=optim)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    Trainer(config, max_steps=2).fit()
+    early = tmp_path / "early.pt"
+    early.write_bytes(last.read_bytes())
+    Trainer(config).fit()
+    out = tmp_path / "avg.pt"
+    assert train_main(["average", str(last), str(early), "--out", str(out)]) == 0
+    averaged = load_checkpoint(out)
+    assert [entry["step"] for entry in averaged[AVERAGED_FROM]] == [2, 4]
+    first, second = (trained_weights(load_checkpoint(path)) for path in (early, last))
+    mean = trained_weights(averaged)
+    assert set(mean) == set(second)
+    for key, value in mean.items():
+        expected = (first[key] + second[key]) / 2 if value.is_floating_point() else second[key]
+        torch.testing.assert_close(value, expected, msg=key)
+    assert any(not torch.equal(first[k], second[k]) for k in first if first[k].is_floating_point())
+    model, _, _ = load_trained_model(out, torch.device("cpu"))
+    torch.testing.assert_close(model.state_dict(), mean)
+    exported = export_checkpoint(
+        out,
+        tmp_path / "avg_weights.pt",
+        version="0.0.1+test",
+        trained_on="tiny",
+        description="test",
+    )
+    assert load_weights(exported.path).metadata[AVERAGED_FROM] == [2, 4]
+
+    elsewhere = tiny_config(tmp_path, tiny_overrides, optim=optim, output_dir=str(tmp_path / "b"))
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "b" / "checkpoints" / "last.pt").write_bytes(out.read_bytes())
+    with pytest.raises(CheckpointError, match="average of checkpoints"):
+        Trainer(elsewhere)
+    Trainer(
+        tiny_config(tmp_path, tiny_overrides, output_dir=str(tmp_path / "c")), max_steps=1
+    ).fit()
+    other = tmp_path / "c" / "checkpoints" / "last.pt"
+    assert train_main(["average", str(early), str(other), "--out", str(tmp_path / "x.pt")]) == 1
+    assert train_main(["average", str(early), "--out", str(tmp_path / "y.pt")]) == 1
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()
