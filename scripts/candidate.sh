@@ -15,11 +15,12 @@
 #        0.6.0+synthetic.cpu-diag
 #
 # VAL_CASES (default 128) and TEST_CASES (default: the whole test split) shrink it for a smoke run.
-# Compare OUT_DIR/test/tables.md and OUT_DIR/real_ct/report.json with the shipped weights'
-# figures (docs/results.md, "Headline"); nothing here decides or installs anything.
+# Last it prints (and writes to OUT_DIR/headline.md) every headline figure beside the shipped
+# weights' (SHIPPED_METRICS, SHIPPED_REAL_CT) and whether any is worse; nothing here installs
+# anything.
 set -euo pipefail
 if [ $# -lt 3 ]; then
-    sed -n '2,19p' "$0" >&2
+    sed -n '2,20p' "$0" >&2
     exit 2
 fi
 checkpoint=$1 out=$2 version=$3 config=${4:-training/configs/cpu_diag.yaml}
@@ -27,6 +28,9 @@ train=${ICHNET_TRAIN:-.venv/bin/ichnet-train}
 eval=${ICHNET_EVAL:-.venv/bin/ichnet-eval}
 python=${PYTHON:-.venv/bin/python}
 threads=${THREADS:-1}
+# the shipped weights' reports (docs/results.md, "Headline"); replaced when a candidate ships
+shipped_metrics=${SHIPPED_METRICS:-docs/results/shipped_060_test_metrics.json}
+shipped_real_ct=${SHIPPED_REAL_CT:-docs/results/shipped_060_real_ct_report.json}
 test_cases=()
 [ -n "${TEST_CASES:-}" ] && test_cases=(--cases "$TEST_CASES")
 mkdir -p "$out"
@@ -48,3 +52,6 @@ echo "== $(date -u +%H:%M) real normal CT"
 "$python" -m training.real_ct ../shared/data/real/head_ct_ge_tilted --weights "$out/weights.pt" \
     --out "$out/real_ct"
 echo "== $(date -u +%H:%M) done: $out/test/tables.md, $out/real_ct/report.json"
+# 5. the shipping rule: no headline figure worse than the shipped weights' (training/headline.py)
+"$python" -m training.headline "$out" --shipped-metrics "$shipped_metrics" \
+    --shipped-real-ct "$shipped_real_ct" | tee "$out/headline.md" || true
