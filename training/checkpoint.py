@@ -169,6 +169,31 @@ def warm_start(
 
 #: Key under which an averaged checkpoint names the checkpoints it was averaged from.
 AVERAGED_FROM: Final[str] = "averaged_from"
+#: Key under which a checkpoint says its BatchNorm statistics were recomputed (``training.recalibrate``).
+BATCHNORM_FROM: Final[str] = "batchnorm_recalibrated"
+#: Keys of a checkpoint made from others: no optimiser or RNG state, so never resumed.
+DERIVED_KEYS: Final[tuple[str, ...]] = (AVERAGED_FROM, BATCHNORM_FROM)
+
+
+def derived_checkpoint(
+    source: dict[str, Any], weights: dict[str, Any], provenance: dict[str, Any]
+) -> dict[str, Any]:
+    """A checkpoint of network ``weights`` made from checkpoint ``source`` (average, BatchNorm
+    recalibration) for evaluation, operating points and export: ``source``'s config, epoch, step
+    and loss weights, the weights as ``model``, no moving average, optimiser or RNG state, and
+    the provenance keys of ``source`` and ``provenance`` (:data:`DERIVED_KEYS`), which
+    :meth:`Trainer.load` refuses and export records."""
+    return {
+        **{key: source[key] for key in ("epoch", "step", "config_hash", "config", "model_name")},
+        "model_overrides": source.get("model_overrides"),
+        "model": weights,
+        "ema": None,
+        "loss_weighting": source["loss_weighting"],
+        "best_val_loss": source.get("best_val_loss"),
+        "torch_version": str(torch.__version__),
+        **{key: source[key] for key in DERIVED_KEYS if key in source},
+        **provenance,
+    }
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
@@ -181,10 +206,8 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     running statistics are averaged like the weights (each snapshot's are the moving average of
     its own), integer buffers are the newest snapshot's.
 
-    The result is for evaluation, operating points and export only: it carries the newest
-    checkpoint's config, epoch and step, the averaged weights as ``model``, no moving average,
-    optimiser or RNG state, and ``averaged_from`` (path and step of each); :meth:`Trainer.load`
-    refuses to resume from it.
+    The result (:func:`derived_checkpoint`) carries the newest checkpoint's config, epoch and
+    step and ``averaged_from`` (path and step of each).
 
     Raises
     ------
@@ -211,13 +234,5 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         )
         for key, value in states[-1].items()
     }
-    return {
-        **{key: newest[key] for key in ("epoch", "step", "config_hash", "config", "model_name")},
-        "model_overrides": newest.get("model_overrides"),
-        "model": averaged,
-        "ema": None,
-        "loss_weighting": newest["loss_weighting"],
-        "best_val_loss": newest.get("best_val_loss"),
-        "torch_version": str(torch.__version__),
-        AVERAGED_FROM: [{"path": p["path"], "step": int(p["step"])} for p in payloads],
-    }
+    provenance = [{"path": p["path"], "step": int(p["step"])} for p in payloads]
+    return derived_checkpoint(newest, averaged, {AVERAGED_FROM: provenance})

@@ -61,6 +61,7 @@ SUBCOMMANDS: Final[tuple[str, ...]] = (
     "export",
     "operating-points",
     "average",
+    "recalibrate-bn",
 )
 #: Default file name of ``ichnet-train operating-points`` under the run's output_dir.
 OPERATING_POINTS_FILE: Final[str] = "operating_points.json"
@@ -267,6 +268,28 @@ def _average(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def _recalibrate(argv: Sequence[str]) -> int:
+    from training.recalibrate import recalibrated_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="ichnet-train recalibrate-bn",
+        description="Recompute a checkpoint's BatchNorm statistics on whole training series "
+        "(training.recalibrate) into a checkpoint for operating-points, ichnet-eval and export.",
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    parser.add_argument("--cases", type=int, default=48, help="training series (default 48)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    _setup_logging("INFO")
+    torch.set_num_threads(args.threads)
+    save_checkpoint(
+        args.out, recalibrated_checkpoint(args.checkpoint, args.cases, torch.device("cpu"))
+    )
+    print(f"{args.out}: BatchNorm statistics over {args.cases} training series")
+    return EXIT_OK
+
+
 def _export(argv: Sequence[str]) -> int:
     from training.export import export_checkpoint
 
@@ -418,7 +441,7 @@ def _run(handler: Handler, argv: Sequence[str]) -> int:
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """``ichnet-train`` [compare|prepare|export|operating-points|average] ..."""
+    """``ichnet-train`` [compare|prepare|export|operating-points|average|recalibrate-bn] ..."""
     args = list(sys.argv[1:] if argv is None else argv)
     handlers: dict[str, Handler] = {
         "train": _fit,
@@ -428,6 +451,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         "export": _export,
         "operating-points": _operating_points,
         "average": _average,
+        "recalibrate-bn": _recalibrate,
     }
     if args and args[0] in SUBCOMMANDS:
         return _run(handlers[args[0]], args[1:])

@@ -21,7 +21,7 @@ import torch
 from ichnet_core.models import ICHNet, list_models
 from ichnet_core.models.weights import load_weights, save_weights, sha256_of_bytes
 from ichnet_core.operating_points import METADATA_KEY, OperatingPoints, OperatingPointsError
-from training.checkpoint import AVERAGED_FROM, load_checkpoint, trained_weights
+from training.checkpoint import AVERAGED_FROM, BATCHNORM_FROM, load_checkpoint, trained_weights
 from training.config import TrainConfig
 from training.networks import build_network
 
@@ -175,6 +175,8 @@ def export_checkpoint(
     }
     if AVERAGED_FROM in payload:
         metadata[AVERAGED_FROM] = [int(entry["step"]) for entry in payload[AVERAGED_FROM]]
+    if BATCHNORM_FROM in payload:
+        metadata[BATCHNORM_FROM] = dict(payload[BATCHNORM_FROM])
     if evaluation is not None:
         metadata["evaluation"] = _evaluation_summary(evaluation)
     if operating_points is not None:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ichnet_core.imaging.model_grid import ModelGrid
 from training.checkpoint import (
-    AVERAGED_FROM,
+    DERIVED_KEYS,
     CheckpointError,
     capture_rng,
     load_checkpoint,
@@ -354,10 +354,11 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Restore a run saved by :meth:`save_checkpoint` (same config hash required)."""
         payload = load_checkpoint(path)
-        if AVERAGED_FROM in payload:
+        if any(key in payload for key in DERIVED_KEYS):
             raise CheckpointError(
-                f"{path} is an average of checkpoints (ichnet-train average) without optimiser "
-                "or RNG state: a run cannot resume from it; start one with --warm-start"
+                f"{path} was made from other checkpoints (ichnet-train average or "
+                "recalibrate-bn) and holds no optimiser or RNG state: a run cannot resume from "
+                "it; start one with --warm-start"
             )
         self._ema_state = payload.get("ema")
         if payload["config_hash"] != self.hash:
