@@ -7,8 +7,10 @@ slices, all augmented. The node normalises whole 256-pixel slices of whole serie
 bone and scalp, less blood) with those statistics. On run 11's step 20160 the statistics
 recomputed from 48 whole training series differ from the carried ones by 20-45 % (mean relative
 difference per layer) and move the 32 validation series' slice AUC from 0.906 to 0.934 (subject
-0.995 -> 1.000, Dice 0.696 -> 0.704; docs/results.md, "BatchNorm statistics of whole series").
-This is what ``torch.optim.swa_utils.update_bn`` does after weight averaging (Izmailov et al.
+0.995 -> 1.000, Dice 0.696 -> 0.704), but on the 128 validation series of the operating points
+and on the test split the candidate is worse on almost every figure (test subject AUC 0.989 ->
+0.983, median volume error 1.17 -> 1.49 mL; docs/results.md, "BatchNorm statistics of whole
+series"): so it is a tool for measuring, not a step of the shipping chain. This is what ``torch.optim.swa_utils.update_bn`` does after weight averaging (Izmailov et al.
 2018), over this project's batches (series of different lengths, :func:`training.step.forward_batch`).
 The weights themselves are unchanged.
 """
