@@ -175,6 +175,17 @@ BATCHNORM_FROM: Final[str] = "batchnorm_recalibrated"
 DERIVED_KEYS: Final[tuple[str, ...]] = (AVERAGED_FROM, BATCHNORM_FROM)
 
 
+def check_resumable(path: Path, payload: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` when checkpoint ``payload`` (read from ``path``) was made
+    from others (:data:`DERIVED_KEYS`): it has no optimiser or RNG state to resume."""
+    if any(key in payload for key in DERIVED_KEYS):
+        raise CheckpointError(
+            f"{path} was made from other checkpoints (ichnet-train average or recalibrate-bn) "
+            "and holds no optimiser or RNG state: a run cannot resume from it; start one with "
+            "--warm-start"
+        )
+
+
 def derived_checkpoint(
     source: dict[str, Any], weights: dict[str, Any], provenance: dict[str, Any]
 ) -> dict[str, Any]:

@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 from ichnet_core.imaging.model_grid import ModelGrid
 from training.checkpoint import (
-    DERIVED_KEYS,
     CheckpointError,
     capture_rng,
+    check_resumable,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -354,12 +354,7 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Restore a run saved by :meth:`save_checkpoint` (same config hash required)."""
         payload = load_checkpoint(path)
-        if any(key in payload for key in DERIVED_KEYS):
-            raise CheckpointError(
-                f"{path} was made from other checkpoints (ichnet-train average or "
-                "recalibrate-bn) and holds no optimiser or RNG state: a run cannot resume from "
-                "it; start one with --warm-start"
-            )
+        check_resumable(path, payload)
         self._ema_state = payload.get("ema")
         if payload["config_hash"] != self.hash:
             raise CheckpointError(
