@@ -169,7 +169,8 @@ def warm_start(
 
 #: Key under which an averaged checkpoint names the checkpoints it was averaged from.
 AVERAGED_FROM: Final[str] = "averaged_from"
-#: Key under which a checkpoint says its BatchNorm statistics were recomputed (``training.recalibrate``).
+#: Key under which a checkpoint says its BatchNorm statistics were recomputed
+#: (``training.recalibrate``).
 BATCHNORM_FROM: Final[str] = "batchnorm_recalibrated"
 #: Keys of a checkpoint made from others: no optimiser or RNG state, so never resumed.
 DERIVED_KEYS: Final[tuple[str, ...]] = (AVERAGED_FROM, BATCHNORM_FROM)
@@ -213,7 +214,8 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     Why: run 11's moving averages at steps a few thousand apart trade the headline figures
     against each other (one has the better slice AUC, a later one the better Dice) while the
     learning rate stays constant; the mean of several such snapshots of one basin (Izmailov et
-    al. 2018, stochastic weight averaging) is a candidate that costs no training step. BatchNorm
+    al. 2018, stochastic weight averaging) is a candidate that costs no training step (steps
+    17280 + 20160: the first of run 11 within the issue's volume error, docs/results.md). BatchNorm
     running statistics are averaged like the weights (each snapshot's are the moving average of
     its own), integer buffers are the newest snapshot's.
 
