@@ -10,7 +10,7 @@ own post-processing and the evaluation's Dice:
 - **targets**: the network reproduces its training targets exactly (the majority class of each
   model pixel, ``PlaneMapping.labels_to_model``), as one-hot probabilities;
 - **fractions**: it predicts, for each model pixel, the fraction of it each class covers (the
-  area-averaged one-hot planes, ``PlaneMapping.to_model``): the best calibrated answer a
+  area-averaged one-hot planes, ``PlaneMapping.class_fractions``): the best calibrated answer a
   network at that grid can give.
 
     PYTHONPATH=. python bench/resolution_ceiling.py [--config training/configs/cpu_diag.yaml]
@@ -48,15 +48,7 @@ def oracle_probabilities(case: LabelledCase, mapping: PlaneMapping, kind: str) -
     if kind == "targets":
         labels = mapping.labels_to_model(case.seg, classes)
         return (labels[:, None] == np.arange(classes)[None, :, None, None]).astype(np.float32)
-    fill = [1.0] + [0.0] * (classes - 1)
-    return np.stack(
-        [
-            mapping.to_model(
-                np.stack([(plane == c) for c in range(classes)]).astype(np.float32), fill
-            )
-            for plane in case.seg
-        ]
-    )
+    return np.stack([mapping.class_fractions(plane, classes) for plane in case.seg])
 
 
 def main() -> int:

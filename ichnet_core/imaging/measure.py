@@ -52,7 +52,7 @@ def mask_volume_ml(mask: np.ndarray, voxel_ml: np.ndarray) -> float:
     """
     if mask.ndim != 3 or np.shape(voxel_ml) != (mask.shape[0],):
         raise ValueError(
-            f"labels {mask.shape} and {np.shape(voxel_ml)} voxel volumes do not match "
+            f"mask {mask.shape} and {np.shape(voxel_ml)} voxel volumes do not match "
             "(one voxel volume per slice expected)"
         )
     per_slice = np.count_nonzero(mask, axis=(1, 2))

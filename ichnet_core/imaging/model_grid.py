@@ -181,13 +181,19 @@ class PlaneMapping:
         nearest-neighbour would pick one source pixel and flicker thin structures in and out.
         """
         out = np.empty((labels.shape[0], self.input_size, self.input_size), dtype=np.uint8)
-        fill = [1.0 if c == pad_class else 0.0 for c in range(num_classes)]
         for index in range(labels.shape[0]):
-            one_hot = np.stack([(labels[index] == c) for c in range(num_classes)]).astype(
-                np.float32
-            )
-            out[index] = self.to_model(one_hot, fill).argmax(axis=0)
+            out[index] = self.class_fractions(labels[index], num_classes, pad_class).argmax(axis=0)
         return out
+
+    def class_fractions(
+        self, plane: np.ndarray, num_classes: int, pad_class: int = 0
+    ) -> np.ndarray:
+        """``[rows, columns]`` class map -> ``[num_classes, I, I]`` float32: the share of each
+        model pixel each class covers (area-averaged one-hot planes; outside the source,
+        ``pad_class``)."""
+        fill = [1.0 if c == pad_class else 0.0 for c in range(num_classes)]
+        one_hot = np.stack([(plane == c) for c in range(num_classes)]).astype(np.float32)
+        return self.to_model(one_hot, fill)
 
 
 def _window(
