@@ -26,6 +26,9 @@ from typing import Final
 
 REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[1]
 DOCS_PATH: Final[Path] = REPO_ROOT / "docs" / "benchmarks.md"
+#: The real normal head CT beside the project (../shared, absent on the GPU machine): the study
+#: most benches time or check by default.
+REAL_HEAD_STUDY: Final[Path] = REPO_ROOT.parent / "shared" / "data" / "real" / "head_ct_ge_tilted"
 if str(REPO_ROOT) not in sys.path:  # scripts run as `python bench/x.py` from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 

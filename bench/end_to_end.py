@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, markdown_table, plain_table, section_text, update_docs
+from common import REAL_HEAD_STUDY, markdown_table, plain_table, section_text, update_docs
 from peers import NODE_AE, node_serve, require_dcmtk, result_receiver, storescu
 
-HEAD_STUDY: Final[Path] = REPO_ROOT.parent / "shared" / "data" / "real" / "head_ct_ge_tilted"
 RESULT_TIMEOUT_S: Final[float] = 600.0
 RESULTS_PER_SERIES: Final[int] = 2  # SEG + SR
 STAGES: Final[tuple[str, ...]] = ("volume", "inference", "results", "send")
@@ -43,7 +42,7 @@ def job_timings(storage_dir: Path) -> list[dict[str, float]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=Path, default=HEAD_STUDY)
+    parser.add_argument("--files", type=Path, default=REAL_HEAD_STUDY)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--quiet-s", type=float, default=5.0, help="series.complete_after_s")

@@ -30,13 +30,12 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, section_text, update_docs  # also puts the repo on sys.path
+from common import REAL_HEAD_STUDY, section_text, update_docs  # also puts the repo on sys.path
 
 from ichnet_core.imaging.measure import voxel_volumes_ml
 from ichnet_core.synthetic import SyntheticConfig, generate_case
 from training.real_ct import read_series
 
-REAL_DEFAULT: Final[Path] = REPO_ROOT.parent / "shared" / "data" / "real" / "head_ct_ge_tilted"
 BONE_HU: Final[float] = 500.0
 SOFT_MIN_HU: Final[float] = -50.0
 BRIGHT_HU: Final[float] = 90.0
@@ -148,7 +147,7 @@ def table_text(title: str, table: dict[str, list[str]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real", type=Path, default=REAL_DEFAULT)
+    parser.add_argument("--real", type=Path, default=REAL_HEAD_STUDY)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--matrix", type=int, default=512)
     parser.add_argument("--write-docs", action="store_true")

@@ -31,9 +31,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_weights import make_weights
-from common import REPO_ROOT, machine_description
+from common import REAL_HEAD_STUDY, machine_description
 
-HEAD_STUDY: Final[Path] = REPO_ROOT.parent / "shared" / "data" / "real" / "head_ct_ge_tilted"
 STAGES: Final[tuple[str, ...]] = ("volume", "inference", "results")
 
 
@@ -50,7 +49,7 @@ def _weights(args: argparse.Namespace, folder: Path) -> tuple[Path | None, str |
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", type=Path, default=HEAD_STUDY)
+    parser.add_argument("--study", type=Path, default=REAL_HEAD_STUDY)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--weights", type=Path, help="weights file (default: the bundled ones)")
     source.add_argument("--train-config", type=Path, help="random weights of this architecture")

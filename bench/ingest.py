@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, markdown_table, plain_table, section_text, update_docs
+from common import REAL_HEAD_STUDY, markdown_table, plain_table, section_text, update_docs
 from peers import NODE_AE, STORESCP_AE, echo, node_serve, require_dcmtk, storescp, storescu
 
-HEAD_STUDY: Final[Path] = REPO_ROOT.parent / "shared" / "data" / "real" / "head_ct_ge_tilted"
 #: Long enough that no series completes (and no inference runs) while the benchmark sends.
 QUIET_PERIOD_S: Final[float] = 3600.0
 TARGET_RATIO: Final[float] = 2.0
@@ -32,7 +31,7 @@ TARGET_RATIO: Final[float] = 2.0
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=Path, default=HEAD_STUDY)
+    parser.add_argument("--files", type=Path, default=REAL_HEAD_STUDY)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)

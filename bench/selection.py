@@ -26,7 +26,7 @@ from pydicom import Dataset, dcmwrite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
-    REPO_ROOT,
+    REAL_HEAD_STUDY,
     markdown_table,
     plain_table,
     section_text,
@@ -39,7 +39,6 @@ from dicom_node.config import SelectionSection
 from ichnet_core.imaging.volume import slice_geometry
 from tests.dicom_node.head_study import head_study, non_head_series
 
-HEAD_STUDY: Final[Path] = REPO_ROOT.parent / "shared" / "data" / "real" / "head_ct_ge_tilted"
 TARGET_S: Final[float] = 0.3
 
 
@@ -89,8 +88,8 @@ def _cases(work: Path) -> list[tuple[str, list[Dataset]]]:
             ),
         ),
     ]
-    if HEAD_STUDY.is_dir():
-        real = [pydicom.dcmread(p) for p in sorted(HEAD_STUDY.glob("*.dcm"))]
+    if REAL_HEAD_STUDY.is_dir():
+        real = [pydicom.dcmread(p) for p in sorted(REAL_HEAD_STUDY.glob("*.dcm"))]
         cases.insert(
             0,
             (
@@ -102,7 +101,7 @@ def _cases(work: Path) -> list[tuple[str, list[Dataset]]]:
             ("real GE head, headers decide (no image check)", _write(real, work / "real-labelled"))
         )
     else:
-        print(f"note: {HEAD_STUDY} absent; the real head rows are left out", file=sys.stderr)
+        print(f"note: {REAL_HEAD_STUDY} absent; the real head rows are left out", file=sys.stderr)
     return cases
 
 

@@ -20,13 +20,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from common import (
-    REPO_ROOT,
+    REAL_HEAD_STUDY,
     markdown_table,
     plain_table,
     section_text,
@@ -39,12 +38,10 @@ from training.data.dataset import prepare_case, read_prepared, write_prepared
 from training.data.dicom_series import case_from_volume, load_volume
 from training.data.series_cache import read_series, write_series
 
-HEAD_STUDY: Final[Path] = REPO_ROOT.parent / "shared" / "data" / "real" / "head_ct_ge_tilted"
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=Path, default=HEAD_STUDY)
+    parser.add_argument("--files", type=Path, default=REAL_HEAD_STUDY)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)

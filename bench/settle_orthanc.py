@@ -29,7 +29,7 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, markdown_table, plain_table, section_text, update_docs
-from end_to_end import HEAD_STUDY, job_timings
+from end_to_end import REAL_HEAD_STUDY, job_timings
 from peers import NODE_AE, free_port, node_serve
 
 from tests.dicom_node.http_hook import hook_server
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             try:
                 study_id = ""
-                for path in sorted(HEAD_STUDY.glob("*.dcm")):
+                for path in sorted(REAL_HEAD_STUDY.glob("*.dcm")):
                     study_id = orthanc.upload(path)["ParentStudy"]
                 for run in range(args.runs):
                     for series_id in result_series(orthanc, study_id).values():

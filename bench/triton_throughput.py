@@ -30,9 +30,8 @@ from typing import Any, Final
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, markdown_table, plain_table, section_text, update_docs
+from common import REAL_HEAD_STUDY, markdown_table, plain_table, section_text, update_docs
 
-HEAD_STUDY: Final[Path] = REPO_ROOT.parent / "shared" / "data" / "real" / "head_ct_ge_tilted"
 #: Measured on one H100 (docs/benchmarks.md, "GPU check results"): whole network, fp16 + CUDA
 #: graphs, 28 slices: 0.033 s at 256 input, 0.115 s at 512 input.
 H100_NETWORK_S: Final[dict[int, float]] = {256: 0.033, 512: 0.115}
@@ -47,7 +46,7 @@ def _front_end(engine_name: str, url: str, cache_dir: str, seconds: float, start
     from ichnet_core.imaging.volume import build_volume
     from ichnet_core.models.weights import load_weights
 
-    datasets, _ = read_datasets(sorted(HEAD_STUDY.glob("*.dcm")))
+    datasets, _ = read_datasets(sorted(REAL_HEAD_STUDY.glob("*.dcm")))
     volume = build_volume(datasets)
     data: dict[str, Any] = {"engine": engine_name, "model": {"cache_dir": cache_dir}}
     if url:
