@@ -28,8 +28,15 @@ from pathlib import Path
 from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, markdown_table, plain_table, section_text, update_docs
-from end_to_end import REAL_HEAD_STUDY, job_timings
+from common import (
+    REAL_HEAD_STUDY,
+    REPO_ROOT,
+    markdown_table,
+    plain_table,
+    section_text,
+    update_docs,
+)
+from end_to_end import job_timings
 from peers import NODE_AE, free_port, node_serve
 
 from tests.dicom_node.http_hook import hook_server
