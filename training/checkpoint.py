@@ -214,8 +214,9 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     Why: run 11's moving averages at steps a few thousand apart trade the headline figures
     against each other (one has the better slice AUC, a later one the better Dice) while the
     learning rate stays constant; the mean of several such snapshots of one basin (Izmailov et
-    al. 2018, stochastic weight averaging) is a candidate that costs no training step (steps
-    17280 + 20160: the first of run 11 within the issue's volume error, docs/results.md). BatchNorm
+    al. 2018, stochastic weight averaging) is a candidate that costs no training step (measured
+    on run 11: one mean within the issue's volume error, another not; no reliable gain, see
+    docs/results.md "Run 11"). BatchNorm
     running statistics are averaged like the weights (each snapshot's are the moving average of
     its own), integer buffers are the newest snapshot's.
 
