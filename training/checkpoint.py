@@ -216,9 +216,8 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     learning rate stays constant; the mean of several such snapshots of one basin (Izmailov et
     al. 2018, stochastic weight averaging) is a candidate that costs no training step (measured
     on run 11: one mean within the issue's volume error, another not; no reliable gain, see
-    docs/results.md "Run 11"). BatchNorm
-    running statistics are averaged like the weights (each snapshot's are the moving average of
-    its own), integer buffers are the newest snapshot's.
+    docs/results.md "Run 11"). BatchNorm running statistics are averaged like the weights (each
+    snapshot's are the moving average of its own), integer buffers are the newest snapshot's.
 
     The result (:func:`derived_checkpoint`) carries the newest checkpoint's config, epoch and
     step and ``averaged_from`` (path and step of each).
