@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ichnet_core.models.registry import create_model
 from training.config import TrainConfig, load_config
-from training.device import use_channels_last
+from training.device import autocast_dtype, use_channels_last
 
 
 def _loss(model: nn.Module, x: Tensor, dtype: torch.dtype | None) -> Tensor:
@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     config = load_config(args.config)
-    dtype = torch.bfloat16 if config.optim.cpu_bf16 else None
+    # the trainer's own choice: bfloat16 only where the CPU has AVX512_BF16/AMX
+    dtype = autocast_dtype(config.optim.amp, torch.device("cpu"), cpu_bf16=config.optim.cpu_bf16)
     x = _batch(config)
     default = create_model(config.model.name, **config.model.overrides).train()
     reference = copy.deepcopy(default).double()

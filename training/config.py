@@ -155,6 +155,7 @@ class OptimSection(_Section):
     #: Train on a CPU under bfloat16 autocast (unless ``amp: off``). Worth it only on a CPU with
     #: native bfloat16 (AVX512-BF16 or AMX): the cpu_diag network's training step of 2 x 8
     #: slices of 128 px crops took 0.85 s instead of 1.38 s on one core of this project's EPYC.
+    #: Ignored, with a warning, on a CPU without them (:func:`training.device.autocast_dtype`).
     #: Validation, evaluation and export stay float32, the precision the node runs on a CPU.
     #: Like ``device`` it says how a run computes, not what (a CPU run continued on a GPU runs
     #: under autocast too), so it is not part of the config hash and a running run can switch.

@@ -1,15 +1,19 @@
-"""``use_channels_last``: the CPU training layout computes the network's function, in place."""
+"""``use_channels_last``: the CPU training layout computes the network's function, in place;
+``autocast_dtype``: a run's ``optim.cpu_bf16`` holds only on a CPU with bfloat16 instructions."""
 
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
 from ichnet_core.models.registry import create_model
-from training.device import use_channels_last
+from training import device
+from training.device import autocast_dtype, use_channels_last
 
 
 def test_a_strided_1x1_convolution_keeps_its_function_at_unit_stride() -> None:
@@ -68,3 +72,21 @@ def test_volumetric_layers_are_left_alone() -> None:
     use_channels_last(model)
     assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, nn.Conv3d))
     assert model(torch.rand(1, 3, 4, 8, 8)).shape == (1, 2, 2, 4, 4)
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_cpu_bf16_only_where_the_cpu_has_bfloat16_instructions(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, has_bf16: bool
+) -> None:
+    """A run carries ``cpu_bf16`` to other machines: on one without AVX512_BF16/AMX (emulated
+    bfloat16, about 9x slower) its step runs in float32 and the log says why."""
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: has_bf16)
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.WARNING, logger="training.device"):
+        assert autocast_dtype("auto", cpu, cpu_bf16=True) is (torch.bfloat16 if has_bf16 else None)
+    assert ("optim.cpu_bf16 ignored" in caplog.text) is not has_bf16
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="training.device"):
+        assert autocast_dtype("auto", cpu) is None  # evaluation: float32 on every CPU
+        assert autocast_dtype("off", cpu, cpu_bf16=True) is None
+    assert not caplog.text
