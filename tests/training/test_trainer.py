@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from training import device
 from training.checkpoint import CheckpointError, load_checkpoint
 from training.config import TrainConfig, config_hash, parse_config
 from training.trainer import Trainer
@@ -323,10 +324,13 @@ def test_a_deeper_encoder_warm_started_computes_what_the_trained_one_did(
 
 
 def test_cpu_bf16_trains_under_bfloat16_and_validates_in_float32(
-    tmp_path: Path, tiny_overrides: dict[str, Any]
+    tmp_path: Path, tiny_overrides: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``optim.cpu_bf16``: the step runs under bfloat16 autocast, validation at the node's float32
-    precision, and the run keeps the hash of the float32 run, so a running run can switch."""
+    precision, and the run keeps the hash of the float32 run, so a running run can switch. Run as
+    on a CPU with bfloat16 instructions on every machine (the tiny model's emulated steps are
+    quick); what happens without them is tests/training/test_device.py's."""
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: True)
     plain = tiny_config(tmp_path, tiny_overrides)
     config = tiny_config(
         tmp_path, tiny_overrides, optim={"lr": 1e-3, "batch_size": 1, "epochs": 1, "cpu_bf16": True}

@@ -22,9 +22,12 @@ thinnest convexity subdural haematoma became 4 mm (``hemorrhage.MIN_CONVEXITY_SU
 image change: seeds 0, 1, 3 and 19 (each with a convexity SDH planned thinner) were recomputed;
 seeds 2, 4, 5, 7 and 8 stayed bit for bit.
 
-The digests are of this project's numpy build on x86-64; a platform whose vectorised
-transcendental functions round differently could differ in the last bit of a float and flip a
-voxel, which this test would report as a change (then recompute them on main, not here).
+The digests are of this project's numpy build on x86-64 with its AVX-512 loops (X86_V4). numpy's
+AVX2 loops (X86_V3) for exp/log/sin/cos round differently in the last bit, and on an AVX2-only
+EPYC (2026-12-07) that moved one pinned case (seed 4: 24.06 -> 24.25 mL); its digest there is
+pinned in ``EXPECTED_X86_V3``. A third platform that differs would be reported as a change (then
+pin its digests from main, not here). Volumes are sums over the pinned arrays whose last bit
+follows numpy's summation loop, so they are compared to 1e-12.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from numpy.lib.introspect import opt_func_info
 
 from ichnet_core.synthetic import SyntheticCase, SyntheticConfig, generate_case
 
@@ -78,6 +82,22 @@ EXPECTED: dict[tuple[int, tuple[str, ...] | None], tuple[str, float]] = {
     (8, ()): ("807a390deaf2b3307360fc9b07d4d1d16116a630d809474133bf48edfa85cf7e", 0.0),
 }
 
+#: The cases whose digest differs under numpy's AVX2 loops (see the module docstring).
+EXPECTED_X86_V3: dict[tuple[int, tuple[str, ...] | None], tuple[str, float]] = {
+    (4, ALL): (
+        "5dba62404b0ca92d4df1b725e2ea79d8f49ba9c2dd3d97fea914bd67013eedc0",
+        24.24823284465133,
+    ),
+}
+#: The loop numpy runs float64 ``exp`` with on this machine (X86_V4 = AVX-512, X86_V3 = AVX2).
+NUMPY_LOOP: str = opt_func_info(func_name="^exp$", signature="float64")["exp"]["dd"]["current"]
+
+
+def _pinned(seed: int, subtypes: tuple[str, ...] | None) -> tuple[str, float]:
+    if NUMPY_LOOP == "X86_V3" and (seed, subtypes) in EXPECTED_X86_V3:
+        return EXPECTED_X86_V3[(seed, subtypes)]
+    return EXPECTED[(seed, subtypes)]
+
 
 DEFAULT = SyntheticConfig(rows=96, columns=96)
 EXPECTED_DEFAULT: dict[tuple[int, tuple[str, ...] | None], tuple[str, float]] = {
@@ -116,9 +136,9 @@ def test_generated_cases_are_bit_identical_to_the_pinned_ones(
     seed: int, subtypes: tuple[str, ...] | None
 ) -> None:
     case = _generate(seed, subtypes, CONFIG)
-    digest, volume_ml = EXPECTED[(seed, subtypes)]
+    digest, volume_ml = _pinned(seed, subtypes)
     assert _digest(case) == digest
-    assert case.hemorrhage_volume_ml == volume_ml
+    assert case.hemorrhage_volume_ml == pytest.approx(volume_ml, rel=1e-12, abs=0)
 
 
 @pytest.mark.parametrize(("seed", "subtypes"), list(EXPECTED_DEFAULT), ids=str)
@@ -128,4 +148,5 @@ def test_cases_with_the_realism_effects_are_pinned_too(
     case = _generate(seed, subtypes, DEFAULT)
     digest, volume_ml = EXPECTED_DEFAULT[(seed, subtypes)]
     assert _digest(case) == digest
-    assert case.hemorrhage_volume_ml == volume_ml <= EXPECTED[(seed, subtypes)][1]
+    assert case.hemorrhage_volume_ml == pytest.approx(volume_ml, rel=1e-12, abs=0)
+    assert case.hemorrhage_volume_ml <= _pinned(seed, subtypes)[1] * (1 + 1e-12)
