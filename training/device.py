@@ -40,7 +40,7 @@ def autocast_dtype(amp: str, device: torch.device, *, cpu_bf16: bool = False) ->
 
     ``cpu_bf16`` travels with a run's config from machine to machine, so it is honoured only
     where the CPU has bfloat16 instructions: on an AVX2-only EPYC (2026-12-07) the cpu_diag
-    training step took 19 s under bfloat16 autocast against 2.1 s in float32 on one core.
+    training step took 19 s under bfloat16 autocast on one thread, 2-3 s in float32.
     """
     if amp == "off":
         return None
@@ -48,7 +48,7 @@ def autocast_dtype(amp: str, device: torch.device, *, cpu_bf16: bool = False) ->
         if cpu_bf16 and not cpu_supports_bf16():
             _log.warning(
                 "optim.cpu_bf16 ignored: this CPU has no AVX512_BF16/AMX, so torch would "
-                "emulate bfloat16 (about 9x slower per step); training in float32"
+                "emulate bfloat16 (7-9x slower per step); training in float32"
             )
             return None
         return torch.bfloat16 if cpu_bf16 else None

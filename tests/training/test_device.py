@@ -79,7 +79,7 @@ def test_cpu_bf16_only_where_the_cpu_has_bfloat16_instructions(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, has_bf16: bool
 ) -> None:
     """A run carries ``cpu_bf16`` to other machines: on one without AVX512_BF16/AMX (emulated
-    bfloat16, about 9x slower) its step runs in float32 and the log says why."""
+    bfloat16, 7-9x slower) its step runs in float32 and the log says why."""
     monkeypatch.setattr(device, "cpu_supports_bf16", lambda: has_bf16)
     cpu = torch.device("cpu")
     with caplog.at_level(logging.WARNING, logger="training.device"):
