@@ -79,19 +79,23 @@ def format_markdown(result: EvalResult, title: str = "Evaluation") -> str:
             "## Volume per compartment",
             "",
             "| compartment | cases | mean abs. error (mL) | median abs. error (mL) | mean error (mL) "
-            "| labelled voxels found |",
-            "|---|---|---|---|---|---|",
+            "| labelled voxels found | found and named so | hemorrhage Dice of its cases |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, v in result.compartment_volume.items():
             lines.append(
                 f"| {name} | {v['n']} | {format_metric(v['mean_absolute_error_ml'], 2)} | "
                 f"{format_metric(v['median_absolute_error_ml'], 2)} | {format_metric(v['mean_error_ml'], 2)} "
-                f"| {format_metric(v.get('found'))} |"
+                f"| {format_metric(v.get('found'))} | {format_metric(v.get('named'))} "
+                f"| {format_metric(v.get('case_dice'))} ({v.get('case_dice_n', 0)}) |"
             )
         lines += [
             "",
             "Labelled voxels found: the share of each compartment's labelled voxels, pooled over "
-            "the cases, segmented as hemorrhage (of any compartment).",
+            "the cases, segmented as hemorrhage (of any compartment); found and named so: the share "
+            "of those found that the segmentation names this compartment; hemorrhage Dice of its "
+            "cases: the mean hemorrhage Dice (all compartments together) of the cases that hold "
+            "this compartment (how many in brackets; a case with two compartments counts in both).",
         ]
     if result.intervals:
         lines += ["", "## 95 % intervals (case bootstrap)", "", "| figure | low | high |"]

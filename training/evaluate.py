@@ -11,6 +11,9 @@ resolution with the case's own voxel sizes.
 * Table 3: Dice of hemorrhage (over cases with labelled hemorrhage), brain and non-brain (over
   cases with complete segmentations) and their mean.
 * Volume: mean absolute / signed / relative error of the hemorrhage volume in mL.
+* Per compartment: volume errors, the share of its labelled voxels found (as blood of any
+  compartment) and named so, and the mean hemorrhage Dice of the cases holding it, which shows
+  on which kind of bleed the mean Dice is lost (in 2026-12 on the epidural and subdural ones).
 * Operating points: Table 2 at per-output thresholds (``Evaluator(operating_points=...)``),
   chosen on a validation split by :mod:`training.operating_points`.
 * Per case (``cases.csv``): truths, scores and volumes of every case, so the cases that set an
@@ -214,7 +217,10 @@ class EvalResult:
     intervals: dict[str, Interval | None] = field(default_factory=dict)
     #: Volume errors per compartment (cases whose truth and prediction have compartments), each
     #: with ``found``: the share of the compartment's labelled voxels, pooled over the cases,
-    #: that the model segments as hemorrhage of any compartment (None without such voxels).
+    #: that the model segments as hemorrhage of any compartment (None without such voxels);
+    #: ``named``: the share of those found voxels it names this compartment; ``case_dice``: the
+    #: mean hemorrhage Dice of the cases holding this compartment (``case_dice_n`` of them). A
+    #: mean Dice over all bleeding cases hides which kind of bleed it is lost on.
     compartment_volume: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: One row per case (:meth:`Evaluator.case_row`), in the order evaluated; ``cases.csv``.
     cases: list[dict[str, Any]] = field(default_factory=list)
@@ -259,8 +265,11 @@ class Evaluator:
         self.false_positive_ml: list[float] = []
         self.volumes: list[tuple[float, float]] = []
         self.compartment_volumes: dict[str, list[tuple[float, float]]] = {s: [] for s in SUBTYPES}
-        #: Labelled voxels per compartment, and how many of them are segmented as hemorrhage.
-        self.compartment_voxels: dict[str, list[int]] = {s: [0, 0] for s in SUBTYPES}
+        #: Per compartment: labelled voxels segmented as hemorrhage, those of them named this
+        #: compartment, and all labelled voxels.
+        self.compartment_voxels: dict[str, list[int]] = {s: [0, 0, 0] for s in SUBTYPES}
+        #: Per compartment: hemorrhage Dice of each case that holds it.
+        self.compartment_dice: dict[str, list[float]] = {s: [] for s in SUBTYPES}
         self.subject_source: str | None = None
         self.terms: dict[str, list[float]] = {}
         self.cases: list[dict[str, Any]] = []
@@ -296,6 +305,7 @@ class Evaluator:
             self.voxel_sweep.setdefault(threshold, []).append(
                 SweepCase(swept_ml, true_ml, swept_dice)
             )
+        score = dice(predicted_hemorrhage, truth_hemorrhage)
         if case.compartments is not None and prediction.compartments is not None:
             for index, name in enumerate(SUBTYPES, start=1):
                 segmented = label_volume_ml(prediction.compartments, index, voxel_ml)
@@ -303,10 +313,13 @@ class Evaluator:
                 self.compartment_volumes[name].append((segmented, labelled_ml))
                 row |= {f"true_ml_{name}": labelled_ml, f"segmented_ml_{name}": segmented}
                 labelled = case.compartments == index
+                found = labelled & predicted_hemorrhage
                 counts = self.compartment_voxels[name]
-                counts[0] += int(np.count_nonzero(labelled & predicted_hemorrhage))
-                counts[1] += int(np.count_nonzero(labelled))
-        score = dice(predicted_hemorrhage, truth_hemorrhage)
+                counts[0] += int(np.count_nonzero(found))
+                counts[1] += int(np.count_nonzero(found & (prediction.compartments == index)))
+                counts[2] += int(np.count_nonzero(labelled))
+                if labelled_ml > 0 and score is not None:
+                    self.compartment_dice[name].append(score)
         row["dice_hemorrhage"] = score
         if true_ml > 0 and score is not None:  # labelled bleed: Dice is defined
             self.dice["hemorrhage"].append(score)
@@ -382,9 +395,16 @@ class Evaluator:
             ),
         }
 
-    def _found(self, name: str) -> float | None:
-        found, labelled = self.compartment_voxels[name]
-        return found / labelled if labelled else None
+    def _voxel_shares(self, name: str) -> dict[str, Any]:
+        """``found`` and ``named`` of one compartment (see :attr:`EvalResult.compartment_volume`)."""
+        found, named, labelled = self.compartment_voxels[name]
+        dices = self.compartment_dice[name]
+        return {
+            "found": found / labelled if labelled else None,
+            "named": named / found if found else None,
+            "case_dice": mean_or_none(dices),
+            "case_dice_n": len(dices),
+        }
 
     def result(self, bootstrap_replicates: int = 0) -> EvalResult:
         """The tables over all cases added so far (with bootstrap intervals when asked)."""
@@ -434,7 +454,7 @@ class Evaluator:
             operating_points=self.operating_points,
             intervals=self.intervals(bootstrap_replicates) if bootstrap_replicates else {},
             compartment_volume={
-                name: volume_errors(*np.array(pairs).T).to_dict() | {"found": self._found(name)}
+                name: volume_errors(*np.array(pairs).T).to_dict() | self._voxel_shares(name)
                 for name, pairs in self.compartment_volumes.items()
                 if pairs
             },

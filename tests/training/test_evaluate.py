@@ -261,9 +261,47 @@ def test_found_is_the_share_of_each_compartments_voxels_segmented_as_blood() -> 
     result = evaluator.result()
     expected = np.count_nonzero(labels == HEMORRHAGE) / np.count_nonzero(truth == 4)
     assert 0.0 < expected < 1.0
-    assert result.compartment_volume["SDH"]["found"] == pytest.approx(expected)
+    sdh = result.compartment_volume["SDH"]
+    assert sdh["found"] == pytest.approx(expected)
     assert result.compartment_volume["CPH"]["found"] is None
-    assert "labelled voxels found" in format_markdown(result)
+    # Found, but every found voxel named SAH; the case's Dice is the SDH cases' Dice.
+    assert sdh["named"] == 0.0
+    assert sdh["case_dice"] == pytest.approx(result.cases[0]["dice_hemorrhage"])
+    assert sdh["case_dice_n"] == 1 and 0.0 < sdh["case_dice"] < 1.0
+    assert result.compartment_volume["CPH"]["case_dice"] is None
+    table = format_markdown(result)
+    assert "labelled voxels found" in table
+    assert f"| {sdh['found']:.3f} | 0.000 | {sdh['case_dice']:.3f} (1) |" in table
+
+
+def test_named_and_case_dice_separate_the_compartments_of_a_mixed_series() -> None:
+    # One SDH series found whole and named so, one SAH series missed but for a few voxels that
+    # are named CPH: each compartment's figures come from its own series only.
+    evaluator = Evaluator()
+    subject = np.array([0.9, 0, 0, 0.8, 0, 0], np.float32)
+    for name, subtype in (("sdh", 3), ("sah", 4)):
+        case = make_phantom_case(f"toy/{name}", slices=3, bleed_slices=(1,), subtype=subtype)
+        truth = np.where(case.seg == HEMORRHAGE, subtype + 1, 0).astype(np.uint8)
+        case = dataclasses.replace(case, compartments=truth)
+        labels = case.seg.copy()
+        predicted = truth.copy()
+        if name == "sah":
+            kept = np.zeros_like(labels, bool)
+            kept[1, np.nonzero((labels[1] == HEMORRHAGE).any(axis=1))[0][:1]] = True
+            labels[(labels == HEMORRHAGE) & ~kept] = 1
+            predicted = np.where(labels == HEMORRHAGE, 1, 0).astype(np.uint8)
+        evaluator.add(
+            case, CasePrediction(case.case_id, subject, None, labels, compartments=predicted)
+        )
+    result = evaluator.result()
+    sdh, sah = result.compartment_volume["SDH"], result.compartment_volume["SAH"]
+    assert (sdh["found"], sdh["named"], sdh["case_dice"]) == (1.0, 1.0, 1.0)
+    assert 0.0 < sah["found"] < 0.5 and sah["named"] == 0.0
+    assert (
+        sah["case_dice"] == pytest.approx(result.cases[1]["dice_hemorrhage"])
+        and sah["case_dice"] < 0.5
+    )
+    assert result.compartment_volume["CPH"]["named"] is None  # nothing labelled CPH was found
 
 
 def test_the_voxel_sweep_measures_what_deciding_at_each_threshold_gives(
