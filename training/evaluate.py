@@ -395,8 +395,9 @@ class Evaluator:
             ),
         }
 
-    def _voxel_shares(self, name: str) -> dict[str, Any]:
-        """``found`` and ``named`` of one compartment (see :attr:`EvalResult.compartment_volume`)."""
+    def _compartment_shares(self, name: str) -> dict[str, Any]:
+        """``found``, ``named`` and ``case_dice`` of one compartment (see
+        :attr:`EvalResult.compartment_volume`)."""
         found, named, labelled = self.compartment_voxels[name]
         dices = self.compartment_dice[name]
         return {
@@ -454,7 +455,7 @@ class Evaluator:
             operating_points=self.operating_points,
             intervals=self.intervals(bootstrap_replicates) if bootstrap_replicates else {},
             compartment_volume={
-                name: volume_errors(*np.array(pairs).T).to_dict() | self._voxel_shares(name)
+                name: volume_errors(*np.array(pairs).T).to_dict() | self._compartment_shares(name)
                 for name, pairs in self.compartment_volumes.items()
                 if pairs
             },
