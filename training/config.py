@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ichnet_core.config_errors import ConfigError, format_validation_error, read_yaml
 from ichnet_core.labels import SUBTYPES
@@ -202,6 +202,14 @@ class LossSection(_Section):
     #: ninth run learned to call the whole band brain: 4.5 % of the labelled subdural voxels of
     #: its own training series found, hemorrhage probability 0.005 inside them.
     seg_ce_compartment_weights: dict[str, Annotated[float, Field(gt=0.0)]] = {}
+
+    @field_validator("seg_ce_compartment_weights", mode="after")
+    @classmethod
+    def _factor_one_is_none(cls, weights: dict[str, float]) -> dict[str, float]:
+        """A factor of 1 computes the loss without one, so it is dropped: a config derived from
+        another (compare_diag from cpu_diag) switches a base factor off with ``1.0`` and keeps the
+        config hash of the runs made before the base had it."""
+        return {name: factor for name, factor in weights.items() if factor != 1.0}
 
     @model_validator(mode="after")
     def _known_compartments(self) -> LossSection:

@@ -79,3 +79,14 @@ def test_compartment_weights_name_known_compartments_and_enter_the_hash_only_whe
     assert config_hash(base) != config_hash(
         parse_config({"loss": {"seg_ce_compartment_weights": {"SDH": 4.0}}})
     )
+
+
+def test_a_compartment_factor_of_one_is_no_factor() -> None:
+    # compare_diag switches its base's EDH factor off with 1.0 and keeps its reports' hash.
+    weighted = parse_config({"loss": {"seg_ce_compartment_weights": {"SDH": 5.0}}})
+    switched_off = parse_config({"loss": {"seg_ce_compartment_weights": {"SDH": 5.0, "EDH": 1.0}}})
+    assert switched_off.loss.seg_ce_compartment_weights == {"SDH": 5.0}
+    assert config_hash(switched_off) == config_hash(weighted)
+    assert config_hash(weighted) != config_hash(
+        parse_config({"loss": {"seg_ce_compartment_weights": {"SDH": 5.0, "EDH": 5.0}}})
+    )
